@@ -1,0 +1,85 @@
+"""Dynamic checkpoint management for stable-baselines3 training runs.
+
+Usable on its own by any SB3 user; imports neither ``ray`` nor ``tuner``, and SB3/torch only
+where a model is saved or loaded (the names below load their module on first use).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__all__ = [
+    "CheckpointConfig",
+    "CheckpointCorruptError",
+    "CheckpointName",
+    "CheckpointNameError",
+    "ConfigError",
+    "DynamicCheckpointManager",
+    "LoadedCheckpoint",
+    "MetricTrackingEvalCallback",
+    "TrainingInterrupted",
+    "find_resume_checkpoint",
+    "format_checkpoint_name",
+    "learn_with_checkpoints",
+    "list_checkpoints",
+    "load_checkpoint",
+    "load_config",
+    "parse_checkpoint_filename",
+    "read_checkpoint_metadata",
+    "verify_checkpoint",
+    "write_checkpoint_metadata",
+]
+
+_WHERE = {
+    "CheckpointConfig": "config",
+    "ConfigError": "config",
+    "load_config": "config",
+    "CheckpointName": "naming",
+    "CheckpointNameError": "naming",
+    "format_checkpoint_name": "naming",
+    "parse_checkpoint_filename": "naming",
+    "read_checkpoint_metadata": "metadata",
+    "write_checkpoint_metadata": "metadata",
+    "CheckpointCorruptError": "store",
+    "list_checkpoints": "store",
+    "verify_checkpoint": "store",
+    "DynamicCheckpointManager": "manager",
+    "MetricTrackingEvalCallback": "callback",
+    "TrainingInterrupted": "callback",
+    "learn_with_checkpoints": "callback",
+    "LoadedCheckpoint": "loading",
+    "find_resume_checkpoint": "loading",
+    "load_checkpoint": "loading",
+}
+
+if TYPE_CHECKING:
+    from checkpointing.callback import (
+        MetricTrackingEvalCallback,
+        TrainingInterrupted,
+        learn_with_checkpoints,
+    )
+    from checkpointing.config import CheckpointConfig, ConfigError, load_config
+    from checkpointing.loading import LoadedCheckpoint, find_resume_checkpoint, load_checkpoint
+    from checkpointing.manager import DynamicCheckpointManager
+    from checkpointing.metadata import read_checkpoint_metadata, write_checkpoint_metadata
+    from checkpointing.naming import (
+        CheckpointName,
+        CheckpointNameError,
+        format_checkpoint_name,
+        parse_checkpoint_filename,
+    )
+    from checkpointing.store import CheckpointCorruptError, list_checkpoints, verify_checkpoint
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'checkpointing' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"checkpointing.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

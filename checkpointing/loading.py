@@ -1,0 +1,231 @@
+"""Loading and choosing checkpoints: verify first, unpickle after.
+
+:func:`load_checkpoint` checks the sha256 of the zip and the ``.pkl`` against the metadata
+before anything is unpickled, then returns the model and its VecNormalize.
+:func:`find_resume_checkpoint` picks the newest (or best) checkpoint that verifies.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from checkpointing.metadata import read_checkpoint_metadata
+from checkpointing.naming import VECNORM_SUFFIX, CheckpointName, LegacyName, parse_name
+from checkpointing.store import (
+    CheckpointCorruptError,
+    CheckpointInfo,
+    list_checkpoints,
+    verify_checkpoint,
+)
+
+if TYPE_CHECKING:
+    from stable_baselines3.common.base_class import BaseAlgorithm
+    from stable_baselines3.common.vec_env import VecEnv, VecNormalize
+
+__all__ = [
+    "LoadedCheckpoint",
+    "find_resume_checkpoint",
+    "load_checkpoint",
+    "parse_resume_spec",
+    "vecnormalize_path_for",
+]
+
+log = logging.getLogger(__name__)
+
+# Algorithms a checkpoint may name; anything else is refused rather than imported.
+_ALGORITHMS = ("PPO", "A2C", "DQN", "SAC", "TD3", "DDPG")
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A verified, loaded checkpoint."""
+
+    path: Path
+    model: BaseAlgorithm
+    vec_normalize: VecNormalize | None
+    metadata: dict[str, Any]
+    verified: bool
+
+    @property
+    def callback_state(self) -> dict[str, Any] | None:
+        state = self.metadata.get("callback_state")
+        return state if isinstance(state, dict) else None
+
+
+def vecnormalize_path_for(checkpoint: str | os.PathLike[str]) -> Path:
+    p = Path(checkpoint)
+    stem = p.name[:-4] if p.name.endswith(".zip") else p.name
+    return p.with_name(stem + VECNORM_SUFFIX)
+
+
+def _algorithm(name: object, path: Path) -> type[BaseAlgorithm]:
+    import stable_baselines3
+
+    if name is None:
+        name = "PPO"
+    if name not in _ALGORITHMS:
+        raise CheckpointCorruptError(path, f"unknown algorithm {name!r} in metadata")
+    cls: type[BaseAlgorithm] = getattr(stable_baselines3, str(name))
+    return cls
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    env: VecEnv | None = None,
+    *,
+    device: str = "auto",
+    custom_objects: dict[str, Any] | None = None,
+    allow_unverified: bool = True,
+) -> LoadedCheckpoint:
+    """Verify and load a checkpoint and its companion VecNormalize.
+
+    Args:
+        path: the checkpoint zip.
+        env: the VecEnv to attach. When a ``_vecnormalize.pkl`` exists it wraps ``env``
+            (or is returned without a venv when ``env`` is None; call ``set_venv`` later).
+        allow_unverified: load files without metadata digests (v1 checkpoints and
+            ``best_model.zip`` / final models written by other tools) with a warning.
+            v2 checkpoints always verify.
+
+    Raises:
+        FileNotFoundError: no such checkpoint.
+        CheckpointCorruptError: the metadata is missing or garbled, or a file fails its
+            size/sha256 check; nothing has been unpickled.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {os.fspath(p)!r}")
+    name = parse_name(p.name)
+    verified = False
+    if isinstance(name, CheckpointName):
+        metadata = verify_checkpoint(p)
+        verified = True
+    else:
+        try:
+            metadata = verify_checkpoint(p)
+            verified = True
+        except CheckpointCorruptError as exc:
+            meta_path = p.with_name(
+                (p.name[:-4] if p.name.endswith(".zip") else p.name) + "_metadata.json"
+            )
+            if meta_path.exists() and "files" in (read_checkpoint_metadata(p) or {}):
+                raise  # it claims digests and fails them
+            if not allow_unverified:
+                raise
+            log.warning("loading %s without verification: %s", p, exc.reason)
+            metadata = read_checkpoint_metadata(p) or {}
+    cls = _algorithm(metadata.get("algorithm"), p)
+
+    vec_normalize: VecNormalize | None = None
+    pkl = vecnormalize_path_for(p)
+    if pkl.is_file():
+        from stable_baselines3.common.vec_env import VecNormalize as _VecNormalize
+
+        with open(pkl, "rb") as fh:
+            obj = pickle.load(fh)  # verified above (v2) or trusted by the caller (v1)
+        if not isinstance(obj, _VecNormalize):
+            raise CheckpointCorruptError(
+                pkl, f"expected a VecNormalize, found {type(obj).__name__}"
+            )
+        if env is not None:
+            obj.set_venv(env)
+        vec_normalize = obj
+    model_env = vec_normalize if (vec_normalize is not None and env is not None) else env
+    model = cls.load(p, env=model_env, device=device, custom_objects=custom_objects)
+    return LoadedCheckpoint(p, model, vec_normalize, metadata, verified)
+
+
+def parse_resume_spec(spec: str) -> tuple[str, str | None]:
+    """``latest`` -> ("latest", None); ``best:sharpe_ratio`` -> ("best", "sharpe_ratio");
+    ``phase_end`` -> ("phase_end", None). Raises ValueError otherwise."""
+    from checkpointing.config import KNOWN_METRICS
+
+    if spec in ("latest", "phase_end"):
+        return spec, None
+    if spec.startswith("best:"):
+        metric = spec[len("best:") :]
+        if metric not in KNOWN_METRICS:
+            raise ValueError(
+                f"unknown metric {metric!r} in {spec!r}; choose one of {', '.join(KNOWN_METRICS)}"
+            )
+        return "best", metric
+    raise ValueError(f"resume spec must be 'latest', 'phase_end' or 'best:<metric>', got {spec!r}")
+
+
+def _candidates(folder: Path, seed: int | None, market: str | None) -> list[CheckpointInfo]:
+    out = []
+    for info in list_checkpoints(folder, include_legacy=False):
+        name = info.name
+        if isinstance(name, LegacyName):
+            continue
+        if seed is not None and name.seed != seed:
+            continue
+        if market is not None and name.market != market:
+            continue
+        out.append(info)
+    return out
+
+
+def find_resume_checkpoint(
+    folder: str | os.PathLike[str],
+    spec: str = "latest",
+    *,
+    seed: int | None = None,
+    market: str | None = None,
+) -> Path | None:
+    """The checkpoint to resume from, skipping any that fails verification.
+
+    ``latest``: highest timesteps (``interrupt`` and ``phase_end`` first on ties);
+    ``phase_end``: the newest ``phase_end``; ``best:<metric>``: highest value of the metric
+    in the verified metadata (NaN never ranks). Returns None when nothing qualifies.
+    """
+    kind, metric = parse_resume_spec(spec)
+    infos = _candidates(Path(folder), seed, market)
+    if kind == "phase_end":
+        infos = [
+            i for i in infos if isinstance(i.name, CheckpointName) and i.name.event == "phase_end"
+        ]
+    if kind in ("latest", "phase_end"):
+        rank = {"interrupt": 0, "phase_end": 0}
+        ordered = sorted(
+            infos,
+            key=lambda i: (
+                i.timesteps,
+                -rank.get(i.name.event if isinstance(i.name, CheckpointName) else "", 1),
+                i.mtime,
+            ),
+            reverse=True,
+        )
+        for info in ordered:
+            try:
+                verify_checkpoint(info.path)
+            except CheckpointCorruptError as exc:
+                log.warning("skipping checkpoint that fails verification: %s", exc)
+                continue
+            return info.path
+        return None
+    assert metric is not None
+    scored: list[tuple[float, int, str, Path]] = []
+    for info in infos:
+        try:
+            meta = verify_checkpoint(info.path)
+        except CheckpointCorruptError as exc:
+            log.warning("skipping checkpoint that fails verification: %s", exc)
+            continue
+        try:
+            value = float(meta.get(metric, math.nan))
+        except (TypeError, ValueError):
+            continue
+        if math.isnan(value):
+            continue
+        scored.append((value, info.timesteps, info.path.name, info.path))
+    if not scored:
+        return None
+    scored.sort(reverse=True)
+    return scored[0][3]

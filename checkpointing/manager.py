@@ -1,0 +1,530 @@
+"""DynamicCheckpointManager: decides, names, writes and tracks the checkpoints of one run.
+
+One manager serves one (phase, market, seed) run. It owns the adaptive schedule, the best
+tracker, the disk guard and the background writer; the SB3 callback
+(:class:`checkpointing.callback.MetricTrackingEvalCallback`) only tells it what happened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import logging
+import math
+import os
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from checkpointing.config import CheckpointConfig, ConfigError, load_config
+from checkpointing.metadata import METRIC_FIELDS, build_metadata, encode_metadata
+from checkpointing.naming import (
+    BOUNDARY_PREFIX,
+    LEGACY_FINAL_NAMES,
+    METADATA_SUFFIX,
+    VECNORM_SUFFIX,
+    CheckpointName,
+    validate_market,
+    validate_seed,
+)
+from checkpointing.schedule import AdaptiveSchedule
+from checkpointing.snapshot import ModelSnapshot, take_snapshot
+from checkpointing.store import commit_files, fsync_dir, sweep, temp_path, write_durable
+from checkpointing.triggers import BestTracker
+from checkpointing.writer import AsyncWriter
+
+if TYPE_CHECKING:
+    from stable_baselines3.common.base_class import BaseAlgorithm
+    from stable_baselines3.common.vec_env import VecNormalize
+
+__all__ = ["DynamicCheckpointManager", "SaveOutcome"]
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+BEST_MODEL = "best_model"
+
+
+@dataclass
+class SaveOutcome:
+    """What became of one save request (filled in by the writer)."""
+
+    events: tuple[str, ...]
+    timesteps: int
+    paths: list[Path] = field(default_factory=list)
+    skipped: str | None = None
+    error: BaseException | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.skipped is None and self.error is None and bool(self.paths)
+
+
+@dataclass
+class _State:
+    next_save_step: int = 0
+    saves: int = 0
+    saves_by_event: dict[str, int] = field(default_factory=dict)
+    skipped_saves: int = 0
+    failed_saves: int = 0
+    fired_boundaries: list[str] = field(default_factory=list)
+    best_val_reward: float = -math.inf
+    elapsed_seconds: float = 0.0
+    last_metrics: dict[str, float] = field(default_factory=dict)
+    last_metrics_timesteps: int | None = None
+    saves_since_prune: int = 0
+    last_checkpoint: str | None = None
+
+
+class DynamicCheckpointManager:
+    """Saves the checkpoints of one (phase, market, seed) run into its own folder.
+
+    Args:
+        config: a :class:`CheckpointConfig`, a path to a YAML file, or None for
+            ``config/checkpoint_config.yaml``.
+        phase: 1, 2 or 3.
+        market: market name (letters, digits, inner ``.``/``-``).
+        seed: the run's seed.
+        models_root: moves ``paths.root`` (e.g. ``./models``) elsewhere.
+        target_timesteps: overrides the phase's ``target_timesteps`` (the schedule's 100%).
+        async_saves: overrides ``performance.async_saves``.
+        on_commit: called as ``on_commit(zip_path, metadata)`` under the folder lock after
+            each commit (the registry uses it).
+        pruner: called as ``pruner(folder)`` every ``retention.prune_frequency`` saves and
+            when the disk runs short; returns anything.
+
+    Raises:
+        CheckpointNameError: bad market or seed, before any path is built.
+        ConfigError: bad config.
+    """
+
+    def __init__(
+        self,
+        config: CheckpointConfig | str | os.PathLike[str] | None = None,
+        *,
+        phase: int,
+        market: str,
+        seed: int,
+        models_root: str | os.PathLike[str] | None = None,
+        target_timesteps: int | None = None,
+        async_saves: bool | None = None,
+        on_commit: Callable[[Path, dict[str, Any]], None] | None = None,
+        pruner: Callable[[Path], Any] | None = None,
+    ) -> None:
+        self.market = validate_market(market)
+        self.seed = validate_seed(seed)
+        self.config = config if isinstance(config, CheckpointConfig) else load_config(config)
+        schedule = self.config.phase(phase)
+        if target_timesteps is not None:
+            if isinstance(target_timesteps, bool) or not isinstance(target_timesteps, int):
+                raise ConfigError(f"target_timesteps must be an integer, got {target_timesteps!r}")
+            if target_timesteps < 1:
+                raise ConfigError(f"target_timesteps must be >= 1, got {target_timesteps!r}")
+            schedule = replace(schedule, target_timesteps=target_timesteps)
+        self.phase = phase
+        self.phase_schedule = schedule
+        self.models_root = self.config.models_root(models_root)
+        self.folder = self.config.checkpoint_dir(phase, market, models_root)
+        self.phase_root = self.config.phase_root(phase, market, models_root)
+        self.schedule = AdaptiveSchedule(schedule)
+        events = self.config.events
+        self.tracker = BestTracker(
+            events.monitored_metrics, events.metric_improvement_threshold, events.improvement_floor
+        )
+        self.on_commit = on_commit
+        self.pruner = pruner
+        use_async = self.config.performance.async_saves if async_saves is None else async_saves
+        self.writer = AsyncWriter(enabled=use_async)
+        self.state = _State(next_save_step=self.schedule.next_after(0))
+        self._expected_bytes: int | None = None
+        self._state_lock = threading.Lock()
+        self._swept = False
+
+    # ------------------------------------------------------------------ schedule
+
+    @property
+    def next_save_step(self) -> int:
+        return self.state.next_save_step
+
+    @property
+    def target_timesteps(self) -> int:
+        return self.phase_schedule.target_timesteps
+
+    def periodic_due(self, timesteps: int) -> bool:
+        return timesteps >= self.state.next_save_step
+
+    def boundaries_due(self, timesteps: int) -> list[str]:
+        """Names of the configured boundaries crossed by ``timesteps`` and not yet saved."""
+        if not self.config.events.fires("phase_boundary"):
+            return []
+        return [
+            b.name for b in self.schedule.boundaries_crossed(timesteps, self.state.fired_boundaries)
+        ]
+
+    def record_evaluation(self, metrics: Mapping[str, float], timesteps: int) -> list[str]:
+        """Remember an evaluation; return the monitored metrics that improved enough."""
+        clean = {k: float(v) for k, v in metrics.items() if _is_number(v)}
+        self.state.last_metrics = clean
+        self.state.last_metrics_timesteps = timesteps
+        if not self.config.events.fires("best"):
+            self.tracker.update(clean)  # keep bests current even when best saves are off
+            return []
+        return self.tracker.update(clean)
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Any]:
+        """The manager's own state, stored in every checkpoint's metadata."""
+        s = self.state
+        return {
+            "version": STATE_VERSION,
+            "phase": self.phase,
+            "market": self.market,
+            "seed": self.seed,
+            "target_timesteps": self.target_timesteps,
+            "next_save_step": s.next_save_step,
+            "saves": s.saves,
+            "saves_by_event": dict(s.saves_by_event),
+            "skipped_saves": s.skipped_saves,
+            "failed_saves": s.failed_saves,
+            "fired_boundaries": list(s.fired_boundaries),
+            "bests": self.tracker.state(),
+            "best_val_reward": s.best_val_reward if math.isfinite(s.best_val_reward) else None,
+            "elapsed_seconds": s.elapsed_seconds,
+            "last_metrics": dict(s.last_metrics),
+            "last_metrics_timesteps": s.last_metrics_timesteps,
+            "saves_since_prune": s.saves_since_prune,
+            "last_checkpoint": s.last_checkpoint,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (on resume): next save, bests, counters."""
+        if not isinstance(state, Mapping) or state.get("version") != STATE_VERSION:
+            raise ValueError(f"unsupported checkpoint callback state: {state!r:.200}")
+        s = self.state
+        s.next_save_step = int(state["next_save_step"])
+        s.saves = int(state.get("saves", 0))
+        s.saves_by_event = {
+            str(k): int(v) for k, v in dict(state.get("saves_by_event", {})).items()
+        }
+        s.skipped_saves = int(state.get("skipped_saves", 0))
+        s.failed_saves = int(state.get("failed_saves", 0))
+        s.fired_boundaries = [str(b) for b in state.get("fired_boundaries", [])]
+        best_val = state.get("best_val_reward")
+        s.best_val_reward = float(best_val) if best_val is not None else -math.inf
+        s.elapsed_seconds = float(state.get("elapsed_seconds", 0.0))
+        s.last_metrics = {
+            str(k): (math.nan if v is None else float(v))
+            for k, v in dict(state.get("last_metrics", {})).items()
+        }
+        lmt = state.get("last_metrics_timesteps")
+        s.last_metrics_timesteps = None if lmt is None else int(lmt)
+        s.saves_since_prune = int(state.get("saves_since_prune", 0))
+        s.last_checkpoint = state.get("last_checkpoint")
+        self.tracker.load({k: v for k, v in dict(state.get("bests", {})).items() if v is not None})
+
+    # ------------------------------------------------------------------ saving
+
+    def save(
+        self,
+        model: BaseAlgorithm,
+        vec_normalize: VecNormalize | None,
+        events: str | Sequence[str],
+        *,
+        metrics: Mapping[str, float] | None = None,
+        metrics_timesteps: int | None = None,
+        improved: Sequence[str] = (),
+        runtime: Mapping[str, Any] | None = None,
+        wait: bool = False,
+    ) -> Future[SaveOutcome]:
+        """Save the model under one or more events (e.g. ``["periodic", "best"]``).
+
+        The snapshot is taken now, on the caller's thread; serialization and the commit run
+        on the background writer. With ``wait=True`` (interrupt, phase end) it returns after
+        the commit. Every extra event of the same snapshot is committed as a hard link of
+        the first one's files. The returned future never raises: errors land in the
+        :class:`SaveOutcome`.
+        """
+        names = [events] if isinstance(events, str) else list(events)
+        timesteps = int(model.num_timesteps)
+        if metrics is None:
+            metrics, metrics_timesteps = self.state.last_metrics, self.state.last_metrics_timesteps
+        outcome = SaveOutcome(tuple(names), timesteps)
+        # Periodic bookkeeping happens now, so the state stored with this checkpoint (and any
+        # resume from it) already points at the next save.
+        if "periodic" in names:
+            self.state.next_save_step = self.schedule.next_after(timesteps)
+        for name in names:
+            if name.startswith(BOUNDARY_PREFIX):
+                self.state.fired_boundaries.append(name[len(BOUNDARY_PREFIX) :])
+        urgent = any(n in ("interrupt", "phase_end") for n in names)
+        shortage = self._disk_shortage()
+        if shortage is not None and not urgent:
+            self.state.skipped_saves += 1
+            outcome.skipped = shortage
+            log.warning(
+                "skipping %s save at %d steps of %s seed %d: %s (%d skipped so far)",
+                "+".join(names),
+                timesteps,
+                self.market,
+                self.seed,
+                shortage,
+                self.state.skipped_saves,
+            )
+            done: Future[SaveOutcome] = Future()
+            done.set_result(outcome)
+            return done
+        if shortage is not None:
+            log.warning("%s; trying the %s save anyway", shortage, "+".join(names))
+
+        self.state.saves += 1
+        for name in names:
+            kind = "phase_boundary" if name.startswith(BOUNDARY_PREFIX) else name
+            self.state.saves_by_event[kind] = self.state.saves_by_event.get(kind, 0) + 1
+        self.state.saves_since_prune += 1
+        prune_now = self.state.saves_since_prune >= self.config.retention.prune_frequency
+        if prune_now:
+            self.state.saves_since_prune = 0
+
+        clean_metrics = {k: float(v) for k, v in (metrics or {}).items() if _is_number(v)}
+        val = clean_metrics.get("val_reward", math.nan)
+        sharpe = clean_metrics.get("sharpe_ratio", math.nan)
+        checkpoint_names = [
+            CheckpointName(self.market, timesteps, name, val, sharpe, self.seed) for name in names
+        ]
+        self.state.last_checkpoint = checkpoint_names[0].filename
+        becomes_best_model = math.isfinite(val) and val > self.state.best_val_reward
+        if becomes_best_model:
+            self.state.best_val_reward = val
+        callback_state = self.state_dict()
+        llm = {k: clean_metrics[k] for k in self.config.llm_metadata if k in clean_metrics}
+        other = {k: v for k, v in clean_metrics.items() if k not in METRIC_FIELDS and k not in llm}
+        documents = [
+            build_metadata(
+                name=cname,
+                phase=self.phase,
+                metrics={
+                    **{k: clean_metrics[k] for k in METRIC_FIELDS if k in clean_metrics},
+                    **other,
+                },
+                metrics_timesteps=metrics_timesteps,
+                runtime={"algorithm": type(model).__name__, **dict(runtime or {})},
+                llm=llm if self.phase == 3 or llm else None,
+                improved_metrics=list(improved) if cname.event == "best" else [],
+                callback_state=callback_state,
+            )
+            for cname in checkpoint_names
+        ]
+
+        snapshot = take_snapshot(model, vec_normalize)
+        if self._expected_bytes is None:
+            self._expected_bytes = snapshot.num_parameters * 4 * 3 + 256 * 1024
+
+        def job() -> SaveOutcome:
+            try:
+                self._write(snapshot, checkpoint_names, documents, outcome, becomes_best_model)
+            except BaseException as exc:
+                outcome.error = exc
+                with self._state_lock:
+                    self.state.failed_saves += 1
+                if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                    log.warning(
+                        "disk full while saving %s: nothing was committed, older checkpoints "
+                        "are intact, training goes on",
+                        checkpoint_names[0].filename,
+                    )
+                else:
+                    log.error("saving %s failed: %r", checkpoint_names[0].filename, exc)
+                return outcome
+            if prune_now and self.pruner is not None:
+                self._prune(f"every {self.config.retention.prune_frequency} saves")
+            return outcome
+
+        future = self.writer.submit(job)
+        if wait:
+            self.writer.flush()
+        return future
+
+    def _write(
+        self,
+        snapshot: ModelSnapshot,
+        names: list[CheckpointName],
+        documents: list[dict[str, Any]],
+        outcome: SaveOutcome,
+        becomes_best_model: bool,
+    ) -> None:
+        compress = self.config.performance.compression
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if not self._swept:
+            self._swept = True
+            from checkpointing.store import folder_lock
+
+            with folder_lock(self.folder):
+                sweep(self.folder, grace_seconds=self.config.retention.orphan_grace_seconds)
+        first: Path | None = None
+        for cname, doc in zip(names, documents, strict=True):
+            write_zip: Callable[[Path], None]
+            if first is None:
+                write_zip = functools.partial(_write_snapshot_zip, snapshot, compress)
+            else:
+                write_zip = functools.partial(_link_or_copy, first)
+
+            path, _ = commit_files(
+                self.folder,
+                cname.filename,
+                write_zip,
+                snapshot.vecnormalize,
+                doc,
+                on_commit=self.on_commit,
+            )
+            outcome.paths.append(path)
+            if first is None:
+                first = path
+                self._expected_bytes = (
+                    path.stat().st_size + len(snapshot.vecnormalize or b"") + 64 * 1024
+                )
+                log.info("saved %s", path)
+        assert first is not None
+        if becomes_best_model:
+            self._publish(first, BEST_MODEL, only_if_better=True)
+        if "phase_end" in outcome.events:
+            self._publish(first, LEGACY_FINAL_NAMES[self.phase], only_if_better=False)
+
+    # ------------------------------------------------------------------ phase-root copies
+
+    def _publish(self, checkpoint: Path, stem: str, *, only_if_better: bool) -> None:
+        """Copy a committed checkpoint to ``{phase_root}/{stem}.zip`` (+ pkl + metadata).
+
+        ``best_model`` is replaced only by a higher val_reward, whichever run wrote it; the
+        legacy final model is replaced by each phase end. Companions first, zip last.
+        """
+        from checkpointing.metadata import read_checkpoint_metadata
+        from checkpointing.store import folder_lock
+
+        root = self.phase_root
+        root.mkdir(parents=True, exist_ok=True)
+        meta = read_checkpoint_metadata(checkpoint) or {}
+        with folder_lock(root):
+            target_meta = root / (stem + METADATA_SUFFIX)
+            if only_if_better and target_meta.exists():
+                from checkpointing.metadata import decode_metadata
+
+                try:
+                    current = decode_metadata(target_meta.read_bytes(), str(target_meta))
+                    current_val = float(current.get("val_reward", math.nan))
+                except (OSError, ValueError, TypeError):
+                    current_val = math.nan
+                new_val = float(meta.get("val_reward", math.nan))
+                if (
+                    math.isfinite(current_val)
+                    and (root / f"{stem}.zip").exists()
+                    and not new_val > current_val
+                ):
+                    return
+            base = checkpoint.name[: -len(".zip")]
+            pkl = checkpoint.with_name(base + VECNORM_SUFFIX)
+            published = dict(meta)
+            published["source_checkpoint"] = os.path.relpath(checkpoint, root)
+            published.pop("source", None)
+            pairs = []
+            if pkl.exists():
+                pairs.append((pkl, root / (stem + VECNORM_SUFFIX)))
+            temps = []
+            try:
+                for src, dst in pairs:
+                    tmp = temp_path(dst)
+                    temps.append(tmp)
+                    _link_or_copy(src, tmp)
+                    os.replace(tmp, dst)
+                tmp_meta = temp_path(target_meta)
+                temps.append(tmp_meta)
+                write_durable(tmp_meta, encode_metadata(published))
+                os.replace(tmp_meta, target_meta)
+                tmp_zip = temp_path(root / f"{stem}.zip")
+                temps.append(tmp_zip)
+                _link_or_copy(checkpoint, tmp_zip)
+                os.replace(tmp_zip, root / f"{stem}.zip")
+                fsync_dir(root)
+            finally:
+                for tmp in temps:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(tmp)
+        log.info("updated %s from %s", root / f"{stem}.zip", checkpoint.name)
+
+    # ------------------------------------------------------------------ disk
+
+    def _free_bytes(self) -> int:
+        import psutil
+
+        probe = self.folder
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        return int(psutil.disk_usage(os.fspath(probe)).free)
+
+    def _disk_shortage(self) -> str | None:
+        """None when there is room for one more checkpoint above the configured minimum."""
+        need = int(self.config.performance.min_disk_space_gb * 1e9) + (self._expected_bytes or 0)
+        free = self._free_bytes()
+        if free >= need:
+            return None
+        if self.pruner is not None:
+            self.writer.flush()
+            self._prune("low disk space")
+            free = self._free_bytes()
+            if free >= need:
+                return None
+        return (
+            f"low disk space on {self.folder}: {free / 1e9:.3f} GB free, "
+            f"need {need / 1e9:.3f} GB (min_disk_space_gb + one checkpoint)"
+        )
+
+    def _prune(self, why: str) -> None:
+        if self.pruner is None:
+            return
+        try:
+            self.pruner(self.folder)
+            log.debug("pruned %s (%s)", self.folder, why)
+        except Exception as exc:  # pruning must never stop training
+            log.warning("retention pass on %s failed: %s", self.folder, exc)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def flush(self) -> None:
+        """Wait for the save in flight."""
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return not isinstance(value, bool)
+
+
+def _write_snapshot_zip(snapshot: ModelSnapshot, compress: bool, tmp: Path) -> None:
+    snapshot.write_zip(tmp, compress=compress)
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link ``src`` to the new path ``dst``, or copy it (and fsync) where links fail."""
+    try:
+        os.link(src, dst)
+        return
+    except OSError:
+        pass
+    import shutil
+
+    with open(src, "rb") as fin, open(dst, "xb") as fout:
+        shutil.copyfileobj(fin, fout, 1024 * 1024)
+        fout.flush()
+        os.fsync(fout.fileno())

@@ -1,0 +1,703 @@
+"""``{root}/registry.json``: an index of every committed checkpoint under a models root.
+
+The files stay the truth; the registry is a cache for browsing and resume-from-best that can
+always be rebuilt from them (``python -m checkpointing.registry rebuild``). It holds, per
+checkpoint, its path relative to the root (so a moved root still works), phase, market, seed,
+timesteps, event, metrics, sizes and sha256 digests.
+
+Writers: :meth:`Registry.record` (pass it as ``commit_files(..., on_commit=registry.record)``)
+and :meth:`Registry.forget` (retention calls it after deleting). Both run under
+``{root}/.registry.lock``; the lock order everywhere is the folder lock first, then the
+registry lock. Each write replaces the file atomically (temporary + fsync + rename). A write
+that fails is logged and never fails the save: readers repair what they find stale.
+
+Stale: for a checkpoint folder, the set of committed zip names on disk differs from the names
+the registry lists for it (a zip gone, or one it never heard of). Readers
+(:meth:`Registry.entries`, :func:`find_best`) check each folder they read with one directory
+listing and fall back to a scan of that folder (reading only the metadata of checkpoints the
+registry does not know); a missing or unreadable registry means a scan of everything in scope.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import logging
+import math
+import os
+import re
+import sys
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from checkpointing.config import (
+    DEFAULT_CONFIG_PATH,
+    KNOWN_METRICS,
+    PHASES,
+    CheckpointConfig,
+    ConfigError,
+    load_config,
+)
+from checkpointing.metadata import METRIC_FIELDS, read_checkpoint_metadata, utc_timestamp
+from checkpointing.naming import (
+    CheckpointName,
+    CheckpointNameError,
+    LegacyName,
+    parse_name,
+    validate_market,
+)
+from checkpointing.store import (
+    CheckpointCorruptError,
+    CheckpointInfo,
+    fsync_dir,
+    list_checkpoints,
+    temp_path,
+    verify_checkpoint,
+)
+
+__all__ = [
+    "REGISTRY_LOCK_NAME",
+    "REGISTRY_NAME",
+    "REGISTRY_SCHEMA_VERSION",
+    "CheckpointFolder",
+    "Registry",
+    "RegistryEntry",
+    "RegistryError",
+    "checkpoint_folders",
+    "find_best",
+    "find_resume_checkpoint_from_registry",
+    "locate_folder",
+    "main",
+    "resolve_config",
+]
+
+log = logging.getLogger(__name__)
+
+REGISTRY_NAME = "registry.json"
+REGISTRY_LOCK_NAME = ".registry.lock"
+REGISTRY_SCHEMA_VERSION = 1
+_MARKET_SLOT = "{market}"
+
+
+class RegistryError(ValueError):
+    """A path outside the registry root, or a bad query (phase, metric, resume spec)."""
+
+
+def resolve_config(path: str | os.PathLike[str] | None = None) -> CheckpointConfig:
+    """Load ``path``; with ``None``, ``config/checkpoint_config.yaml`` if it exists, else defaults.
+
+    Raises:
+        ConfigError: an explicit ``path`` that is missing or invalid, or an invalid default file.
+    """
+    if path is None:
+        if not DEFAULT_CONFIG_PATH.is_file():
+            return CheckpointConfig()
+        path = DEFAULT_CONFIG_PATH
+    return load_config(path)
+
+
+# --------------------------------------------------------------------------- layout
+
+
+@dataclass(frozen=True)
+class CheckpointFolder:
+    """One checkpoint folder of the layout: ``{root}/phase{N}/{market}/checkpoints``."""
+
+    phase: int
+    market: str
+    path: Path
+
+
+def _check_phase(phase: object) -> int:
+    if isinstance(phase, bool) or phase not in PHASES:
+        raise RegistryError(f"phase must be one of {list(PHASES)}, got {phase!r}")
+    assert isinstance(phase, int)
+    return phase
+
+
+def _slot_regex(text: str) -> re.Pattern[str]:
+    """A regex for a path (part) with one ``{market}`` slot; the slot matches one path part."""
+    before, _, after = text.partition(_MARKET_SLOT)
+    return re.compile(re.escape(before) + r"(?P<market>[^/]+)" + re.escape(after))
+
+
+def _market_or_none(text: str) -> str | None:
+    try:
+        return validate_market(text)
+    except CheckpointNameError:
+        return None
+
+
+def checkpoint_folders(
+    config: CheckpointConfig,
+    root: str | os.PathLike[str] | None = None,
+    phases: Iterable[int] | None = None,
+    markets: Iterable[str] | None = None,
+) -> list[CheckpointFolder]:
+    """The existing checkpoint folders of ``phases`` (default all) and ``markets`` (default all
+    found on disk) under ``root`` (default ``paths.root``), in phase then market order.
+
+    Raises:
+        RegistryError: a phase that is not 1, 2 or 3.
+        CheckpointNameError: a bad market name.
+        ConfigError: a path template that cannot be moved to ``root``.
+    """
+    out: list[CheckpointFolder] = []
+    wanted = None if markets is None else [validate_market(m) for m in markets]
+    for phase in PHASES if phases is None else [_check_phase(p) for p in phases]:
+        if wanted is not None:
+            for market in wanted:
+                path = config.checkpoint_dir(phase, market, root)
+                if path.is_dir():
+                    out.append(CheckpointFolder(phase, market, path))
+            continue
+        parts = config.checkpoint_dir(phase, _MARKET_SLOT, root).parts
+        i = next(i for i, part in enumerate(parts) if _MARKET_SLOT in part)
+        parent = Path(*parts[:i]) if i else Path(".")
+        pattern = _slot_regex(parts[i])
+        try:
+            names = sorted(e.name for e in os.scandir(parent) if e.is_dir(follow_symlinks=False))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for name in names:
+            m = pattern.fullmatch(name)
+            found = _market_or_none(m["market"]) if m else None
+            path = Path(parent, name, *parts[i + 1 :])
+            if found is not None and path.is_dir():
+                out.append(CheckpointFolder(phase, found, path))
+    return out
+
+
+def _relative_templates(config: CheckpointConfig) -> list[tuple[int, re.Pattern[str], int]]:
+    """Per phase: a regex over a folder's path relative to the root, and its number of parts."""
+    out = []
+    for phase in PHASES:
+        rel = config.checkpoint_dir(phase, _MARKET_SLOT, root=".")
+        out.append((phase, _slot_regex(rel.as_posix()), len(rel.parts)))
+    return out
+
+
+def locate_folder(
+    folder: str | os.PathLike[str], config: CheckpointConfig | None = None
+) -> tuple[Path, int, str] | None:
+    """``(root, phase, market)`` of a checkpoint folder of the layout, or ``None``.
+
+    ``models/phase1/NQ/checkpoints`` -> ``(Path("models"), 1, "NQ")`` with the default paths.
+    """
+    parts = Path(os.path.abspath(folder)).parts
+    for phase, pattern, depth in _relative_templates(config or CheckpointConfig()):
+        if len(parts) <= depth:
+            continue
+        m = pattern.fullmatch("/".join(parts[-depth:]))
+        market = _market_or_none(m["market"]) if m else None
+        if market is not None:
+            return Path(*parts[:-depth]), phase, market
+    return None
+
+
+# --------------------------------------------------------------------------- entries
+
+
+def _finite(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _int_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    """One indexed checkpoint. ``path`` is relative to the registry root, ``/``-separated.
+
+    ``metrics`` maps each of ``val_reward``, ``sharpe_ratio``, ``win_rate``, ``max_drawdown``,
+    ``total_return`` to a float, or ``None`` when not measured. ``files`` has ``zip`` and
+    (when present) ``vecnormalize``, each with ``size`` and ``sha256`` (``None`` if unknown).
+    """
+
+    path: str
+    phase: int | None
+    market: str | None
+    seed: int | None
+    timesteps: int
+    event: str
+    legacy: bool = False
+    metrics: Mapping[str, float | None] = field(default_factory=dict)
+    metrics_timesteps: int | None = None
+    timestamp: str | None = None
+    files: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+    @property
+    def folder(self) -> str:
+        """The checkpoint folder, relative to the root."""
+        return self.path.rsplit("/", 1)[0] if "/" in self.path else ""
+
+    def metric(self, name: str) -> float:
+        """The metric's value, NaN when not measured."""
+        value = self.metrics.get(name)
+        return math.nan if value is None else value
+
+    def absolute(self, root: str | os.PathLike[str]) -> Path:
+        """The zip's path under ``root``."""
+        return Path(root, *self.path.split("/"))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "phase": self.phase,
+            "market": self.market,
+            "seed": self.seed,
+            "timesteps": self.timesteps,
+            "event": self.event,
+            "legacy": self.legacy,
+            "metrics": dict(self.metrics),
+            "metrics_timesteps": self.metrics_timesteps,
+            "timestamp": self.timestamp,
+            "files": {k: dict(v) for k, v in self.files.items()},
+        }
+
+    @classmethod
+    def from_json(cls, path: str, doc: Mapping[str, Any]) -> RegistryEntry:
+        metrics = doc.get("metrics") or {}
+        files = doc.get("files") or {}
+        if not isinstance(metrics, Mapping) or not isinstance(files, Mapping):
+            raise TypeError(f"bad registry entry for {path!r}")
+        return cls(
+            path=path,
+            phase=_int_or_none(doc.get("phase")),
+            market=doc.get("market"),
+            seed=_int_or_none(doc.get("seed")),
+            timesteps=int(doc["timesteps"]),
+            event=str(doc["event"]),
+            legacy=bool(doc.get("legacy", False)),
+            metrics={k: _finite(metrics.get(k)) for k in METRIC_FIELDS},
+            metrics_timesteps=_int_or_none(doc.get("metrics_timesteps")),
+            timestamp=doc.get("timestamp"),
+            files={k: dict(v) for k, v in files.items() if isinstance(v, Mapping)},
+        )
+
+
+def _build_entry(
+    rel: str,
+    name: CheckpointName | LegacyName,
+    phase: int | None,
+    market: str | None,
+    metadata: Mapping[str, Any] | None,
+    zip_size: int | None,
+) -> RegistryEntry:
+    """An entry from the name (identity) and the metadata (metrics, digests)."""
+    meta = metadata or {}
+    if isinstance(name, CheckpointName):
+        seed: int | None = name.seed
+        market = name.market
+        event = name.event
+        from_name = {"val_reward": name.val_reward, "sharpe_ratio": name.sharpe_ratio}
+    else:
+        seed, event, from_name = None, "periodic", {}
+        phase = phase if phase is not None else name.phase
+    if phase is None:
+        phase = _int_or_none(meta.get("phase"))
+    metrics = {k: _finite(meta.get(k, from_name.get(k))) for k in METRIC_FIELDS}
+    files: dict[str, dict[str, Any]] = {}
+    raw_files = meta.get("files")
+    if isinstance(raw_files, Mapping):
+        for key in ("zip", "vecnormalize"):
+            item = raw_files.get(key)
+            if isinstance(item, Mapping):
+                files[key] = {"size": item.get("size"), "sha256": item.get("sha256")}
+    if "zip" not in files:
+        files["zip"] = {"size": zip_size, "sha256": None}
+    return RegistryEntry(
+        path=rel,
+        phase=phase,
+        market=market,
+        seed=seed,
+        timesteps=name.timesteps,
+        event=event,
+        legacy=isinstance(name, LegacyName),
+        metrics=metrics,
+        metrics_timesteps=_int_or_none(meta.get("metrics_timesteps")),
+        timestamp=meta.get("timestamp") if isinstance(meta.get("timestamp"), str) else None,
+        files=files,
+    )
+
+
+def _rank(entries: Iterable[RegistryEntry], metric: str, seed: int | None) -> list[RegistryEntry]:
+    """Best first by ``metric``; NaN never ranks; ties: more timesteps, then smaller name."""
+    ranked = [
+        e for e in entries if (seed is None or e.seed == seed) and not math.isnan(e.metric(metric))
+    ]
+    ranked.sort(key=lambda e: (-e.metric(metric), -e.timesteps, e.name))
+    return ranked
+
+
+def _check_metric(metric: object) -> str:
+    if metric not in KNOWN_METRICS:
+        raise RegistryError(f"metric must be one of {list(KNOWN_METRICS)}, got {metric!r}")
+    assert isinstance(metric, str)
+    return metric
+
+
+# --------------------------------------------------------------------------- the registry
+
+
+class Registry:
+    """The index ``{root}/registry.json`` of the checkpoints under a models root.
+
+    Args:
+        root: the models root (``checkpointing.paths.root``).
+        config: gives the folder layout (``paths.phase{N}``); default: the built-in layout.
+    """
+
+    def __init__(
+        self, root: str | os.PathLike[str], config: CheckpointConfig | None = None
+    ) -> None:
+        self.root = Path(root)
+        self.config = config if config is not None else CheckpointConfig()
+        self._layout = _relative_templates(self.config)
+
+    def __repr__(self) -> str:
+        return f"Registry({os.fspath(self.root)!r})"
+
+    @property
+    def path(self) -> Path:
+        return self.root / REGISTRY_NAME
+
+    @property
+    def lock_path(self) -> Path:
+        return self.root / REGISTRY_LOCK_NAME
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """The registry's own exclusive lock (take any folder lock first). Not re-entrant."""
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    # ----------------------------------------------------------------- paths and layout
+
+    def relative(self, path: str | os.PathLike[str]) -> str:
+        """``path`` relative to the root, ``/``-separated; raises :class:`RegistryError`."""
+        for p, r in (
+            (os.path.abspath(path), os.path.abspath(self.root)),
+            (os.path.realpath(path), os.path.realpath(self.root)),
+        ):
+            try:
+                return Path(p).relative_to(r).as_posix()
+            except ValueError:
+                continue
+        raise RegistryError(f"{os.fspath(path)!r} is not under the registry root {self.root!r}")
+
+    def _where(self, rel_folder: str) -> tuple[int | None, str | None]:
+        for phase, pattern, _ in self._layout:
+            m = pattern.fullmatch(rel_folder)
+            if m is not None:
+                return phase, _market_or_none(m["market"])
+        return None, None
+
+    def _scan_entry(self, info: CheckpointInfo, rel_folder: str) -> RegistryEntry:
+        phase, market = self._where(rel_folder)
+        return _build_entry(
+            f"{rel_folder}/{info.path.name}" if rel_folder else info.path.name,
+            info.name,
+            phase,
+            market,
+            read_checkpoint_metadata(info.path),
+            info.size,
+        )
+
+    # ----------------------------------------------------------------- file I/O
+
+    def _read(self) -> dict[str, RegistryEntry] | None:
+        """The stored entries by relative path; ``None`` if missing or unreadable."""
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.warning("cannot read %s (%s); using a scan", self.path, exc)
+            return None
+        try:
+            doc = json.loads(raw)
+            if doc.get("schema_version") != REGISTRY_SCHEMA_VERSION:
+                raise ValueError(f"unknown schema_version {doc.get('schema_version')!r}")
+            return {
+                rel: RegistryEntry.from_json(rel, item) for rel, item in doc["checkpoints"].items()
+            }
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            log.warning("%s is unreadable (%s); using a scan", self.path, exc)
+            return None
+
+    def _write(self, entries: Mapping[str, RegistryEntry]) -> None:
+        doc = {
+            "schema_version": REGISTRY_SCHEMA_VERSION,
+            "updated": utc_timestamp(),
+            "checkpoints": {rel: entries[rel].to_json() for rel in sorted(entries)},
+        }
+        data = json.dumps(doc, indent=1, allow_nan=False).encode("utf-8")
+        tmp = temp_path(self.path)
+        try:
+            with open(tmp, "xb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        fsync_dir(self.root)
+
+    def _scan_all(self) -> dict[str, RegistryEntry]:
+        entries: dict[str, RegistryEntry] = {}
+        for folder in checkpoint_folders(self.config, self.root):
+            rel_folder = self.relative(folder.path)
+            for info in list_checkpoints(folder.path):
+                entry = self._scan_entry(info, rel_folder)
+                entries[entry.path] = entry
+        return entries
+
+    def _sync_folder(self, entries: dict[str, RegistryEntry], folder: Path) -> bool:
+        """Make ``entries`` list exactly the checkpoints of ``folder``; True if it changed."""
+        rel_folder = self.relative(folder)
+        on_disk = {f"{rel_folder}/{info.path.name}": info for info in list_checkpoints(folder)}
+        gone = [rel for rel, e in entries.items() if e.folder == rel_folder and rel not in on_disk]
+        for rel in gone:
+            del entries[rel]
+        new = [info for rel, info in on_disk.items() if rel not in entries]
+        for info in new:
+            entry = self._scan_entry(info, rel_folder)
+            entries[entry.path] = entry
+        return bool(gone or new)
+
+    # ----------------------------------------------------------------- writers
+
+    def record(self, zip_path: str | os.PathLike[str], metadata: Mapping[str, Any]) -> None:
+        """Index a just-committed checkpoint (the ``on_commit`` hook of ``commit_files``).
+
+        Runs under the registry lock (the caller holds the folder lock). Also brings the
+        entries of the zip's folder in line with the disk; a missing or unreadable registry
+        is rebuilt first. A failure is logged, never raised: the save has already succeeded.
+        """
+        zip_path = Path(zip_path)
+        try:
+            rel = self.relative(zip_path)
+            parsed = parse_name(zip_path.name)
+            if parsed is None:
+                raise RegistryError(f"not a checkpoint name: {zip_path.name!r}")
+            with self.lock():
+                entries = self._read()
+                if entries is None:
+                    entries = self._scan_all()
+                else:
+                    self._sync_folder(entries, zip_path.parent)
+                phase, market = self._where(rel.rsplit("/", 1)[0] if "/" in rel else "")
+                size = zip_path.stat().st_size
+                entries[rel] = _build_entry(rel, parsed, phase, market, metadata, size)
+                self._write(entries)
+        except (OSError, RegistryError) as exc:
+            log.warning("registry %s not updated for %s: %s", self.path, zip_path, exc)
+
+    def forget(self, paths: Iterable[str | os.PathLike[str]]) -> None:
+        """Drop deleted checkpoints (zip paths) from the index; retention calls it.
+
+        Also brings the entries of their folders in line with the disk. Nothing to do when
+        there is no registry yet. A failure is logged, never raised.
+        """
+        zips = [Path(p) for p in paths]
+        if not zips:
+            return
+        try:
+            with self.lock():
+                entries = self._read()
+                if entries is None:
+                    return
+                changed = False
+                for p in zips:
+                    changed |= entries.pop(self.relative(p), None) is not None
+                for folder in {p.parent for p in zips}:
+                    changed |= self._sync_folder(entries, folder)
+                if changed:
+                    self._write(entries)
+        except (OSError, RegistryError) as exc:
+            log.warning("registry %s not updated after a prune: %s", self.path, exc)
+
+    def rebuild(self) -> int:
+        """Regenerate the registry from the files (metadata JSONs); return the entry count."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self.lock():
+            entries = self._scan_all()
+            self._write(entries)
+        log.info("rebuilt %s: %d checkpoints", self.path, len(entries))
+        return len(entries)
+
+    # ----------------------------------------------------------------- readers
+
+    def entries(self, phase: int | None = None, market: str | None = None) -> list[RegistryEntry]:
+        """Up-to-date entries of one phase / market (default: all), by folder then timesteps.
+
+        Each folder read is checked against the disk (one listing); a stale folder, or all of
+        them when the registry is missing, is read from the files instead.
+        """
+        stored = self._read()
+        if stored is None:
+            log.info("%s missing or unreadable: scanning the checkpoint folders", self.path)
+        by_folder: dict[str, dict[str, RegistryEntry]] = {}
+        for rel, entry in (stored or {}).items():
+            by_folder.setdefault(entry.folder, {})[rel] = entry
+        out: list[RegistryEntry] = []
+        folders = checkpoint_folders(
+            self.config,
+            self.root,
+            None if phase is None else [phase],
+            None if market is None else [market],
+        )
+        for folder in folders:
+            rel_folder = self.relative(folder.path)
+            known = by_folder.get(rel_folder, {})
+            on_disk = {
+                f"{rel_folder}/{info.path.name}": info for info in list_checkpoints(folder.path)
+            }
+            if stored is not None and on_disk.keys() != known.keys():
+                log.info("%s is stale for %s: reading its files", self.path, rel_folder)
+            for rel, info in on_disk.items():
+                known_entry = known.get(rel)
+                out.append(known_entry or self._scan_entry(info, rel_folder))
+        return out
+
+    def rank(
+        self, phase: int, market: str, metric: str, seed: int | None = None
+    ) -> list[RegistryEntry]:
+        """The checkpoints of one folder, best first by ``metric`` (NaN never ranks; ties:
+        more timesteps, then smaller name)."""
+        _check_phase(phase)
+        validate_market(market)
+        return _rank(self.entries(phase, market), _check_metric(metric), seed)
+
+    def find_best(
+        self, phase: int, market: str, metric: str, seed: int | None = None
+    ) -> RegistryEntry | None:
+        """The best checkpoint of one folder by ``metric``, or ``None``."""
+        ranked = self.rank(phase, market, metric, seed)
+        return ranked[0] if ranked else None
+
+
+def find_best(
+    root: str | os.PathLike[str],
+    phase: int,
+    market: str,
+    metric: str,
+    seed: int | None = None,
+    *,
+    config: CheckpointConfig | None = None,
+) -> RegistryEntry | None:
+    """The best checkpoint of ``{root}/phase{N}/{market}`` by ``metric`` (any of
+    ``val_reward``, ``sharpe_ratio``, ``win_rate``, ``max_drawdown``, ``total_return``; higher
+    is better), optionally of one ``seed``. Use ``entry.absolute(root)`` for its path.
+
+    Raises:
+        RegistryError: a bad phase or metric.
+        CheckpointNameError: a bad market name.
+    """
+    return Registry(root, config).find_best(phase, market, metric, seed)
+
+
+def _parse_resume_spec(spec: str) -> str:
+    kind, _, metric = spec.partition(":")
+    if kind != "best" or (metric and metric not in KNOWN_METRICS):
+        raise RegistryError(
+            f"resume spec must be 'best' or 'best:<metric>' with a metric of "
+            f"{list(KNOWN_METRICS)}, got {spec!r}"
+        )
+    return metric or "val_reward"
+
+
+def find_resume_checkpoint_from_registry(
+    folder: str | os.PathLike[str],
+    spec: str = "best:sharpe_ratio",
+    *,
+    seed: int | None = None,
+    config: CheckpointConfig | None = None,
+    verify: bool = True,
+) -> Path | None:
+    """The zip to resume from for ``spec`` (``best:<metric>``; ``best`` is ``best:val_reward``).
+
+    ``folder`` is a checkpoint folder; when it fits the layout of ``config`` the registry of
+    its root is used (with its stale-folder fallback), otherwise the folder is scanned. With
+    ``verify`` the candidates are tried best first and the first whose files match their
+    sha256 digests is returned (failures are logged and skipped). ``None``: nothing ranks.
+
+    Raises:
+        RegistryError: a bad spec.
+    """
+    metric = _parse_resume_spec(spec)
+    located = locate_folder(folder, config)
+    if located is not None:
+        root, phase, market = located
+        ranked = Registry(root, config).rank(phase, market, metric, seed)
+        paths = [e.absolute(root) for e in ranked]
+    else:
+        registry = Registry(folder, config)
+        scanned = [registry._scan_entry(info, "") for info in list_checkpoints(folder)]
+        paths = [e.absolute(folder) for e in _rank(scanned, metric, seed)]
+    for path in paths:
+        if not verify:
+            return path
+        try:
+            verify_checkpoint(path)
+        except CheckpointCorruptError as exc:
+            log.warning("not resuming from %s: %s", path, exc)
+            continue
+        return path
+    return None
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m checkpointing.registry rebuild [--root DIR] [--config FILE]``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m checkpointing.registry",
+        description="Maintain {root}/registry.json, the index of committed checkpoints.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    rebuild = sub.add_parser("rebuild", help="regenerate registry.json from the files")
+    rebuild.add_argument("--root", help="models root (default: checkpointing.paths.root)")
+    rebuild.add_argument(
+        "--config", help=f"checkpoint config (default: {DEFAULT_CONFIG_PATH} if it exists)"
+    )
+    args = parser.parse_args(argv)
+    try:
+        config = resolve_config(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    root = config.models_root(args.root)
+    if not root.is_dir():
+        print(f"error: models root {os.fspath(root)!r} does not exist", file=sys.stderr)
+        return 2
+    try:
+        count = Registry(root, config).rebuild()
+    except (ConfigError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"indexed {count} checkpoints in {os.fspath(root / REGISTRY_NAME)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

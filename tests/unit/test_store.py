@@ -1,0 +1,191 @@
+"""The commit protocol, listing, verification, deletion and sweeping on a real folder."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from checkpointing.metadata import read_checkpoint_metadata, write_checkpoint_metadata
+from checkpointing.naming import format_checkpoint_name
+from checkpointing.store import (
+    CheckpointCorruptError,
+    commit_files,
+    delete_checkpoint,
+    folder_lock,
+    list_checkpoints,
+    sweep,
+    verify_checkpoint,
+)
+
+
+def commit(folder: Path, ts: int, event: str = "periodic", payload: bytes = b"model") -> Path:
+    name = format_checkpoint_name("NQ", ts, event, 0.5, 1.25, 42)
+
+    def write_zip(tmp: Path) -> None:
+        tmp.write_bytes(payload + str(ts).encode())
+
+    path, _ = commit_files(
+        folder, name, write_zip, b"stats", {"schema_version": "2.0", "val_reward": 0.5}
+    )
+    return path
+
+
+def test_commit_writes_three_files_with_digests(tmp_path: Path) -> None:
+    path = commit(tmp_path, 100)
+    base = path.name[:-4]
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == sorted(
+        [path.name, base + "_vecnormalize.pkl", base + "_metadata.json"]
+    )
+    meta = verify_checkpoint(path)
+    assert meta["files"]["zip"]["size"] == path.stat().st_size
+    assert len(meta["files"]["vecnormalize"]["sha256"]) == 64
+
+
+def test_failed_write_leaves_no_trace_and_keeps_older_checkpoints(tmp_path: Path) -> None:
+    old = commit(tmp_path, 100)
+
+    def failing(tmp: Path) -> None:
+        tmp.write_bytes(b"partial")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        commit_files(
+            tmp_path, format_checkpoint_name("NQ", 200, "periodic", 0, 0, 42), failing, b"x", {}
+        )
+    assert [i.path for i in list_checkpoints(tmp_path)] == [old]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    verify_checkpoint(old)
+
+
+def test_listing_is_numeric_and_ignores_what_is_not_ours(tmp_path: Path) -> None:
+    for ts in (10_000_000, 9_999_999, 5):
+        commit(tmp_path, ts)
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "best_model.zip").write_bytes(b"x")
+    (tmp_path / format_checkpoint_name("NQ", 7, "periodic", 0, 0, 1)).mkdir()
+    outside = tmp_path.parent / "outside.zip"
+    outside.write_bytes(b"secret")
+    (tmp_path / format_checkpoint_name("NQ", 8, "periodic", 0, 0, 1)).symlink_to(outside)
+    (tmp_path / "phase1_300_steps.zip").write_bytes(b"v1")
+    infos = list_checkpoints(tmp_path)
+    assert [i.timesteps for i in infos] == [5, 300, 9_999_999, 10_000_000]
+    assert [i.timesteps for i in list_checkpoints(tmp_path, include_legacy=False)] == [
+        5,
+        9_999_999,
+        10_000_000,
+    ]
+
+
+def test_truncated_zip_and_flipped_bytes_are_detected(tmp_path: Path) -> None:
+    a, b, c = commit(tmp_path, 1), commit(tmp_path, 2), commit(tmp_path, 3)
+    with open(a, "r+b") as fh:
+        fh.truncate(3)
+    raw = bytearray(b.read_bytes())
+    raw[0] ^= 0x01
+    b.write_bytes(bytes(raw))
+    pkl = c.with_name(c.name[:-4] + "_vecnormalize.pkl")
+    pkl.write_bytes(b"statz")
+    with pytest.raises(CheckpointCorruptError, match="truncated"):
+        verify_checkpoint(a)
+    with pytest.raises(CheckpointCorruptError, match=re.escape(b.name) + ".*sha256"):
+        verify_checkpoint(b)
+    with pytest.raises(
+        CheckpointCorruptError, match=r"_vecnormalize\.pkl: the VecNormalize pkl fails"
+    ):
+        verify_checkpoint(c)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "metadata file is missing"),
+        (b"{not json", "not valid JSON"),
+        (b'{"schema_version": "9.0"}', "unknown metadata schema_version '9.0'"),
+        (b"[1, 2]", "must be a JSON object"),
+    ],
+)
+def test_bad_metadata_is_detected(tmp_path: Path, content: bytes | None, message: str) -> None:
+    path = commit(tmp_path, 1)
+    meta = path.with_name(path.name[:-4] + "_metadata.json")
+    if content is None:
+        meta.unlink()
+    else:
+        meta.write_bytes(content)
+    with pytest.raises(CheckpointCorruptError, match=message) as err:
+        verify_checkpoint(path)
+    assert "_metadata.json" in str(err.value)
+
+
+def test_delete_removes_zip_and_companions_only(tmp_path: Path) -> None:
+    keep, gone = commit(tmp_path, 1), commit(tmp_path, 2)
+    (tmp_path / "foreign.json").write_text("{}")
+    removed = delete_checkpoint(gone)
+    assert removed[0] == gone and len(removed) == 3
+    assert [i.path for i in list_checkpoints(tmp_path)] == [keep]
+    assert (tmp_path / "foreign.json").exists()
+    with pytest.raises(ValueError, match="not a checkpoint name"):
+        delete_checkpoint(tmp_path / "foreign.json")
+
+
+def test_sweep_removes_orphans_and_dead_temporaries_only(tmp_path: Path) -> None:
+    live = commit(tmp_path, 1)
+    orphan_base = format_checkpoint_name("NQ", 2, "periodic", 0, 0, 42)[:-4]
+    (tmp_path / (orphan_base + "_vecnormalize.pkl")).write_bytes(b"x")
+    (tmp_path / (orphan_base + "_metadata.json")).write_bytes(b"{}")
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead_pid = int(dead.stdout)
+    dead_tmp = tmp_path / f".{live.name}.{dead_pid}.0123abcd.tmp"
+    dead_tmp.write_bytes(b"x")
+    mine = tmp_path / f".{live.name}.{os.getpid()}.89abcdef.tmp"
+    mine.write_bytes(b"x")
+    (tmp_path / "phase1_10_steps_metadata.json").write_text("{}")  # legacy: never swept
+    (tmp_path / "foreign_metadata.json").write_text("{}")
+    with folder_lock(tmp_path):
+        dry = sweep(tmp_path, dry_run=True)
+        assert dry.count == 3 and dead_tmp.exists()
+        report = sweep(tmp_path)
+    assert sorted(p.name for p in report.orphans) == sorted(
+        [orphan_base + "_vecnormalize.pkl", orphan_base + "_metadata.json"]
+    )
+    assert report.temporaries == [dead_tmp]
+    assert mine.exists() and (tmp_path / "foreign_metadata.json").exists()
+    assert (tmp_path / "phase1_10_steps_metadata.json").exists()
+    verify_checkpoint(live)
+
+
+def test_metadata_nan_is_null_on_disk_and_nan_when_read(tmp_path: Path) -> None:
+    zip_path = tmp_path / format_checkpoint_name("NQ", 1, "interrupt", math.nan, math.nan, 3)
+    zip_path.write_bytes(b"x")
+    write_checkpoint_metadata(zip_path, {"schema_version": "2.0", "val_reward": math.nan})
+    on_disk = json.loads(zip_path.with_name(zip_path.name[:-4] + "_metadata.json").read_text())
+    assert on_disk["val_reward"] is None
+    meta = read_checkpoint_metadata(zip_path)
+    assert meta is not None and math.isnan(meta["val_reward"])
+
+
+def test_metadata_falls_back_to_legacy_file_then_to_name(tmp_path: Path) -> None:
+    legacy = tmp_path / "phase1_5000_steps.zip"
+    legacy.write_bytes(b"x")
+    meta = read_checkpoint_metadata(legacy)
+    assert meta is not None and meta["source"] == "filename" and meta["timesteps"] == 5000
+    final = tmp_path / "phase1_foundational_final.zip"
+    final.write_bytes(b"x")
+    (tmp_path / "phase1_foundational_final_metadata.json").write_text(
+        '{"val_reward": 0.3, "n_envs": 80}'
+    )
+    meta = read_checkpoint_metadata(final)
+    assert meta is not None and meta["val_reward"] == 0.3 and meta["source"] == "metadata"
+    v2 = tmp_path / format_checkpoint_name("ES", 150000, "best", 0.238, 1.92, 7)
+    v2.write_bytes(b"x")
+    meta = read_checkpoint_metadata(v2)
+    assert meta is not None and meta["sharpe_ratio"] == 1.92 and meta["source"] == "filename"
+    assert read_checkpoint_metadata(tmp_path / "random.zip") is None
