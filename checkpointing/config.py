@@ -181,8 +181,14 @@ class CheckpointConfig:
         )
         return folder.parents[depth - 1]
 
-    def with_overrides(self, **changes: Any) -> CheckpointConfig:
-        return replace(self, **changes)
+    def with_phase(self, phase: int, schedule: PhaseSchedule) -> CheckpointConfig:
+        """A copy with the schedule of ``phase`` replaced."""
+        self.phase(phase)  # validates the number
+        if phase == 1:
+            return replace(self, phase1=schedule)
+        if phase == 2:
+            return replace(self, phase2=schedule)
+        return replace(self, phase3=schedule)
 
 
 # --------------------------------------------------------------------------- reading

@@ -82,6 +82,7 @@ def load_checkpoint(
     device: str = "auto",
     custom_objects: dict[str, Any] | None = None,
     allow_unverified: bool = True,
+    **load_kwargs: Any,
 ) -> LoadedCheckpoint:
     """Verify and load a checkpoint and its companion VecNormalize.
 
@@ -92,6 +93,7 @@ def load_checkpoint(
         allow_unverified: load files without metadata digests (v1 checkpoints and
             ``best_model.zip`` / final models written by other tools) with a warning.
             v2 checkpoints always verify.
+        load_kwargs: passed to ``Algorithm.load`` (e.g. a new phase's ``learning_rate``).
 
     Raises:
         FileNotFoundError: no such checkpoint.
@@ -137,7 +139,7 @@ def load_checkpoint(
             obj.set_venv(env)
         vec_normalize = obj
     model_env = vec_normalize if (vec_normalize is not None and env is not None) else env
-    model = cls.load(p, env=model_env, device=device, custom_objects=custom_objects)
+    model = cls.load(p, env=model_env, device=device, custom_objects=custom_objects, **load_kwargs)
     return LoadedCheckpoint(p, model, vec_normalize, metadata, verified)
 
 
