@@ -301,7 +301,11 @@ class DynamicCheckpointManager:
         if becomes_best_model:
             self.state.best_val_reward = val
         callback_state = self.state_dict()
-        llm = {k: clean_metrics[k] for k in self.config.llm_metadata if k in clean_metrics}
+        llm: dict[str, float | int] = {
+            k: int(clean_metrics[k]) if k.endswith("_count") else clean_metrics[k]
+            for k in self.config.llm_metadata
+            if k in clean_metrics and math.isfinite(clean_metrics[k])
+        }
         other = {k: v for k, v in clean_metrics.items() if k not in METRIC_FIELDS and k not in llm}
         documents = [
             build_metadata(

@@ -1,0 +1,195 @@
+"""The single-run trainer, end to end on tiny configs: CLI errors, determinism, curriculum,
+continue and resume."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from checkpointing import list_checkpoints, read_checkpoint_metadata
+from tests.tiny_config import PROJECT_ROOT, tiny_config_dir
+from tuner.train import main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def config_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_config_dir(tmp_path_factory.mktemp("cfg"), markets={"BAD": {**_bad_market()}})
+
+
+def _bad_market() -> dict[str, object]:
+    return {
+        "tick_size": 0.25,
+        "tick_value": 5.0,
+        "commission_per_side": 1.0,
+        "slippage_ticks": 1,
+        "session": "none",
+        "data": {"file": "does_not_exist.csv"},
+    }
+
+
+def run_cli(*args: str, cwd: Path = PROJECT_ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tuner.train", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--market", "XX"], "unknown market 'XX'"),
+        (["--market", "../NQ"], "invalid market name '../NQ'"),
+        (["--market", "BAD"], "does_not_exist.csv"),
+        (["--market", "NQ", "--phase", "4"], "--phase must be 1, 2 or 3, got 4"),
+        (["--market", "NQ", "--phases", "1,3"], "--phases must be consecutive"),
+        (["--market", "NQ", "--resume-from", "best:sharp"], "unknown metric 'sharp'"),
+        (["--market", "NQ", "--continue"], "--continue and --model-path go together"),
+    ],
+)
+def test_bad_input_exits_2_and_writes_nothing(
+    tmp_path: Path,
+    config_dir: Path,
+    args: list[str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root = tmp_path / "models"
+    assert main([*args, "--config-dir", str(config_dir), "--models-root", str(root)]) == 2
+    assert message in capsys.readouterr().err
+    assert not root.exists()
+
+
+def test_cli_process_exit_code_for_a_bad_config_dir(tmp_path: Path) -> None:
+    done = run_cli("--market", "NQ", "--config-dir", str(tmp_path / "nope"))
+    assert done.returncode == 2 and "config folder not found" in done.stderr
+
+
+def names(folder: Path) -> list[str]:
+    return [i.path.name for i in list_checkpoints(folder)]
+
+
+def test_same_seed_same_metrics_and_names(tmp_path: Path, config_dir: Path) -> None:
+    for run in ("a", "b"):
+        assert (
+            main(
+                [
+                    "--market",
+                    "NQ",
+                    "--seed",
+                    "3",
+                    "--timesteps",
+                    "1200",
+                    "--quiet",
+                    "--config-dir",
+                    str(config_dir),
+                    "--models-root",
+                    str(tmp_path / run),
+                ]
+            )
+            == 0
+        )
+    a = names(tmp_path / "a/phase1/NQ/checkpoints")
+    b = names(tmp_path / "b/phase1/NQ/checkpoints")
+    assert a == b and len(a) >= 2
+    last_a = read_checkpoint_metadata(tmp_path / "a/phase1/NQ/checkpoints" / a[-1])
+    last_b = read_checkpoint_metadata(tmp_path / "b/phase1/NQ/checkpoints" / b[-1])
+    assert last_a is not None and last_b is not None
+    for key in ("val_reward", "sharpe_ratio", "win_rate", "max_drawdown", "total_return"):
+        assert last_a[key] == last_b[key] or (
+            last_a[key] != last_a[key] and last_b[key] != last_b[key]
+        )
+
+
+def test_curriculum_chains_phases_and_carries_vecnormalize(
+    tmp_path: Path, config_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "m"
+    code = main(
+        [
+            "--market",
+            "ES",
+            "--seed",
+            "7",
+            "--phases",
+            "1,2,3",
+            "--timesteps",
+            "1000",
+            "--config-dir",
+            str(config_dir),
+            "--models-root",
+            str(root),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "ES seed 7 phase 2: starting from phase 1 phase_end" in out
+    assert "ES seed 7 phase 3: starting from phase 2 phase_end" in out
+    assert "checkpoints: " + str(root / "phase3_hybrid/ES/checkpoints") in out
+
+    def stats(folder: Path, event: str) -> tuple[float, Path]:
+        info = next(i for i in list_checkpoints(folder) if i.name.event == event)  # type: ignore[union-attr]
+        vecnorm = pickle.loads(info.vecnormalize_path.read_bytes())
+        return float(vecnorm.obs_rms.count), info.path
+
+    count1, end1 = stats(root / "phase1/ES/checkpoints", "phase_end")
+    count2, _ = stats(root / "phase2/ES/checkpoints", "periodic")
+    assert count2 > count1  # phase 2 kept accumulating phase 1's statistics
+    meta3 = read_checkpoint_metadata(
+        next(iter(list_checkpoints(root / "phase3_hybrid/ES/checkpoints"))).path
+    )
+    assert meta3 is not None and meta3["phase"] == 3
+    assert {"reasoning_usage_rate", "rl_llm_agreement_rate", "risk_veto_count"} <= meta3.keys()
+    assert (root / "phase1/phase1_foundational_final.zip").exists()
+    assert (root / "phase2/phase2_position_mgmt_final.zip").exists()
+    assert (root / "phase3_hybrid/phase3_hybrid_final.zip").exists()
+    assert (root / "phase2/best_model.zip").exists()
+    assert end1.exists()
+
+
+def test_continue_from_model_path_and_resume_from_best(
+    tmp_path: Path, config_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "m"
+    common = [
+        "--market",
+        "NQ",
+        "--seed",
+        "5",
+        "--config-dir",
+        str(config_dir),
+        "--models-root",
+        str(root),
+    ]
+    assert main([*common, "--timesteps", "1100"]) == 0
+    folder = root / "phase1/NQ/checkpoints"
+    periodic = [i for i in list_checkpoints(folder) if i.name.event == "periodic"]  # type: ignore[union-attr]
+    start = periodic[0]
+    before = set(names(folder))
+    capsys.readouterr()
+    # The seed note's resume: --continue --model-path, VecNormalize from the companion.
+    assert (
+        main([*common, "--timesteps", "2000", "--continue", "--model-path", str(start.path)]) == 0
+    )
+    out = capsys.readouterr().out
+    assert f"starting from --model-path {start.path.name}" in out
+    meta = json.loads(start.metadata_path.read_text())
+    state = meta["callback_state"]
+    added = [i for i in list_checkpoints(folder) if i.path.name not in before]
+    assert added, "continuing should add checkpoints"
+    # The restored callback state: the next periodic save is where the first run planned it.
+    assert min(i.timesteps for i in added) >= state["next_save_step"]
+    assert max(i.timesteps for i in added) >= 2000
+
+    capsys.readouterr()
+    assert main([*common, "--timesteps", "2500", "--resume-from", "best:sharpe_ratio"]) == 0
+    assert "starting from best:sharpe_ratio" in capsys.readouterr().out

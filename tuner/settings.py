@@ -1,0 +1,271 @@
+"""All of a run's configuration, loaded and validated from one config folder.
+
+``config/`` holds ``checkpoint_config.yaml``, ``llm_config.yaml`` (phase-3 overlay and the
+``advisor:`` section), ``markets.yaml`` and ``training.yaml``. :func:`load_settings` reads
+and checks them all before anything is trained or written.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from checkpointing.config import CheckpointConfig, ConfigError, load_config, read_yaml
+from tuner.advisor import AdvisorConfig, parse_advisor_config
+from tuner.env import EnvConfig
+from tuner.markets import (
+    MarketSpec,
+    check_keys,
+    get_float,
+    get_int,
+    get_str,
+    load_markets,
+    require_mapping,
+)
+
+__all__ = [
+    "PHASES",
+    "PPOConfig",
+    "PhaseTraining",
+    "Settings",
+    "TrainingConfig",
+    "load_settings",
+    "load_training_config",
+]
+
+PHASES = (1, 2, 3)
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """PPO hyperparameters of one phase (stable-baselines3 names)."""
+
+    learning_rate: float = 3e-4
+    n_steps: int = 256
+    batch_size: int = 256
+    n_epochs: int = 10
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_range: float = 0.2
+    ent_coef: float = 0.01
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    net_arch: tuple[int, ...] | None = None
+
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``PPO(...)`` / ``PPO.load(...)`` (without the network)."""
+        return {
+            "learning_rate": self.learning_rate,
+            "n_steps": self.n_steps,
+            "batch_size": self.batch_size,
+            "n_epochs": self.n_epochs,
+            "gamma": self.gamma,
+            "gae_lambda": self.gae_lambda,
+            "clip_range": self.clip_range,
+            "ent_coef": self.ent_coef,
+            "vf_coef": self.vf_coef,
+            "max_grad_norm": self.max_grad_norm,
+        }
+
+
+@dataclass(frozen=True)
+class PhaseTraining:
+    target_timesteps: int
+    ppo: PPOConfig
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    n_envs: int = 8
+    eval_episodes: int = 4
+    eval_episode_length: int | None = 700
+    device: str = "cpu"
+    env: EnvConfig = field(default_factory=EnvConfig)
+    phase1: PhaseTraining = PhaseTraining(2_000_000, PPOConfig(net_arch=(64, 64)))
+    phase2: PhaseTraining = PhaseTraining(5_000_000, PPOConfig(learning_rate=2e-4))
+    phase3: PhaseTraining = PhaseTraining(5_000_000, PPOConfig(learning_rate=1e-4))
+
+    def phase(self, phase: int) -> PhaseTraining:
+        if phase not in PHASES:
+            raise ConfigError(f"phase must be 1, 2 or 3, got {phase!r}")
+        value: PhaseTraining = getattr(self, f"phase{phase}")
+        return value
+
+    @property
+    def net_arch(self) -> tuple[int, ...]:
+        return self.phase1.ppo.net_arch or (64, 64)
+
+    def env_config(self) -> EnvConfig:
+        from dataclasses import replace
+
+        return replace(self.env, eval_episode_length=self.eval_episode_length)
+
+
+_PPO_FLOATS: dict[str, dict[str, float]] = {
+    "learning_rate": {"gt": 0.0, "le": 1.0},
+    "gamma": {"gt": 0.0, "le": 1.0},
+    "gae_lambda": {"ge": 0.0, "le": 1.0},
+    "clip_range": {"gt": 0.0, "le": 10.0},
+    "ent_coef": {"ge": 0.0},
+    "vf_coef": {"ge": 0.0},
+    "max_grad_norm": {"gt": 0.0},
+}
+_PPO_INTS = {"n_steps": 2, "batch_size": 2, "n_epochs": 1}
+
+
+def _parse_ppo(raw: object, where: str, default: PPOConfig, allow_net_arch: bool) -> PPOConfig:
+    m = require_mapping(raw, where)
+    allowed = set(_PPO_FLOATS) | set(_PPO_INTS) | ({"net_arch"} if allow_net_arch else set())
+    if not allow_net_arch and "net_arch" in m:
+        raise ConfigError(
+            f"{where}.net_arch can only be set in phase1 (later phases continue from the "
+            "phase-1 network)"
+        )
+    check_keys(m, where, optional=allowed)
+    values: dict[str, Any] = {}
+    for key, bounds in _PPO_FLOATS.items():
+        values[key] = get_float(m, key, where, **bounds) if key in m else getattr(default, key)
+    for key, low in _PPO_INTS.items():
+        values[key] = get_int(m, key, where, ge=low) if key in m else getattr(default, key)
+    if "net_arch" in m:
+        arch = m["net_arch"]
+        if (
+            not isinstance(arch, list)
+            or not arch
+            or any(isinstance(u, bool) or not isinstance(u, int) or u < 1 for u in arch)
+        ):
+            raise ConfigError(
+                f"{where}.net_arch must be a non-empty list of positive integers, got {arch!r}"
+            )
+        values["net_arch"] = tuple(arch)
+    else:
+        values["net_arch"] = default.net_arch
+    return PPOConfig(**values)
+
+
+def load_training_config(path: str | os.PathLike[str]) -> TrainingConfig:
+    """Load ``training.yaml``; errors name the file, the key path and the value."""
+    where_file = os.fspath(path)
+    doc = read_yaml(path)
+    if doc is None:
+        raise ConfigError(f"{where_file}: the file is empty; expected a 'training:' section")
+    try:
+        top = require_mapping(doc, "<top level>")
+        check_keys(top, "<top level>", required=("training",))
+        t = require_mapping(top["training"], "training")
+        check_keys(
+            t,
+            "training",
+            optional=(
+                "n_envs",
+                "eval_episodes",
+                "eval_episode_length",
+                "device",
+                "env",
+                "phase1",
+                "phase2",
+                "phase3",
+            ),
+        )
+        d = TrainingConfig()
+        phases: dict[str, PhaseTraining] = {}
+        for n in PHASES:
+            key = f"phase{n}"
+            default = d.phase(n)
+            if key not in t:
+                phases[key] = default
+                continue
+            p = require_mapping(t[key], f"training.{key}")
+            check_keys(p, f"training.{key}", optional=("target_timesteps", "ppo"))
+            target = (
+                get_int(p, "target_timesteps", f"training.{key}", ge=1)
+                if "target_timesteps" in p
+                else default.target_timesteps
+            )
+            ppo = (
+                _parse_ppo(p["ppo"], f"training.{key}.ppo", default.ppo, allow_net_arch=n == 1)
+                if "ppo" in p
+                else default.ppo
+            )
+            phases[key] = PhaseTraining(target, ppo)
+        eval_len: int | None = d.eval_episode_length
+        if "eval_episode_length" in t:
+            eval_len = (
+                None
+                if t["eval_episode_length"] is None
+                else get_int(t, "eval_episode_length", "training", ge=2)
+            )
+        device = get_str(t, "device", "training") if "device" in t else d.device
+        if device not in ("cpu", "auto", "cuda") and not device.startswith("cuda:"):
+            raise ConfigError(f"training.device must be cpu, cuda, cuda:N or auto, got {device!r}")
+        cfg = TrainingConfig(
+            n_envs=get_int(t, "n_envs", "training", ge=1) if "n_envs" in t else d.n_envs,
+            eval_episodes=(
+                get_int(t, "eval_episodes", "training", ge=1)
+                if "eval_episodes" in t
+                else d.eval_episodes
+            ),
+            eval_episode_length=eval_len,
+            device=device,
+            env=EnvConfig.from_mapping(t["env"], "training.env") if "env" in t else d.env,
+            **phases,
+        )
+        for n in PHASES:
+            ppo = cfg.phase(n).ppo
+            if ppo.batch_size > ppo.n_steps * cfg.n_envs:
+                raise ConfigError(
+                    f"training.phase{n}.ppo.batch_size ({ppo.batch_size}) must be <= n_steps x "
+                    f"n_envs ({ppo.n_steps * cfg.n_envs})"
+                )
+        return cfg
+    except ConfigError as exc:
+        raise ConfigError(f"{where_file}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a run needs from the config folder."""
+
+    config_dir: Path
+    checkpoint: CheckpointConfig
+    markets: Mapping[str, MarketSpec]
+    training: TrainingConfig
+    advisor: AdvisorConfig
+
+
+def check_path_argument(value: str | os.PathLike[str], what: str) -> Path:
+    """Refuse NUL and empty paths from the command line before anything touches the disk."""
+    text = os.fspath(value)
+    if not text or "\x00" in text:
+        raise ConfigError(f"{what} must be a non-empty path without NUL, got {text!r}")
+    return Path(text)
+
+
+def load_settings(config_dir: str | os.PathLike[str] = "config") -> Settings:
+    """Load and validate every config file of ``config_dir``.
+
+    The checkpoint config is ``llm_config.yaml`` when present (it inherits
+    ``checkpoint_config.yaml`` and overrides phase 3), else ``checkpoint_config.yaml``.
+
+    Raises:
+        ConfigError: naming the file and the key of the first problem found.
+    """
+    folder = check_path_argument(config_dir, "--config-dir")
+    if not folder.is_dir():
+        raise ConfigError(f"config folder not found: {os.fspath(folder)!r}")
+    llm_path = folder / "llm_config.yaml"
+    checkpoint = load_config(llm_path if llm_path.exists() else folder / "checkpoint_config.yaml")
+    advisor = AdvisorConfig()
+    if llm_path.exists():
+        doc = read_yaml(llm_path)
+        if isinstance(doc, Mapping) and "advisor" in doc:
+            try:
+                advisor = parse_advisor_config(doc["advisor"])
+            except ConfigError as exc:
+                raise ConfigError(f"{os.fspath(llm_path)}: {exc}") from None
+    markets = load_markets(folder / "markets.yaml")
+    training = load_training_config(folder / "training.yaml")
+    return Settings(folder, checkpoint, markets, training, advisor)
