@@ -14,6 +14,7 @@ __all__ = [
     "CheckpointCorruptError",
     "CheckpointName",
     "CheckpointNameError",
+    "CheckpointRetentionManager",
     "ConfigError",
     "DynamicCheckpointManager",
     "LoadedCheckpoint",
@@ -51,6 +52,7 @@ _WHERE = {
     "LoadedCheckpoint": "loading",
     "find_resume_checkpoint": "loading",
     "load_checkpoint": "loading",
+    "CheckpointRetentionManager": "summary",
 }
 
 if TYPE_CHECKING:
@@ -70,6 +72,7 @@ if TYPE_CHECKING:
         parse_checkpoint_filename,
     )
     from checkpointing.store import CheckpointCorruptError, list_checkpoints, verify_checkpoint
+    from checkpointing.summary import CheckpointRetentionManager
 
 
 def __getattr__(name: str) -> Any:

@@ -17,9 +17,12 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from checkpointing.naming import BASE_EVENTS, CheckpointNameError, validate_boundary_name
+
+if TYPE_CHECKING:
+    from checkpointing.policies import RetentionPolicy
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -103,6 +106,8 @@ class RetentionConfig:
     preserve_events: tuple[str, ...] = ("phase_end", "phase_boundary", "interrupt")
     prune_frequency: int = 10
     orphan_grace_seconds: float = 3600.0
+    # Extra keep rules (`rules:`), built by checkpointing.policies.parse_rules.
+    rules: tuple[RetentionPolicy, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -391,9 +396,16 @@ def _parse_retention(sec: _Section) -> RetentionConfig:
         orphan_grace_seconds=sec.get_float(
             "orphan_grace_seconds", d.orphan_grace_seconds, minimum=0.0
         ),
+        rules=_parse_rules(sec),
     )
     sec.done()
     return out
+
+
+def _parse_rules(sec: _Section) -> tuple[RetentionPolicy, ...]:
+    from checkpointing.policies import parse_rules  # late: policies imports this module
+
+    return parse_rules(sec.raw("rules", []), sec.where("rules"))
 
 
 def _parse_paths(sec: _Section) -> PathsConfig:

@@ -251,14 +251,18 @@ def parse_name(filename: str) -> CheckpointName | LegacyName | None:
         seed = int(m["seed"])
         if seed > MAX_SEED:
             return None
-        return CheckpointName(
-            market=m["market"],
-            timesteps=int(m["ts"]),
-            event=m["event"],
-            val_reward=_num(m["val"]),
-            sharpe_ratio=_num(m["sharpe"]),
-            seed=seed,
-        )
+        # The regex has validated every field: skip __post_init__ (listing 10,000 names).
+        name = object.__new__(CheckpointName)
+        for field_name, value in (
+            ("market", m["market"]),
+            ("timesteps", int(m["ts"])),
+            ("event", m["event"]),
+            ("val_reward", _num(m["val"])),
+            ("sharpe_ratio", _num(m["sharpe"])),
+            ("seed", seed),
+        ):
+            object.__setattr__(name, field_name, value)
+        return name
     m = _LEGACY_RE.match(filename)
     if m is not None:
         return LegacyName(phase=int(m["phase"]), timesteps=int(m["steps"]))

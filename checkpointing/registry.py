@@ -354,9 +354,15 @@ def _check_metric(metric: object) -> str:
 class Registry:
     """The index ``{root}/registry.json`` of the checkpoints under a models root.
 
+    Only the checkpoint folders of the layout (``paths.phase{N}`` under ``paths.root``, moved to
+    ``root``) are indexed.
+
     Args:
         root: the models root (``checkpointing.paths.root``).
-        config: gives the folder layout (``paths.phase{N}``); default: the built-in layout.
+        config: gives the folder layout; default: the built-in layout.
+
+    Raises:
+        ConfigError: a ``paths.phase{N}`` template that is not under ``paths.root``.
     """
 
     def __init__(
@@ -498,13 +504,18 @@ class Registry:
             parsed = parse_name(zip_path.name)
             if parsed is None:
                 raise RegistryError(f"not a checkpoint name: {zip_path.name!r}")
+            phase, market = self._where(rel.rsplit("/", 1)[0] if "/" in rel else "")
+            if phase is None:
+                raise RegistryError(
+                    f"{os.fspath(zip_path.parent)!r} is not a checkpoint folder of the layout "
+                    f"({self.config.paths.template(1)!r} ...)"
+                )
             with self.lock():
                 entries = self._read()
                 if entries is None:
                     entries = self._scan_all()
                 else:
                     self._sync_folder(entries, zip_path.parent)
-                phase, market = self._where(rel.rsplit("/", 1)[0] if "/" in rel else "")
                 size = zip_path.stat().st_size
                 entries[rel] = _build_entry(rel, parsed, phase, market, metadata, size)
                 self._write(entries)

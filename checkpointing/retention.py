@@ -1,0 +1,463 @@
+"""Retention: decide which checkpoints of a folder to keep, and delete the rest.
+
+What to keep is a policy (:mod:`checkpointing.policies`; the default is
+:func:`~checkpointing.policies.build_policy` of ``checkpointing.retention``). This module
+applies it to a folder:
+
+- :func:`plan` lists the folder (names only: no metadata file is opened) and asks the policy;
+  every row says keep or delete and why (``kept_by``); each decision is logged on one line.
+- :func:`apply` deletes the rows marked delete, each zip first and then its companions.
+- :func:`prune_folder` does sweep + plan + apply under the folder lock, so a commit and a
+  prune never interleave and two prunes give the result of one; the checkpoint manager calls
+  it every ``prune_frequency`` saves. :func:`prune_tree` does it for every folder of a models
+  root (the driver, once, after all trials).
+
+Never touched: foreign files, ``best_model*``, the legacy final models and, unless asked
+(``include_legacy``), legacy v1 checkpoints. Leftovers of interrupted commits (companions
+without a zip, temporaries whose writer is gone or older than ``orphan_grace_seconds``) are
+swept and reported.
+
+CLI::
+
+    python -m checkpointing.retention --phase 1 --market NQ --dry-run
+    python -m checkpointing.retention --phase 2 [--root models] [--config FILE] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import errno
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from checkpointing.config import PHASES, CheckpointConfig, ConfigError, RetentionConfig
+from checkpointing.naming import CheckpointNameError, validate_market
+from checkpointing.policies import AnyPolicy, RetentionPolicy, build_policy
+from checkpointing.registry import Registry, checkpoint_folders, resolve_config
+from checkpointing.store import (
+    CheckpointInfo,
+    SweepReport,
+    delete_checkpoint,
+    folder_lock,
+    list_checkpoints,
+    sweep,
+)
+from checkpointing.summary import CheckpointRetentionManager, checkpoint_bytes, human_bytes
+
+__all__ = [
+    "CheckpointRetentionManager",
+    "PlanRow",
+    "PruneReport",
+    "RetentionPlan",
+    "apply",
+    "main",
+    "plan",
+    "prune_folder",
+    "prune_tree",
+]
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- plan
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    """One checkpoint of a plan: keep it (``kept_by`` says why) or delete it.
+
+    ``bytes_freed``: what deleting it frees (the zip plus its companions); 0 when kept.
+    """
+
+    info: CheckpointInfo
+    kept_by: tuple[str, ...]
+    bytes_freed: int
+
+    @property
+    def name(self) -> str:
+        return self.info.path.name
+
+    @property
+    def keep(self) -> bool:
+        return bool(self.kept_by)
+
+    @property
+    def action(self) -> str:
+        return "keep" if self.keep else "delete"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "action": self.action,
+            "kept_by": list(self.kept_by),
+            "timesteps": self.info.timesteps,
+            "bytes_freed": self.bytes_freed,
+        }
+
+
+@dataclass(frozen=True)
+class RetentionPlan:
+    """What a policy decided for every checkpoint of a folder, oldest first."""
+
+    folder: Path
+    rows: tuple[PlanRow, ...]
+
+    @property
+    def kept(self) -> int:
+        return sum(1 for r in self.rows if r.keep)
+
+    @property
+    def to_delete(self) -> tuple[PlanRow, ...]:
+        return tuple(r for r in self.rows if not r.keep)
+
+    @property
+    def deleted(self) -> int:
+        """How many checkpoints the plan deletes."""
+        return len(self.rows) - self.kept
+
+    @property
+    def bytes_to_free(self) -> int:
+        return sum(r.bytes_freed for r in self.rows)
+
+
+def _explain(policy: RetentionPolicy, infos: Sequence[CheckpointInfo]) -> list[tuple[str, ...]]:
+    if isinstance(policy, AnyPolicy):
+        return policy.explain(infos)
+    return AnyPolicy((policy,)).explain(infos)
+
+
+def plan(
+    folder: str | os.PathLike[str], policy: RetentionPolicy, *, include_legacy: bool = False
+) -> RetentionPlan:
+    """Decide, from the file names alone, what ``policy`` keeps in ``folder``.
+
+    Touches nothing. Call it under :func:`~checkpointing.store.folder_lock` when the plan is to
+    be applied (:func:`prune_folder` does). Legacy v1 checkpoints are left out of the plan (so
+    never deleted) unless ``include_legacy``.
+    """
+    folder = Path(folder)
+    infos = list_checkpoints(folder, include_legacy=include_legacy)
+    rows = []
+    for info, kept_by in zip(infos, _explain(policy, infos), strict=True):
+        rows.append(PlanRow(info, kept_by, 0 if kept_by else checkpoint_bytes(info)))
+        if kept_by:
+            log.debug("%s: keep %s (%s)", folder, info.path.name, ", ".join(kept_by))
+        else:
+            log.info("%s: delete %s (no rule keeps it)", folder, info.path.name)
+    return RetentionPlan(folder, tuple(rows))
+
+
+def apply(retention_plan: RetentionPlan) -> tuple[list[PlanRow], list[str]]:
+    """Delete what the plan deletes (zip first, then companions); call it under the folder lock.
+
+    Returns the rows deleted and one message per checkpoint that could not be deleted (the
+    others are still deleted).
+    """
+    deleted: list[PlanRow] = []
+    errors: list[str] = []
+    for row in retention_plan.to_delete:
+        try:
+            delete_checkpoint(row.info)
+        except OSError as exc:
+            errors.append(f"cannot delete {os.fspath(row.info.path)!r}: {exc}")
+            log.error("%s", errors[-1])
+        else:
+            deleted.append(row)
+    return deleted, errors
+
+
+# --------------------------------------------------------------------------- prune
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    """The result of a retention pass over one folder (``plan`` is None when ``skipped``).
+
+    ``deleted_rows``: the checkpoints deleted (in a dry run: that the plan would delete).
+    """
+
+    folder: Path
+    dry_run: bool
+    plan: RetentionPlan | None
+    deleted_rows: tuple[PlanRow, ...] = ()
+    swept: SweepReport = field(default_factory=SweepReport)
+    errors: tuple[str, ...] = ()
+    skipped: str | None = None
+    phase: int | None = None
+    market: str | None = None
+
+    @property
+    def kept(self) -> int:
+        return 0 if self.plan is None else self.plan.kept
+
+    @property
+    def deleted(self) -> int:
+        """Checkpoints deleted (in a dry run: that would be deleted)."""
+        return len(self.deleted_rows)
+
+    @property
+    def bytes_freed(self) -> int:
+        """Bytes freed by the deleted checkpoints (in a dry run: that would be freed)."""
+        return sum(r.bytes_freed for r in self.deleted_rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "folder": os.fspath(self.folder),
+            "phase": self.phase,
+            "market": self.market,
+            "dry_run": self.dry_run,
+            "skipped": self.skipped,
+            "rows": [] if self.plan is None else [r.to_dict() for r in self.plan.rows],
+            "kept": self.kept,
+            "deleted": self.deleted,
+            "bytes_freed": self.bytes_freed,
+            "swept": {
+                "temporaries": [p.name for p in self.swept.temporaries],
+                "orphans": [p.name for p in self.swept.orphans],
+            },
+            "errors": list(self.errors),
+        }
+
+
+def prune_folder(
+    folder: str | os.PathLike[str],
+    retention_cfg: RetentionConfig,
+    *,
+    dry_run: bool = False,
+    registry: Registry | None = None,
+    include_legacy: bool = False,
+    policy: RetentionPolicy | None = None,
+) -> PruneReport:
+    """Sweep leftovers, plan and delete, all under the folder lock; the in-run entry point.
+
+    Args:
+        folder: a checkpoint folder.
+        retention_cfg: ``checkpointing.retention``; nothing happens when ``enabled`` is false.
+        dry_run: plan and report only (under a shared lock); nothing is deleted.
+        registry: told what was deleted (:meth:`Registry.forget`), under the folder lock.
+        include_legacy: let the policy delete legacy v1 checkpoints too.
+        policy: replaces ``build_policy(retention_cfg)``.
+
+    Never call it while holding the folder's lock (it is not re-entrant).
+    """
+    folder = Path(folder)
+    if not retention_cfg.enabled:
+        return PruneReport(folder, dry_run, None, skipped="retention is disabled")
+    if not folder.is_dir():
+        return PruneReport(folder, dry_run, None, skipped="no such folder")
+    policy = policy if policy is not None else build_policy(retention_cfg)
+    errors: list[str] = []
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(folder_lock(folder, shared=dry_run))
+        except OSError as exc:
+            if not dry_run or exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            log.warning("cannot lock %s (%s): dry run without the lock", folder, exc)
+        swept = sweep(folder, grace_seconds=retention_cfg.orphan_grace_seconds, dry_run=dry_run)
+        the_plan = plan(folder, policy, include_legacy=include_legacy)
+        if dry_run:
+            deleted = list(the_plan.to_delete)
+        else:
+            deleted, errors = apply(the_plan)
+            if registry is not None and deleted:
+                registry.forget(row.info.path for row in deleted)
+        report = PruneReport(folder, dry_run, the_plan, tuple(deleted), swept, tuple(errors))
+    if not dry_run and (report.deleted or swept.count):
+        log.info(
+            "%s: kept %d, deleted %d (%d bytes), swept %d leftovers",
+            folder,
+            report.kept,
+            report.deleted,
+            report.bytes_freed,
+            swept.count,
+        )
+    return report
+
+
+def prune_tree(
+    root: str | os.PathLike[str],
+    config: CheckpointConfig,
+    phases: Iterable[int] | None = None,
+    markets: Iterable[str] | None = None,
+    *,
+    dry_run: bool = False,
+    registry: Registry | None = None,
+    include_legacy: bool = False,
+    policy: RetentionPolicy | None = None,
+) -> list[PruneReport]:
+    """:func:`prune_folder` on every existing checkpoint folder of ``phases`` x ``markets``
+    (default: all found) under the models ``root``; the driver's end-of-experiment pass."""
+    reports = []
+    for folder in checkpoint_folders(config, root, phases, markets):
+        report = prune_folder(
+            folder.path,
+            config.retention,
+            dry_run=dry_run,
+            registry=registry,
+            include_legacy=include_legacy,
+            policy=policy,
+        )
+        reports.append(dataclasses.replace(report, phase=folder.phase, market=folder.market))
+    return reports
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _totals(reports: Sequence[PruneReport]) -> dict[str, int]:
+    return {
+        "folders": len(reports),
+        "kept": sum(r.kept for r in reports),
+        "deleted": sum(r.deleted for r in reports),
+        "bytes_freed": sum(r.bytes_freed for r in reports),
+        "swept": sum(r.swept.count for r in reports),
+        "errors": sum(len(r.errors) for r in reports),
+    }
+
+
+def _print_report(report: PruneReport) -> None:
+    print(
+        f"{os.fspath(report.folder)}"
+        + ("  (dry run: nothing is deleted)" if report.dry_run else "")
+    )
+    if report.plan is None:
+        print(f"  skipped: {report.skipped}")
+        return
+    if not report.plan.rows:
+        print(f"  no checkpoints in {os.fspath(report.folder)}")
+    width = max((len(r.name) for r in report.plan.rows), default=0)
+    for row in report.plan.rows:
+        print(f"  {row.action:<6}  {row.name:<{width}}  {', '.join(row.kept_by)}".rstrip())
+    if report.swept.count:
+        print(
+            f"  {'would sweep' if report.dry_run else 'swept'} "
+            f"{len(report.swept.orphans)} orphan companion(s), "
+            f"{len(report.swept.temporaries)} stale temporary file(s): "
+            + ", ".join(p.name for p in [*report.swept.orphans, *report.swept.temporaries])
+        )
+    for message in report.errors:
+        print(f"  error: {message}")
+    freed = f"{human_bytes(report.bytes_freed)} ({report.bytes_freed} bytes)"
+    if report.dry_run:
+        print(f"  would keep {report.kept}, would delete {report.deleted}, would free {freed}")
+    else:
+        print(f"  kept {report.kept}, deleted {report.deleted}, freed {freed}")
+
+
+def _error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The retention CLI; returns the exit code (0 ok, 1 a deletion failed, 2 bad input)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m checkpointing.retention",
+        description=(
+            "Prune the checkpoints of a phase (every market folder, or one with --market): keep "
+            "the last N periodic per seed, the top K by Sharpe and by val_reward, phase_end and "
+            "phase_boundary_* checkpoints, and unresolved interrupts; delete the rest."
+        ),
+    )
+    parser.add_argument("--phase", type=int, choices=PHASES, required=True, help="phase 1, 2 or 3")
+    parser.add_argument("--market", help="one market (default: every market folder of the phase)")
+    parser.add_argument("--root", help="models root (default: checkpointing.paths.root)")
+    parser.add_argument(
+        "--config",
+        help="checkpoint config (default: config/checkpoint_config.yaml if it exists, "
+        "else built-in defaults)",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="show the plan, delete nothing")
+    parser.add_argument(
+        "--include-legacy", action="store_true", help="also prune legacy phaseN_<steps>_steps.zip"
+    )
+    parser.add_argument("--json", action="store_true", help="print a JSON report on stdout")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every decision")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        config = resolve_config(args.config)
+    except ConfigError as exc:
+        return _error(str(exc))
+    root = config.models_root(args.root)
+    try:
+        if args.market is not None:
+            market = validate_market(args.market)
+            folder = config.checkpoint_dir(args.phase, market, args.root)
+            if not folder.is_dir():
+                return _error(
+                    f"checkpoint folder {os.fspath(folder)!r} does not exist (no checkpoints of "
+                    f"market {market!r} in phase {args.phase} under {os.fspath(root)!r}; "
+                    "check --root and --market)"
+                )
+            targets = [(folder, market)]
+        else:
+            if not root.is_dir():
+                return _error(f"models root {os.fspath(root)!r} does not exist (check --root)")
+            targets = [(f.path, f.market) for f in checkpoint_folders(config, root, [args.phase])]
+    except (CheckpointNameError, ConfigError) as exc:
+        return _error(str(exc))
+
+    retention = config.retention
+    if not retention.enabled:
+        print(
+            f"note: checkpointing.retention.enabled is false in {config.source}; "
+            "pruning anyway because you asked",
+            file=sys.stderr,
+        )
+        retention = dataclasses.replace(retention, enabled=True)
+    registry = Registry(root, config)
+    reports = [
+        dataclasses.replace(
+            prune_folder(
+                folder,
+                retention,
+                dry_run=args.dry_run,
+                registry=registry,
+                include_legacy=args.include_legacy,
+            ),
+            phase=args.phase,
+            market=market,
+        )
+        for folder, market in targets
+    ]
+    totals = _totals(reports)
+    if args.json:
+        doc = {"dry_run": args.dry_run, "folders": [r.to_dict() for r in reports], "totals": totals}
+        print(json.dumps(doc, indent=2))
+        if not reports:
+            print(
+                f"no checkpoint folders of phase {args.phase} under {os.fspath(root)!r}",
+                file=sys.stderr,
+            )
+    elif not reports:
+        print(f"no checkpoint folders of phase {args.phase} under {os.fspath(root)!r}")
+    else:
+        for report in reports:
+            _print_report(report)
+        if len(reports) > 1:
+            freed = f"{human_bytes(totals['bytes_freed'])} ({totals['bytes_freed']} bytes)"
+            k, d, n = totals["kept"], totals["deleted"], totals["folders"]
+            if args.dry_run:
+                print(
+                    f"total over {n} folders: would keep {k}, would delete {d}, would free {freed}"
+                )
+            else:
+                print(f"total over {n} folders: kept {k}, deleted {d}, freed {freed}")
+    return 1 if totals["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
