@@ -86,7 +86,11 @@ class MetricTrackingEvalCallback(BaseCallback):
         handle_signals: catch SIGINT/SIGTERM (main thread only) and stop with an interrupt save.
         save_phase_end: save ``phase_end`` (and the legacy final model) when learn() completes.
         on_evaluation: called as ``on_evaluation(timesteps, metrics)`` after each evaluation
-            (progress output, Tune reports).
+            and the save it leads to has been handed to the writer (progress output, Tune
+            reports; ``manager.state.last_checkpoint`` names that save).
+        stop_requested: polled about once per ``stop_poll_seconds`` of training; when it
+            returns True, training stops with an interrupt save as on SIGTERM (a driver asks
+            its trials to stop this way).
     """
 
     def __init__(
@@ -99,6 +103,8 @@ class MetricTrackingEvalCallback(BaseCallback):
         handle_signals: bool = True,
         save_phase_end: bool = True,
         on_evaluation: Callable[[int, Mapping[str, float]], None] | None = None,
+        stop_requested: Callable[[], bool] | None = None,
+        stop_poll_seconds: float = 1.0,
         verbose: int = 0,
     ) -> None:
         super().__init__(verbose)
@@ -111,6 +117,9 @@ class MetricTrackingEvalCallback(BaseCallback):
         self.handle_signals = handle_signals
         self.save_phase_end = save_phase_end
         self.on_evaluation = on_evaluation
+        self.stop_requested = stop_requested
+        self.stop_poll_seconds = stop_poll_seconds
+        self._next_poll = 0.0
         self.stop_signal: int | None = None
         self.interrupt_outcome: SaveOutcome | None = None
         self.phase_end_outcome: SaveOutcome | None = None
@@ -144,6 +153,13 @@ class MetricTrackingEvalCallback(BaseCallback):
         self.stop_signal = signum
 
     def _on_step(self) -> bool:
+        if self.stop_requested is not None and self.stop_signal is None:
+            now = time.monotonic()
+            if now >= self._next_poll:
+                self._next_poll = now + self.stop_poll_seconds
+                if self.stop_requested():
+                    log.warning("stop requested: saving an interrupt checkpoint")
+                    self.stop_signal = signal.SIGTERM
         if self.stop_signal is not None:
             self.save_interrupt(reason=signal.Signals(self.stop_signal).name)
             return False
@@ -161,11 +177,15 @@ class MetricTrackingEvalCallback(BaseCallback):
                 metrics_timesteps=t,
                 runtime=self._runtime(),
             )
+            self._notify(t, metrics)
         return True
 
     def _on_training_end(self) -> None:
         self._restore_signals()
-        if self.save_phase_end and self.stop_signal is None and self.interrupt_outcome is None:
+        if self.stop_signal is not None and self.interrupt_outcome is None:
+            # The stop came during the last update, after the final step's check.
+            self.save_interrupt(reason=signal.Signals(self.stop_signal).name)
+        elif self.save_phase_end and self.interrupt_outcome is None:
             self.save_phase_end_checkpoint()
         self.manager.flush()
 
@@ -198,8 +218,6 @@ class MetricTrackingEvalCallback(BaseCallback):
         }
         improved = self.manager.record_evaluation(metrics, t)
         self._last_improved = improved
-        if self.on_evaluation is not None:
-            self.on_evaluation(t, metrics)
         if self.verbose:
             shown = ", ".join(f"{k}={v:.3f}" for k, v in metrics.items())
             log.info("eval at %d steps: %s", t, shown)
@@ -220,6 +238,11 @@ class MetricTrackingEvalCallback(BaseCallback):
             improved=improved,
             runtime=self._runtime(),
         )
+        self._notify(t, metrics)
+
+    def _notify(self, t: int, metrics: Mapping[str, float]) -> None:
+        if self.on_evaluation is not None:
+            self.on_evaluation(t, metrics)
 
     def save_interrupt(self, reason: str = "interrupt") -> SaveOutcome | None:
         """Save an ``interrupt`` checkpoint now (waits for the commit); once per run."""
@@ -258,6 +281,7 @@ class MetricTrackingEvalCallback(BaseCallback):
             wait=True,
         )
         self.phase_end_outcome = future.result()
+        self._notify(t, metrics)
         return self.phase_end_outcome
 
     def _restore_signals(self) -> None:
@@ -289,6 +313,7 @@ def learn_with_checkpoints(
             except Exception as save_exc:  # keep the original error visible
                 log.error("could not save an interrupt checkpoint: %s", save_exc)
         callback.manager.flush()
+        callback._restore_signals()  # SB3 skips on_training_end when learn() raises
         raise
     if callback.stop_signal is not None:
         outcome = callback.interrupt_outcome

@@ -141,6 +141,7 @@ class DynamicCheckpointManager:
         self.writer = AsyncWriter(enabled=use_async)
         self.state = _State(next_save_step=self.schedule.next_after(0))
         self._expected_bytes: int | None = None
+        self._buffers: dict[tuple[Any, ...], Any] = {}
         self._state_lock = threading.Lock()
         self._swept = False
 
@@ -297,9 +298,6 @@ class DynamicCheckpointManager:
             CheckpointName(self.market, timesteps, name, val, sharpe, self.seed) for name in names
         ]
         self.state.last_checkpoint = checkpoint_names[0].filename
-        becomes_best_model = math.isfinite(val) and val > self.state.best_val_reward
-        if becomes_best_model:
-            self.state.best_val_reward = val
         callback_state = self.state_dict()
         llm: dict[str, float | int] = {
             k: int(clean_metrics[k]) if k.endswith("_count") else clean_metrics[k]
@@ -324,13 +322,15 @@ class DynamicCheckpointManager:
             for cname in checkpoint_names
         ]
 
-        snapshot = take_snapshot(model, vec_normalize)
+        # One save in flight: the previous snapshot is written before its buffers are reused.
+        self.writer.flush()
+        snapshot = take_snapshot(model, vec_normalize, self._buffers)
         if self._expected_bytes is None:
             self._expected_bytes = snapshot.num_parameters * 4 * 3 + 256 * 1024
 
         def job() -> SaveOutcome:
             try:
-                self._write(snapshot, checkpoint_names, documents, outcome, becomes_best_model)
+                self._write(snapshot, checkpoint_names, documents, outcome, val)
             except BaseException as exc:
                 outcome.error = exc
                 with self._state_lock:
@@ -359,7 +359,7 @@ class DynamicCheckpointManager:
         names: list[CheckpointName],
         documents: list[dict[str, Any]],
         outcome: SaveOutcome,
-        becomes_best_model: bool,
+        val_reward: float,
     ) -> None:
         compress = self.config.performance.compression
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -393,8 +393,11 @@ class DynamicCheckpointManager:
                 )
                 log.info("saved %s", path)
         assert first is not None
-        if becomes_best_model:
+        if math.isfinite(val_reward) and val_reward > self.state.best_val_reward:
+            # Compared again with best_model_metadata.json on disk: other runs share it.
             self._publish(first, BEST_MODEL, only_if_better=True)
+            with self._state_lock:
+                self.state.best_val_reward = val_reward
         if "phase_end" in outcome.events:
             self._publish(first, LEGACY_FINAL_NAMES[self.phase], only_if_better=False)
 
@@ -432,6 +435,14 @@ class DynamicCheckpointManager:
             base = checkpoint.name[: -len(".zip")]
             pkl = checkpoint.with_name(base + VECNORM_SUFFIX)
             published = dict(meta)
+            files = {
+                k: dict(v) for k, v in dict(meta.get("files") or {}).items() if isinstance(v, dict)
+            }
+            if "zip" in files:
+                files["zip"]["name"] = f"{stem}.zip"
+            if "vecnormalize" in files:
+                files["vecnormalize"]["name"] = stem + VECNORM_SUFFIX
+            published["files"] = files
             published["source_checkpoint"] = os.path.relpath(checkpoint, root)
             published.pop("source", None)
             pairs = []
@@ -482,8 +493,8 @@ class DynamicCheckpointManager:
             if free >= need:
                 return None
         return (
-            f"low disk space on {self.folder}: {free / 1e9:.3f} GB free, "
-            f"need {need / 1e9:.3f} GB (min_disk_space_gb + one checkpoint)"
+            f"low disk space on {self.folder}: {free / 1e6:,.1f} MB free, "
+            f"need {need / 1e6:,.1f} MB (min_disk_space_gb + one checkpoint)"
         )
 
     def _prune(self, why: str) -> None:

@@ -153,7 +153,9 @@ def write_checkpoint_metadata(
     Used to add metadata to old checkpoints; new checkpoints get theirs from the commit.
     """
     target = metadata_path_for(checkpoint)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    from checkpointing.store import temp_path  # store imports this module
+
+    tmp = temp_path(target)
     data = encode_metadata(metadata)
     with open(tmp, "wb") as fh:
         fh.write(data)

@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import secrets
+import socket
 import stat
 import time
 from collections.abc import Callable, Iterator
@@ -54,7 +55,9 @@ __all__ = [
     "folder_lock",
     "fsync_dir",
     "list_checkpoints",
+    "parse_temp_name",
     "sweep",
+    "temp_name",
     "temp_path",
     "verify_checkpoint",
 ]
@@ -62,7 +65,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".checkpoint.lock"
-_TMP_RE = re.compile(r"\A\.(?P<target>.+)\.(?P<pid>\d+)\.(?P<token>[0-9a-f]{8})\.tmp\Z")
+_TMP_RE = re.compile(
+    r"\A\.(?P<target>.+)\.(?P<host>[A-Za-z0-9-]{1,32})-(?P<pid>\d+)\.(?P<token>[0-9a-f]{8})\.tmp\Z"
+)
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:32] or "host"
 _CHUNK = 1024 * 1024
 
 
@@ -123,9 +129,24 @@ class SweepReport:
 # --------------------------------------------------------------------------- helpers
 
 
+def temp_name(
+    target: str, *, pid: int | None = None, host: str | None = None, token: str | None = None
+) -> str:
+    """``.{target}.{host}-{pid}.{token}.tmp``: a hidden temporary that names its owner."""
+    pid = os.getpid() if pid is None else pid
+    token = secrets.token_hex(4) if token is None else token
+    return f".{target}.{host or _HOST}-{pid}.{token}.tmp"
+
+
+def parse_temp_name(name: str) -> tuple[str, str, int] | None:
+    """(target, host, pid) of a temporary's file name, else None."""
+    m = _TMP_RE.match(name)
+    return None if m is None else (m["target"], m["host"], int(m["pid"]))
+
+
 def temp_path(target: Path) -> Path:
-    """A hidden temporary beside ``target``, tagged with our pid so a sweep knows its owner."""
-    return target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    """A hidden temporary beside ``target`` (see :func:`temp_name`)."""
+    return target.with_name(temp_name(target.name))
 
 
 def fsync_dir(folder: Path) -> None:
@@ -232,7 +253,10 @@ def commit_files(
             os.replace(tmp_zip, final_zip)  # the commit point
             fsync_dir(folder)
             if on_commit is not None:
-                on_commit(final_zip, metadata)
+                try:
+                    on_commit(final_zip, metadata)
+                except Exception as exc:  # the files are the truth; an index can be rebuilt
+                    log.warning("after committing %s: %s", final_zip.name, exc)
     except BaseException:
         for tmp in temporaries:
             _unlink_quietly(tmp)
@@ -318,12 +342,12 @@ def verify_checkpoint(checkpoint: str | os.PathLike[str]) -> dict[str, Any]:
     except MetadataError as exc:
         raise CheckpointCorruptError(meta_path, exc.args[0].split(": ", 1)[-1]) from None
     files = meta.get("files")
-    if not isinstance(files, dict) or "zip" not in files:
+    if not isinstance(files, dict) or not isinstance(files.get("zip"), dict):
         raise CheckpointCorruptError(meta_path, "metadata lists no file digests")
     if files["zip"].get("name", zip_path.name) != zip_path.name:
         raise CheckpointCorruptError(meta_path, "metadata belongs to another checkpoint")
     _check_file(zip_path, files["zip"], "model zip")
-    if "vecnormalize" in files:
+    if files.get("vecnormalize") is not None:
         pkl = zip_path.with_name(zip_path.name[: -len(".zip")] + VECNORM_SUFFIX)
         _check_file(pkl, files["vecnormalize"], "VecNormalize pkl")
     return meta
@@ -335,24 +359,29 @@ def verify_checkpoint(checkpoint: str | os.PathLike[str]) -> dict[str, Any]:
 def delete_checkpoint(info: CheckpointInfo | str | os.PathLike[str]) -> list[Path]:
     """Delete a checkpoint: the zip first (it stops existing), then its companions.
 
-    Returns the paths removed. Call it under :func:`folder_lock`.
+    Returns the paths removed. Call it under :func:`folder_lock`. Only regular files are
+    removed: a symlink or folder named like a companion stays.
     """
-    zip_path = info.path if isinstance(info, CheckpointInfo) else Path(info)
-    if not zip_path.name.endswith(".zip") or parse_name(zip_path.name) is None:
-        raise ValueError(f"refusing to delete {os.fspath(zip_path)!r}: not a checkpoint name")
+    if isinstance(info, CheckpointInfo):
+        zip_path = info.path  # listed by list_checkpoints: a regular file with a parsed name
+    else:
+        zip_path = Path(info)
+        if not zip_path.name.endswith(".zip") or parse_name(zip_path.name) is None:
+            raise ValueError(f"refusing to delete {os.fspath(zip_path)!r}: not a checkpoint name")
     removed: list[Path] = []
-    base = zip_path.name[: -len(".zip")]
-    for path in (
-        zip_path,
-        zip_path.with_name(base + VECNORM_SUFFIX),
-        zip_path.with_name(base + METADATA_SUFFIX),
-    ):
+    base = os.fspath(zip_path)[: -len(".zip")]
+    for i, path in enumerate((os.fspath(zip_path), base + VECNORM_SUFFIX, base + METADATA_SUFFIX)):
         try:
-            if stat.S_ISREG(os.lstat(path).st_mode):
-                os.unlink(path)
-                removed.append(path)
-        except FileNotFoundError:
+            # A listed zip is a regular file; a companion name could be anything (a link out of
+            # the models root, a folder): only regular files are removed.
+            if (i > 0 or not isinstance(info, CheckpointInfo)) and not stat.S_ISREG(
+                os.lstat(path).st_mode
+            ):
+                continue
+            os.unlink(path)
+        except (FileNotFoundError, IsADirectoryError):
             continue
+        removed.append(Path(path))
     return removed
 
 
@@ -377,8 +406,9 @@ def sweep(
 ) -> SweepReport:
     """Remove leftovers of interrupted commits; call it under :func:`folder_lock`.
 
-    - temporaries (``.X.{pid}.{token}.tmp``) whose writer process is gone, or older than
-      ``grace_seconds``;
+    - temporaries (``.X.{host}-{pid}.{token}.tmp``) whose writer process on this host is
+      gone, or older than ``grace_seconds`` (the only test for other hosts' temporaries, as
+      on storage shared between nodes);
     - companions (``{base}_vecnormalize.pkl`` / ``{base}_metadata.json`` of a v2 name) whose
       zip does not exist. Under the lock no commit is half-way, so these are orphans.
 
@@ -392,25 +422,29 @@ def sweep(
         return report
     names = {e.name for e in entries}
     for entry in entries:
+        # Cheap name checks first: a folder of 10,000 checkpoints has 30,000 entries.
+        m = _TMP_RE.match(entry.name)
+        if m is None:
+            suffix = next(
+                (s for s in (VECNORM_SUFFIX, METADATA_SUFFIX) if entry.name.endswith(s)), None
+            )
+            if suffix is None:
+                continue
+            zip_name = entry.name[: -len(suffix)] + ".zip"
+            if zip_name in names or not isinstance(parse_name(zip_name), CheckpointName):
+                continue
         try:
             st = entry.stat(follow_symlinks=False)
         except FileNotFoundError:
             continue
         if not stat.S_ISREG(st.st_mode):
             continue
-        m = _TMP_RE.match(entry.name)
-        if m is not None:
-            owner_gone = not _pid_alive(int(m["pid"]))
+        if m is None:
+            report.orphans.append(Path(entry.path))
+        else:
+            owner_gone = m["host"] == _HOST and not _pid_alive(int(m["pid"]))
             if owner_gone or now - st.st_mtime > grace_seconds:
                 report.temporaries.append(Path(entry.path))
-            continue
-        for suffix in (VECNORM_SUFFIX, METADATA_SUFFIX):
-            if entry.name.endswith(suffix):
-                base = entry.name[: -len(suffix)]
-                ours = isinstance(parse_name(base + ".zip"), CheckpointName)
-                if ours and base + ".zip" not in names:
-                    report.orphans.append(Path(entry.path))
-                break
     if not dry_run:
         for path in [*report.temporaries, *report.orphans]:
             try:

@@ -110,8 +110,8 @@ def train_phase(
     settings: Settings,
     *,
     report: Reporter | None = None,
-    on_evaluation: Callable[[int, Mapping[str, float]], None] | None = None,
-    callback_hook: Callable[[Any], None] | None = None,
+    on_evaluation: Callable[[int, Mapping[str, float], Any], None] | None = None,
+    stop_requested: Callable[[], bool] | None = None,
     handle_signals: bool = True,
 ) -> PhaseResult:
     """Train one phase of one (market, seed) with dynamic checkpointing.
@@ -236,7 +236,7 @@ def train_phase(
                 )
             )
         if on_evaluation is not None:
-            on_evaluation(t, metrics)
+            on_evaluation(t, metrics, manager)
 
     callback = MetricTrackingEvalCallback(
         manager,
@@ -245,9 +245,8 @@ def train_phase(
         n_eval_episodes=training.eval_episodes,
         handle_signals=handle_signals,
         on_evaluation=progress,
+        stop_requested=stop_requested,
     )
-    if callback_hook is not None:
-        callback_hook(callback)
 
     # --- learn --------------------------------------------------------------------------
     result = PhaseResult(job.market, job.seed, job.phase, manager.folder, model.num_timesteps)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from checkpointing.store import (
     folder_lock,
     list_checkpoints,
     sweep,
+    temp_name,
     verify_checkpoint,
 )
 
@@ -143,9 +143,11 @@ def test_sweep_removes_orphans_and_dead_temporaries_only(tmp_path: Path) -> None
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
     )
     dead_pid = int(dead.stdout)
-    dead_tmp = tmp_path / f".{live.name}.{dead_pid}.0123abcd.tmp"
+    dead_tmp = tmp_path / temp_name(live.name, pid=dead_pid)
     dead_tmp.write_bytes(b"x")
-    mine = tmp_path / f".{live.name}.{os.getpid()}.89abcdef.tmp"
+    mine = tmp_path / temp_name(live.name)
+    other_host = tmp_path / temp_name(live.name, pid=dead_pid, host="node-7")
+    other_host.write_bytes(b"x")
     mine.write_bytes(b"x")
     (tmp_path / "phase1_10_steps_metadata.json").write_text("{}")  # legacy: never swept
     (tmp_path / "foreign_metadata.json").write_text("{}")
@@ -158,6 +160,7 @@ def test_sweep_removes_orphans_and_dead_temporaries_only(tmp_path: Path) -> None
     )
     assert report.temporaries == [dead_tmp]
     assert mine.exists() and (tmp_path / "foreign_metadata.json").exists()
+    assert other_host.exists()  # another node's writer: only the grace period removes it
     assert (tmp_path / "phase1_10_steps_metadata.json").exists()
     verify_checkpoint(live)
 

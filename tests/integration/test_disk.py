@@ -1,0 +1,203 @@
+"""A full disk never costs a checkpoint already saved, and never stops training.
+
+(a) A real 2 MB tmpfs fills up: the disk guard skips periodic/best saves with a warning and a
+    counter, still tries the phase_end save, and leaves no partial checkpoint.
+(b) ENOSPC in the middle of a write: the save reports the error, its temporaries are gone,
+    older checkpoints verify, and later saves succeed.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from checkpointing import (
+    learn_with_checkpoints,
+    list_checkpoints,
+    read_checkpoint_metadata,
+    verify_checkpoint,
+)
+from checkpointing.snapshot import ModelSnapshot
+from tests.integration.train_script import (
+    leftovers,
+    make_callback,
+    make_manager,
+    make_model,
+    make_train_env,
+    no_leftovers,
+    write_config,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
+
+# The policy is sized so that a checkpoint is ~170 KB: the 2 MB tmpfs holds about five of them
+# above the 1 MB floor, and the schedule asks for about ten.
+NET_ARCH = (80, 80)
+MIN_FREE_GB = 0.001
+TOTAL = 1500
+SKIP_WARNING = re.compile(r"skipping (\S+) save at (\d+) steps of NQ seed 42: low disk space")
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MB tmpfs mounted for this test only (skips when mounting is not permitted)."""
+    mount_point = tmp_path / "tmpfs"
+    mount_point.mkdir()
+    if shutil.which("mount") is None:
+        pytest.skip("no 'mount' command on this machine")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {(done.stderr or done.stdout).strip()}")
+    try:
+        yield mount_point
+    finally:
+        if subprocess.run(["umount", str(mount_point)], check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def _events(info: Any) -> str:
+    return info.name.event
+
+
+def test_disk_guard_skips_saves_on_a_full_tmpfs_and_keeps_older_checkpoints(
+    small_tmpfs: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, keep_signal_handlers: None
+) -> None:
+    config = write_config(
+        tmp_path / "checkpoint_config.yaml",
+        base_interval=128,
+        max_interval_multiplier=1.5,
+        target_timesteps=TOTAL,
+        min_disk_space_gb=MIN_FREE_GB,
+    )
+    model = make_model(make_train_env(), net_arch=NET_ARCH)
+    manager = make_manager(config, small_tmpfs)
+    callback = make_callback(manager)
+    with caplog.at_level(logging.WARNING, logger="checkpointing"):
+        learn_with_checkpoints(model, TOTAL, callback)
+    manager.close()
+
+    # Training finished; some saves were skipped, and each skip was announced by name.
+    assert model.num_timesteps >= TOTAL
+    skipped = manager.state.skipped_saves
+    assert skipped > 0
+    skips = [m for r in caplog.records if (m := SKIP_WARNING.match(r.getMessage()))]
+    assert len(skips) == skipped, [r.getMessage() for r in caplog.records]
+    assert {m[1] for m in skips} <= {"periodic", "periodic+best"}
+
+    infos = list_checkpoints(manager.folder)
+    saved_steps = {i.timesteps for i in infos}
+    assert not saved_steps & {int(m[2]) for m in skips}
+    assert len([i for i in infos if _events(i) == "periodic"]) >= 2, "saves before the disk filled"
+
+    # No partial checkpoint; everything committed before the disk filled is intact.
+    assert leftovers(manager.folder) == no_leftovers()
+    for info in infos:
+        verify_checkpoint(info.path)
+
+    # The phase_end save was still attempted despite the shortage.
+    assert any("trying the phase_end save anyway" in r.getMessage() for r in caplog.records)
+    outcome = callback.phase_end_outcome
+    assert outcome is not None and outcome.skipped is None
+    if outcome.error is None:
+        assert [i.timesteps for i in infos if _events(i) == "phase_end"] == [model.num_timesteps]
+        assert (manager.phase_root / "phase1_foundational_final.zip").is_file()
+    else:
+        assert isinstance(outcome.error, OSError) and outcome.error.errno == errno.ENOSPC
+
+
+def test_enospc_during_a_write_fails_that_save_only(
+    config_file: Path,
+    models_root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    keep_signal_handlers: None,
+) -> None:
+    real_write_zip = ModelSnapshot.write_zip
+    calls = 0
+
+    def write_zip_then_fill_the_disk(self: ModelSnapshot, path: Any, *, compress: bool) -> None:
+        nonlocal calls
+        calls += 1
+        if calls != 2:
+            real_write_zip(self, path, compress=compress)
+            return
+        with open(path, "wb") as fh:  # part of a zip, then the disk is full
+            fh.write(b"PK\x03\x04" + bytes(4096))
+        raise OSError(errno.ENOSPC, "No space left on device (injected)", str(path))
+
+    monkeypatch.setattr(ModelSnapshot, "write_zip", write_zip_then_fill_the_disk)
+    model = make_model(make_train_env())
+    manager = make_manager(config_file, models_root)
+    futures = []
+    save = manager.save
+
+    def recording_save(*args: Any, **kwargs: Any) -> Any:
+        futures.append(save(*args, **kwargs))
+        return futures[-1]
+
+    monkeypatch.setattr(manager, "save", recording_save)
+    callback = make_callback(manager)
+    with caplog.at_level(logging.WARNING, logger="checkpointing"):
+        learn_with_checkpoints(model, 1500, callback)
+    manager.close()
+
+    outcomes = [f.result() for f in futures]
+    failed = [o for o in outcomes if o.error is not None]
+    assert len(failed) == 1, outcomes
+    (bad,) = failed
+    assert isinstance(bad.error, OSError) and bad.error.errno == errno.ENOSPC
+    assert bad.paths == [] and not bad.ok
+    assert manager.state.failed_saves == 1
+    assert any("disk full while saving" in r.getMessage() for r in caplog.records)
+
+    # Nothing of the failed save is on disk, not even a temporary.
+    folder = manager.folder
+    assert leftovers(folder) == no_leftovers()
+    assert not [p.name for p in folder.iterdir() if f"_ts-{bad.timesteps:07d}_" in p.name]
+    # Older checkpoints verify; training went on and every later save succeeded.
+    infos = list_checkpoints(folder)
+    assert [i for i in infos if i.timesteps < bad.timesteps]
+    for info in infos:
+        verify_checkpoint(info.path)
+    later = outcomes[outcomes.index(bad) + 1 :]
+    assert later and all(o.ok for o in later)
+    assert "phase_end" in later[-1].events
+    assert model.num_timesteps >= 1500
+
+
+def test_best_model_after_a_failed_save_is_the_best_checkpoint_on_disk(
+    config_file: Path, models_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_zip = ModelSnapshot.write_zip
+
+    def no_room_for_the_second(self: ModelSnapshot, path: Any, *, compress: bool) -> None:
+        if "_ts-0000200_" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device (injected)", str(path))
+        write_zip(self, path, compress=compress)
+
+    monkeypatch.setattr(ModelSnapshot, "write_zip", no_room_for_the_second)
+    venv = make_train_env()
+    model = make_model(venv)
+    manager = make_manager(config_file, models_root, async_saves=False)
+    outcomes = []
+    for steps, reward in ((100, 1.0), (200, 3.0), (300, 2.0)):
+        model.num_timesteps = steps
+        outcomes.append(manager.save(model, venv, "periodic", metrics={"val_reward": reward}))
+    manager.close()
+    assert [o.result().ok for o in outcomes] == [True, False, True]
+
+    best = read_checkpoint_metadata(manager.phase_root / "best_model.zip")
+    assert best is not None and best["val_reward"] == 2.0
