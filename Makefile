@@ -15,8 +15,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-demo: setup  ## a short training run that leaves checkpoints and says where
-	$(PY) -m checkpointing.demo
+DEMO_NAME ?= demo-$(shell date +%Y%m%d-%H%M%S)
+
+demo: setup  ## a short multi-market Ray Tune run: NQ,ES x seeds 42,7, then the summary
+	$(PY) -m tuner.run --markets NQ,ES --seeds 42,7 --timesteps 30000 --base-interval 3000 \
+		--name $(DEMO_NAME)
 
 test: setup  ## the whole suite: unit, integration (tiny SB3 runs), ray, reliability
 	$(PY) -m pytest

@@ -40,6 +40,7 @@ class RunOptions:
     seeds: tuple[int, ...]
     phases: tuple[int, ...]
     timesteps: int | None
+    base_interval: int | None
     config_dir: Path
     models_root: Path
     storage_path: Path
@@ -67,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--phase", type=int, help="one phase: 1, 2 or 3 (default 1)")
     group.add_argument("--phases", help="a curriculum, e.g. 1,2,3")
     p.add_argument("--timesteps", type=int, help="steps per phase (default: training.yaml)")
+    p.add_argument(
+        "--base-interval", type=int, help="checkpoint base interval (default: checkpoint config)"
+    )
     p.add_argument("--config-dir", default="config", help="folder of the YAML configs")
     p.add_argument("--models-root", help="where checkpoints go (default: paths.root)")
     p.add_argument("--storage-path", default="ray_results", help="Ray Tune results folder")
@@ -103,9 +107,10 @@ def parse_options(argv: Sequence[str] | None = None) -> tuple[RunOptions, Any]:
     seeds: list[int] = []
     for text in _split(args.seeds, "seeds"):
         try:
-            seeds.append(validate_seed(int(text)))
+            value = int(text)
         except ValueError:
             raise ConfigError(f"--seeds must be integers, got {text!r}") from None
+        seeds.append(validate_seed(value))
     phases = parse_phases(args.phases) if args.phases else parse_phases(str(args.phase or 1))
     if args.timesteps is not None and args.timesteps < 1:
         raise ConfigError(f"--timesteps must be >= 1, got {args.timesteps!r}")
@@ -134,13 +139,14 @@ def parse_options(argv: Sequence[str] | None = None) -> tuple[RunOptions, Any]:
         )
     for market in markets:  # market names known, data loadable: nothing is written yet
         for phase in phases:
-            prepare(PhaseJob(market, seeds[0], phase, args.timesteps), settings)
+            prepare(PhaseJob(market, seeds[0], phase, args.timesteps, args.base_interval), settings)
 
     opts = RunOptions(
         markets=tuple(markets),
         seeds=tuple(seeds),
         phases=tuple(phases),
         timesteps=args.timesteps,
+        base_interval=args.base_interval,
         config_dir=settings.config_dir.resolve(),
         models_root=models_root.resolve(),
         storage_path=storage.resolve(),
@@ -194,10 +200,9 @@ class _Progress:
             ) -> None:
                 outer.last[trial.trial_id] = result
                 now = time.monotonic()
-                if (
-                    result.get("finished")
-                    or now - outer.shown.get(trial.trial_id, 0.0) >= outer.every
-                ):
+                if result.get("finished"):
+                    return  # on_trial_complete prints it
+                if now - outer.shown.get(trial.trial_id, 0.0) >= outer.every:
                     outer.shown[trial.trial_id] = now
                     outer.say(f"[train]  {outer.label(trial)}  {outer.metrics(result)}")
 
@@ -205,7 +210,8 @@ class _Progress:
                 self, iteration: int, trials: list[Any], trial: Any, **info: Any
             ) -> None:
                 outer.running.discard(trial.trial_id)
-                outer.say(f"[done]   {outer.label(trial)}")
+                last = outer.last.get(trial.trial_id, {})
+                outer.say(f"[done]   {outer.label(trial)}  {outer.metrics(last)}")
 
             def on_trial_error(
                 self, iteration: int, trials: list[Any], trial: Any, **info: Any
@@ -335,7 +341,7 @@ def run(opts: RunOptions, settings: Any) -> int:
 
     _init_ray(opts)
     progress = _Progress()
-    flag_name = f"stop-flag:{opts.name}:{os.getpid()}"
+    flag_name = f"stop-flag:{opts.name}"
     flag = ray.remote(num_cpus=0)(StopFlag).options(name=flag_name).remote()
     stopper = _StopHandler(flag, progress)
     trainable = tune.with_resources(train_trial, {"cpu": opts.cpus_per_trial})
@@ -344,6 +350,7 @@ def run(opts: RunOptions, settings: Any) -> int:
         "seed": tune.grid_search(list(opts.seeds)),
         "phases": list(opts.phases),
         "timesteps": opts.timesteps,
+        "base_interval": opts.base_interval,
         "config_dir": os.fspath(opts.config_dir),
         "models_root": os.fspath(opts.models_root),
         "cpus": opts.cpus_per_trial,
@@ -462,6 +469,8 @@ def _resume_args(opts: RunOptions) -> list[str]:
     ]
     if opts.timesteps:
         args += ["--timesteps", str(opts.timesteps)]
+    if opts.base_interval:
+        args += ["--base-interval", str(opts.base_interval)]
     return args
 
 

@@ -21,7 +21,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +48,7 @@ class PhaseJob:
     seed: int
     phase: int
     timesteps: int | None = None  # None: training.yaml's target for the phase
+    base_interval: int | None = None  # None: the checkpoint config's base_interval
     models_root: Path | None = None
     model_path: Path | None = None  # --continue --model-path
     resume_from: str | None = None  # latest | phase_end | best:<metric>
@@ -99,6 +100,8 @@ def prepare(job: PhaseJob, settings: Settings) -> tuple[Any, int]:
         raise ConfigError(f"--phase must be 1, 2 or 3, got {job.phase!r}")
     if job.timesteps is not None and job.timesteps < 1:
         raise ConfigError(f"--timesteps must be >= 1, got {job.timesteps!r}")
+    if job.base_interval is not None and job.base_interval < 1:
+        raise ConfigError(f"--base-interval must be >= 1, got {job.base_interval!r}")
     spec = get_market(settings.markets, job.market)
     data = MarketData.load(spec)
     target = job.timesteps or settings.training.phase(job.phase).target_timesteps
@@ -145,6 +148,9 @@ def train_phase(
     training = settings.training
     ppo_cfg = training.phase(job.phase).ppo
     checkpoint_cfg = settings.checkpoint
+    if job.base_interval is not None:
+        schedule = replace(checkpoint_cfg.phase(job.phase), base_interval=job.base_interval)
+        checkpoint_cfg = checkpoint_cfg.with_phase(job.phase, schedule)
     torch.set_num_threads(max(1, job.torch_threads))
 
     manager = DynamicCheckpointManager(
@@ -356,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--phase", type=int, help="the phase to train: 1, 2 or 3 (default 1)")
     group.add_argument("--phases", help="a curriculum, e.g. 1,2,3")
     parser.add_argument("--timesteps", type=int, help="steps per phase (default: training.yaml)")
+    parser.add_argument(
+        "--base-interval", type=int, help="checkpoint base interval (default: checkpoint config)"
+    )
     parser.add_argument("--config-dir", default="config", help="folder of the YAML configs")
     parser.add_argument("--models-root", help="where checkpoints go (default: paths.root)")
     parser.add_argument(
@@ -405,6 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 seed=args.seed,
                 phase=phase,
                 timesteps=args.timesteps,
+                base_interval=args.base_interval,
                 models_root=models_root,
                 model_path=model_path if i == 0 else None,
                 resume_from=args.resume_from if i == 0 else None,

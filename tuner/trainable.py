@@ -163,6 +163,7 @@ def train_trial(config: dict[str, Any]) -> None:
             seed=seed,
             phase=phase,
             timesteps=config.get("timesteps"),
+            base_interval=config.get("base_interval"),
             models_root=models_root,
             resume_from=resume,
             torch_threads=max(1, int(config.get("cpus", 1))),

@@ -1,0 +1,112 @@
+"""Helpers for tests that run the real driver (``python -m tuner.run``) with a real Ray.
+
+Every driver runs as a subprocess in its own session, with Ray on loopback
+(``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``; the driver binds 127.0.0.1). A driver left running
+by a failing test is killed with its process group, which takes its Ray down with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.tiny_config import PROJECT_ROOT, tiny_config_dir
+
+
+def driver_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p
+    )
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+class Driver:
+    """A ``python -m tuner.run`` process; output goes to a file."""
+
+    def __init__(self, args: Sequence[str], workdir: Path, log_name: str = "driver.log") -> None:
+        self.log = workdir / log_name
+        self.workdir = workdir
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tuner.run", *args],
+                cwd=workdir,
+                env=driver_env(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    @property
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait(self, timeout: float = 600) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(
+                f"driver did not finish in {timeout}s:\n{self.output[-3000:]}"
+            ) from None
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)  # the driver alone, not its process group
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def drivers() -> Iterator[list[Driver]]:
+    started: list[Driver] = []
+    yield started
+    for d in started:
+        d.kill()
+
+
+@pytest.fixture(scope="module")
+def tiny_configs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_config_dir(tmp_path_factory.mktemp("configs"))
+
+
+def trial_results(experiment_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    """Every reported result of every trial, by ``market/seed``."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for result_file in sorted(experiment_dir.glob("*/result.json")):
+        rows = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
+        if rows:
+            key = f"{rows[0]['config']['market']}/{rows[0]['config']['seed']}"
+            out.setdefault(key, []).extend(rows)
+    return out
+
+
+def wait_for(predicate: Any, timeout: float, what: str, driver: Driver | None = None) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if driver is not None and driver.proc.poll() is not None:
+            raise AssertionError(
+                f"driver exited while waiting for {what}:\n{driver.output[-3000:]}"
+            )
+        time.sleep(0.5)
+    raise AssertionError(
+        f"timed out waiting for {what}" + (f":\n{driver.output[-3000:]}" if driver else "")
+    )
