@@ -1,0 +1,90 @@
+"""Event saves in a real run: phase boundaries, best saves with the metrics that improved,
+and no boundary saved twice after a resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from checkpointing import learn_with_checkpoints, list_checkpoints, load_checkpoint
+from checkpointing.naming import CheckpointName
+from tests.integration.train_script import (
+    make_callback,
+    make_manager,
+    make_model,
+    make_raw_env,
+    make_train_env,
+    write_config,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def config_with_boundaries(tmp_path: Path) -> Path:
+    path = write_config(tmp_path / "c.yaml", base_interval=256, target_timesteps=2048)
+    text = path.read_text().replace(
+        "    target_timesteps: 2048\n",
+        "    target_timesteps: 2048\n"
+        "    boundaries:\n"
+        "      - {name: warmup, at_timesteps: 300}\n"
+        "      - {name: late_stage, at_progress: 0.75}\n",
+    )
+    path.write_text(text)
+    return path
+
+
+def events(folder: Path) -> list[tuple[int, str]]:
+    return [
+        (i.timesteps, i.name.event)
+        for i in list_checkpoints(folder)
+        if isinstance(i.name, CheckpointName)
+    ]
+
+
+def test_boundaries_and_best_saves_in_a_real_run(tmp_path: Path) -> None:
+    config = config_with_boundaries(tmp_path)
+    manager = make_manager(config, tmp_path / "models")
+    model = make_model(make_train_env())
+    learn_with_checkpoints(model, 2048, make_callback(manager))
+    manager.close()
+    saved = events(manager.folder)
+    boundary = {e: t for t, e in saved if e.startswith("phase_boundary_")}
+    assert set(boundary) == {"phase_boundary_warmup", "phase_boundary_late_stage"}
+    assert 300 <= boundary["phase_boundary_warmup"] < 300 + 2 * 64
+    assert 1536 <= boundary["phase_boundary_late_stage"] < 1536 + 2 * 64
+    assert saved[-1][1] == "phase_end"
+    for info in list_checkpoints(manager.folder):
+        meta = json.loads(info.metadata_path.read_text())
+        if isinstance(info.name, CheckpointName) and info.name.event == "best":
+            # A best save lists what improved, and sits beside the periodic save it shares.
+            assert meta["improved_metrics"], info.path.name
+            assert (info.timesteps, "periodic") in saved
+        else:
+            assert meta["improved_metrics"] == []
+    state = json.loads(list_checkpoints(manager.folder)[-1].metadata_path.read_text())[
+        "callback_state"
+    ]
+    assert set(state["fired_boundaries"]) == {"warmup", "late_stage"}
+
+
+def test_a_resumed_run_does_not_save_a_boundary_twice(tmp_path: Path) -> None:
+    config = config_with_boundaries(tmp_path)
+    manager = make_manager(config, tmp_path / "models")
+    model = make_model(make_train_env())
+    learn_with_checkpoints(model, 1024, make_callback(manager, save_phase_end=False))
+    manager.close()
+    first = events(manager.folder)
+    assert "phase_boundary_warmup" in {e for _, e in first}
+    start = [i for i in list_checkpoints(manager.folder) if i.timesteps > 300][-1]
+
+    resumed = make_manager(config, tmp_path / "models")
+    loaded = load_checkpoint(start.path, env=make_raw_env())
+    assert loaded.callback_state is not None
+    resumed.load_state_dict(loaded.callback_state)
+    learn_with_checkpoints(loaded.model, 2048 - loaded.model.num_timesteps, make_callback(resumed))
+    resumed.close()
+    after = events(resumed.folder)
+    assert [e for _, e in after].count("phase_boundary_warmup") == 1
+    assert [e for _, e in after].count("phase_boundary_late_stage") == 1
