@@ -392,25 +392,32 @@ def run(opts: RunOptions, settings: Any) -> int:
     finally:
         stopper.restore()
 
-    outcomes: list[TrialOutcome] = []
+    by_trial: dict[tuple[str, int], TrialOutcome] = {}
     for index in range(len(results)):
         result = results[index]
         cfg = result.config or {}
+        if "market" not in cfg:
+            continue
         metrics = dict(result.metrics or {})
         status = (
             "ERROR"
             if result.error is not None
             else ("TERMINATED" if metrics.get("finished") else "INTERRUPTED")
         )
-        outcomes.append(
-            TrialOutcome(
-                market=str(cfg.get("market")),
-                seed=int(cfg.get("seed", 0)),
-                status=status,
-                last_result=metrics,
-                error=str(result.error) if result.error is not None else None,
-            )
+        key = (str(cfg["market"]), int(cfg["seed"]))
+        by_trial[key] = TrialOutcome(
+            market=key[0],
+            seed=key[1],
+            status=status,
+            last_result=metrics,
+            error=str(result.error) if result.error is not None else None,
         )
+    # Trials that never started (stopped before their turn) are listed as pending.
+    outcomes = [
+        by_trial.get((m, s)) or TrialOutcome(m, s, "PENDING")
+        for m in opts.markets
+        for s in opts.seeds
+    ]
 
     # Retention over every folder the trials touched, then the summary.
     registry = Registry(opts.models_root, settings.checkpoint)
@@ -434,7 +441,7 @@ def run(opts: RunOptions, settings: Any) -> int:
     print(f"         {csv_path}")
     ray.shutdown()
 
-    if stopper.signum is not None or any(o.status == "INTERRUPTED" for o in outcomes):
+    if stopper.signum is not None or any(o.status in ("INTERRUPTED", "PENDING") for o in outcomes):
         print(
             "interrupted: every running trial saved an interrupt checkpoint. Resume with:\n"
             f"  python -m tuner.run {' '.join(_resume_args(opts))} --resume",

@@ -82,6 +82,7 @@ def train_trial(config: dict[str, Any]) -> None:
     from ray import tune
 
     from checkpointing import TrainingInterrupted, find_resume_checkpoint
+    from checkpointing.naming import parse_name
     from tuner.settings import load_settings
     from tuner.train import PhaseJob, train_phase
 
@@ -116,6 +117,7 @@ def train_trial(config: dict[str, Any]) -> None:
 
     completed = 0
     last = None
+    latest: dict[str, Any] = {}  # the latest evaluation report, for the interrupt report
     for phase in phases:
         target = config.get("timesteps") or settings.training.phase(phase).target_timesteps
         folder = settings.checkpoint.checkpoint_dir(phase, market, models_root)
@@ -137,7 +139,7 @@ def train_trial(config: dict[str, Any]) -> None:
             completed: int = completed,
         ) -> None:
             state = manager.state_dict()
-            report = {
+            report: dict[str, Any] = {
                 **{k: float(v) for k, v in metrics.items()},
                 "phase": phase,
                 "phase_timesteps": t,
@@ -146,6 +148,8 @@ def train_trial(config: dict[str, Any]) -> None:
                 "seed": seed,
                 "checkpoint": state.get("last_checkpoint"),
             }
+            latest.clear()
+            latest.update(report)
             _report(
                 report,
                 {
@@ -179,14 +183,20 @@ def train_trial(config: dict[str, Any]) -> None:
             )
         except TrainingInterrupted as exc:
             log.warning("%s: %s", trial, exc)
-            # Point Tune at the interrupt checkpoint, so --resume starts from it.
+            name = Path(exc.checkpoint).name if exc.checkpoint else None
+            parsed = parse_name(name) if name else None
+            at = parsed.timesteps if parsed is not None else int(latest.get("phase_timesteps", 0))
+            # Point Tune at the interrupt checkpoint, so --resume starts from it; the metrics
+            # are those of the latest evaluation, which the interrupt checkpoint carries too.
             _report(
                 {
+                    **{k: v for k, v in latest.items() if k not in ("checkpoint", "finished")},
                     "phase": phase,
-                    "timesteps": completed,
+                    "phase_timesteps": at,
+                    "timesteps": completed + at,
                     "market": market,
                     "seed": seed,
-                    "checkpoint": exc.checkpoint,
+                    "checkpoint": name,
                     "interrupted": True,
                 },
                 {
@@ -194,12 +204,12 @@ def train_trial(config: dict[str, Any]) -> None:
                     "market": market,
                     "seed": seed,
                     "folder": os.fspath(folder),
-                    "checkpoint": exc.checkpoint,
+                    "checkpoint": name,
                     "callback_state": None,
                 },
             )
             if flag is not None:
-                flag.ack.remote(trial, exc.checkpoint)
+                flag.ack.remote(trial, name)
             # Stay unfinished: the driver saves the experiment state and ends the run; a
             # returning function would mark this trial as completed.
             while True:
