@@ -122,6 +122,11 @@ def parse_options(argv: Sequence[str] | None = None) -> tuple[RunOptions, Any]:
         raise ConfigError(f"--max-failures must be >= 0, got {args.max_failures!r}")
     if args.num_cpus is not None and args.num_cpus < 1:
         raise ConfigError(f"--num-cpus must be >= 1, got {args.num_cpus!r}")
+    if args.num_cpus is not None and (args.address or os.environ.get("RAY_ADDRESS")):
+        raise ConfigError(
+            "--num-cpus applies to a Ray started here; a cluster (--address or RAY_ADDRESS) "
+            "has its own CPUs"
+        )
 
     settings = load_settings(args.config_dir)
     models_root = (
@@ -310,13 +315,18 @@ class _StopHandler:
 # --------------------------------------------------------------------------- main
 
 
+def _cluster_address(opts: RunOptions) -> str | None:
+    """--address, or the cluster a ``ray job submit`` job runs in (``RAY_ADDRESS``)."""
+    return opts.address or os.environ.get("RAY_ADDRESS") or None
+
+
 def _init_ray(opts: RunOptions) -> None:
     import ray
 
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    if opts.address:
-        ray.init(address=opts.address, log_to_driver=False, configure_logging=False)
-    else:
+    address = _cluster_address(opts)
+    if address:
+        ray.init(address=address, log_to_driver=False, configure_logging=False)
+    else:  # a private Ray on this machine, bound to loopback
         ray.init(
             num_cpus=opts.num_cpus,
             include_dashboard=False,
@@ -329,6 +339,7 @@ def _init_ray(opts: RunOptions) -> None:
 def run(opts: RunOptions, settings: Any) -> int:
     """Run (or resume) the experiment; returns the exit code."""
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours asks trials to save first
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     import ray
