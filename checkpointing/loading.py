@@ -185,7 +185,8 @@ def find_resume_checkpoint(
 
     ``latest``: highest timesteps (``interrupt`` and ``phase_end`` first on ties);
     ``phase_end``: the newest ``phase_end``; ``best:<metric>``: highest value of the metric
-    in the verified metadata (NaN never ranks). Returns None when nothing qualifies.
+    in the verified metadata (NaN never ranks; ties go to more timesteps, then to the smaller
+    file name, as in the registry and retention). Returns None when nothing qualifies.
     """
     kind, metric = parse_resume_spec(spec)
     infos = _candidates(Path(folder), seed, market)
@@ -229,5 +230,6 @@ def find_resume_checkpoint(
         scored.append((value, info.timesteps, info.path.name, info.path))
     if not scored:
         return None
-    scored.sort(reverse=True)
-    return scored[0][3]
+    # Best value, then more timesteps, then the smaller file name (registry.best and
+    # retention's top-K break ties the same way).
+    return min(scored, key=lambda s: (-s[0], -s[1], s[2]))[3]

@@ -72,6 +72,8 @@ _V2_RE = re.compile(
     re.ASCII,
 )
 _LEGACY_RE = re.compile(r"phase(?P<phase>[1-9]\d*)_(?P<steps>0|[1-9]\d*)_steps\.zip\Z", re.ASCII)
+_V2_MATCH = _V2_RE.match
+_new = object.__new__
 
 
 class CheckpointNameError(ValueError):
@@ -135,10 +137,6 @@ def _fmt(value: float, digits: int) -> str:
     if math.isinf(value):
         return "+inf" if value > 0 else "-inf"
     return f"{value:+.{digits}f}"
-
-
-def _num(text: str) -> float:
-    return float(text)  # "nan", "+inf", "-0.125" all parse
 
 
 @dataclass(frozen=True)
@@ -246,22 +244,22 @@ def format_checkpoint_name(
 
 def parse_name(filename: str) -> CheckpointName | LegacyName | None:
     """Parse a bare file name (no folder). ``None`` for anything that is not ours."""
-    m = _V2_RE.match(filename)
+    m = _V2_MATCH(filename)
     if m is not None:
-        seed = int(m["seed"])
+        market, ts, event, val, sharpe, seed_text = m.groups()
+        seed = int(seed_text)
         if seed > MAX_SEED:
             return None
-        # The regex has validated every field: skip __post_init__ (listing 10,000 names).
-        name = object.__new__(CheckpointName)
-        for field_name, value in (
-            ("market", m["market"]),
-            ("timesteps", int(m["ts"])),
-            ("event", m["event"]),
-            ("val_reward", _num(m["val"])),
-            ("sharpe_ratio", _num(m["sharpe"])),
-            ("seed", seed),
-        ):
-            object.__setattr__(name, field_name, value)
+        # The regex has validated every field: skip __post_init__ (listing 10,000 names) and
+        # fill the frozen instance's fields directly.
+        name = _new(CheckpointName)
+        fields = name.__dict__
+        fields["market"] = market
+        fields["timesteps"] = int(ts)
+        fields["event"] = event
+        fields["val_reward"] = float(val)  # "nan", "+inf", "-0.125" all parse
+        fields["sharpe_ratio"] = float(sharpe)
+        fields["seed"] = seed
         return name
     m = _LEGACY_RE.match(filename)
     if m is not None:

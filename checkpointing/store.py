@@ -19,13 +19,14 @@ import errno
 import fcntl
 import hashlib
 import logging
+import operator
 import os
 import re
 import secrets
 import socket
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ __all__ = [
     "SweepReport",
     "commit_files",
     "delete_checkpoint",
+    "delete_checkpoints",
     "file_digest",
     "folder_lock",
     "fsync_dir",
@@ -70,6 +72,9 @@ _TMP_RE = re.compile(
 )
 _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:32] or "host"
 _CHUNK = 1024 * 1024
+_new = object.__new__
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_BY_TIMESTEPS_THEN_NAME = operator.itemgetter(0, 1)
 
 
 class CheckpointCorruptError(Exception):
@@ -81,26 +86,109 @@ class CheckpointCorruptError(Exception):
         super().__init__(f"{os.fspath(path)}: {reason}")
 
 
-@dataclass(frozen=True)
 class CheckpointInfo:
-    """A committed checkpoint as found on disk (from its name; metadata read on demand)."""
+    """A committed checkpoint as found on disk (from its name; metadata read on demand).
 
-    path: Path
-    name: CheckpointName | LegacyName
-    size: int
-    mtime: float
+    ``CheckpointInfo(path, name, size, mtime)``; immutable, compared and hashed by those four
+    fields. A listing of 10,000 checkpoints must stay cheap, so an info made by
+    :func:`list_checkpoints` holds only the folder and file name strings and the parsed name:
+    ``path`` is built on first use, and ``size``/``mtime`` come from one ``lstat`` of the zip
+    on first use (a zip gone since the listing reads as size 0, mtime 0.0). All are cached.
+    ``dirname`` and ``filename`` are the folder and file name as strings, for string paths.
+    """
+
+    __slots__ = ("_dirname", "_filename", "_mtime", "_name", "_path", "_size")
+
+    _dirname: str
+    _filename: str
+    _name: CheckpointName | LegacyName
+    _path: Path | None
+    _size: int | None
+    _mtime: float | None
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        name: CheckpointName | LegacyName,
+        size: int,
+        mtime: float,
+    ) -> None:
+        path = Path(path)
+        self._dirname = os.fspath(path.parent)
+        self._filename = path.name
+        self._name = name
+        self._path = path
+        self._size = size
+        self._mtime = mtime
+
+    @classmethod
+    def _listed(
+        cls, dirname: str, filename: str, name: CheckpointName | LegacyName
+    ) -> CheckpointInfo:
+        """An info for ``filename`` in ``dirname`` whose path and stat are read on first use."""
+        info = _new(cls)
+        info._dirname = dirname
+        info._filename = filename
+        info._name = name
+        info._path = info._size = info._mtime = None
+        return info
+
+    @property
+    def path(self) -> Path:
+        if self._path is None:
+            self._path = Path(os.path.join(self._dirname, self._filename))
+        return self._path
+
+    @property
+    def name(self) -> CheckpointName | LegacyName:
+        return self._name
+
+    @property
+    def dirname(self) -> str:
+        """The folder, as given to :func:`list_checkpoints` (a string)."""
+        return self._dirname
+
+    @property
+    def filename(self) -> str:
+        """The zip's file name (``path.name``) without building the path."""
+        return self._filename
+
+    def _stat(self) -> None:
+        try:
+            st = os.lstat(os.path.join(self._dirname, self._filename))
+        except FileNotFoundError:
+            self._size, self._mtime = 0, 0.0
+        else:
+            self._size, self._mtime = st.st_size, st.st_mtime
+
+    @property
+    def size(self) -> int:
+        """Bytes of the zip."""
+        if self._size is None:
+            self._stat()
+            assert self._size is not None
+        return self._size
+
+    @property
+    def mtime(self) -> float:
+        """Modification time of the zip (seconds since the epoch)."""
+        if self._mtime is None:
+            self._stat()
+            assert self._mtime is not None
+        return self._mtime
 
     @property
     def is_legacy(self) -> bool:
-        return isinstance(self.name, LegacyName)
+        return isinstance(self._name, LegacyName)
 
     @property
     def base(self) -> str:
-        return self.name.base
+        """The file name without ``.zip``; companions are ``{base}_vecnormalize.pkl`` etc."""
+        return self._filename[: -len(".zip")]
 
     @property
     def timesteps(self) -> int:
-        return self.name.timesteps
+        return self._name.timesteps
 
     def companion(self, suffix: str) -> Path:
         return self.path.with_name(self.base + suffix)
@@ -112,6 +200,24 @@ class CheckpointInfo:
     @property
     def metadata_path(self) -> Path:
         return self.companion(METADATA_SUFFIX)
+
+    def _key(self) -> tuple[Path, CheckpointName | LegacyName, int, float]:
+        return (self.path, self._name, self.size, self.mtime)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, CheckpointInfo)
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(path={self.path!r}, name={self._name!r}, "
+            f"size={self.size!r}, mtime={self.mtime!r})"
+        )
 
 
 @dataclass
@@ -273,29 +379,31 @@ def list_checkpoints(
     """The committed checkpoints in ``folder``, oldest first (numeric timesteps, then name).
 
     Only regular ``.zip`` files whose names parse are listed; symlinks, folders and foreign
-    files are ignored. A missing folder lists as empty.
+    files are ignored. A missing folder lists as empty. The file type comes from the folder
+    read itself (no ``stat`` per file); see :class:`CheckpointInfo` for what is read lazily.
     """
-    out: list[CheckpointInfo] = []
+    dirname = os.fspath(folder)
+    found: list[tuple[int, str, CheckpointName | LegacyName]] = []
     try:
-        entries = os.scandir(folder)
+        entries = os.scandir(dirname)
     except FileNotFoundError:
-        return out
+        return []
     with entries:
         for entry in entries:
-            if not entry.name.endswith(".zip"):
+            filename = entry.name
+            if not filename.endswith(".zip"):
                 continue
-            name = parse_name(entry.name)
+            name = parse_name(filename)
             if name is None or (not include_legacy and isinstance(name, LegacyName)):
                 continue
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
+            # d_type of the folder read: no syscall (lstat only where the file system gives
+            # none). A symlink or a folder named like a checkpoint is not ours.
+            if not entry.is_file(follow_symlinks=False):
                 continue
-            if not stat.S_ISREG(st.st_mode):
-                continue
-            out.append(CheckpointInfo(Path(entry.path), name, st.st_size, st.st_mtime))
-    out.sort(key=lambda i: (i.timesteps, i.path.name))
-    return out
+            found.append((name.timesteps, filename, name))
+    found.sort(key=_BY_TIMESTEPS_THEN_NAME)
+    listed = CheckpointInfo._listed
+    return [listed(dirname, filename, name) for _, filename, name in found]
 
 
 # --------------------------------------------------------------------------- verification
@@ -356,33 +464,100 @@ def verify_checkpoint(checkpoint: str | os.PathLike[str]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- deletion
 
 
+def _remove_checkpoint_files(dir_fd: int, zip_name: str) -> tuple[list[str], int]:
+    """Unlink ``zip_name`` and then its companions in the folder open as ``dir_fd``.
+
+    Only regular files are removed: each name is ``lstat``-ed first (never followed), so a
+    symlink (even one out of the models root) or a folder named like a checkpoint file stays.
+    Returns the names removed and the bytes they held (from that same ``lstat``).
+    """
+    base = zip_name[: -len(".zip")]
+    removed: list[str] = []
+    freed = 0
+    for filename in (zip_name, base + VECNORM_SUFFIX, base + METADATA_SUFFIX):
+        try:
+            st = os.stat(filename, dir_fd=dir_fd, follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            os.unlink(filename, dir_fd=dir_fd)
+        except (FileNotFoundError, IsADirectoryError):
+            continue
+        removed.append(filename)
+        freed += st.st_size
+    return removed, freed
+
+
+def _refuse_unless_zip(info: CheckpointInfo) -> None:
+    # An info made by hand could name anything; ours are "{base}.zip" (cheap check, no parse).
+    if not info.filename.endswith(".zip") or info.filename == ".zip":
+        raise ValueError(f"refusing to delete {os.fspath(info.path)!r}: not a checkpoint name")
+
+
 def delete_checkpoint(info: CheckpointInfo | str | os.PathLike[str]) -> list[Path]:
     """Delete a checkpoint: the zip first (it stops existing), then its companions.
 
     Returns the paths removed. Call it under :func:`folder_lock`. Only regular files are
-    removed: a symlink or folder named like a companion stays.
+    removed: a symlink or folder named like the zip or a companion stays.
     """
     if isinstance(info, CheckpointInfo):
-        zip_path = info.path  # listed by list_checkpoints: a regular file with a parsed name
+        _refuse_unless_zip(info)
+        dirname, zip_name = info.dirname, info.filename
     else:
-        zip_path = Path(info)
-        if not zip_path.name.endswith(".zip") or parse_name(zip_path.name) is None:
-            raise ValueError(f"refusing to delete {os.fspath(zip_path)!r}: not a checkpoint name")
-    removed: list[Path] = []
-    base = os.fspath(zip_path)[: -len(".zip")]
-    for i, path in enumerate((os.fspath(zip_path), base + VECNORM_SUFFIX, base + METADATA_SUFFIX)):
-        try:
-            # A listed zip is a regular file; a companion name could be anything (a link out of
-            # the models root, a folder): only regular files are removed.
-            if (i > 0 or not isinstance(info, CheckpointInfo)) and not stat.S_ISREG(
-                os.lstat(path).st_mode
-            ):
-                continue
-            os.unlink(path)
-        except (FileNotFoundError, IsADirectoryError):
-            continue
-        removed.append(Path(path))
-    return removed
+        dirname, zip_name = os.path.split(os.fspath(info))
+        if not zip_name.endswith(".zip") or parse_name(zip_name) is None:
+            raise ValueError(f"refusing to delete {os.fspath(info)!r}: not a checkpoint name")
+    try:
+        dir_fd = os.open(dirname or os.curdir, _DIR_FLAGS)
+    except FileNotFoundError:
+        return []
+    try:
+        removed, _ = _remove_checkpoint_files(dir_fd, zip_name)
+    finally:
+        os.close(dir_fd)
+    return [Path(os.path.join(dirname, name)) for name in removed]
+
+
+def delete_checkpoints(infos: Sequence[CheckpointInfo]) -> list[int | OSError]:
+    """Delete many checkpoints, each as :func:`delete_checkpoint` does; the bulk path.
+
+    Call it under :func:`folder_lock`. For each info, in order: the bytes its deletion freed
+    (the zip plus the companions removed), or the ``OSError`` that stopped it (the others are
+    still deleted). Each folder is opened once and files are removed by name relative to it,
+    so 10,000 checkpoints cost 30,000 ``lstat`` + ``unlink`` calls and no path building.
+
+    Raises:
+        ValueError: an info whose file name is not a ``.zip`` (nothing is deleted then).
+    """
+    for info in infos:
+        _refuse_unless_zip(info)
+    results: list[int | OSError] = []
+    fds: dict[str, int | OSError] = {}
+    try:
+        for info in infos:
+            dirname = info.dirname
+            fd = fds.get(dirname)
+            if fd is None:
+                try:
+                    fd = os.open(dirname or os.curdir, _DIR_FLAGS)
+                except FileNotFoundError:
+                    fd = -1  # nothing left to delete there
+                except OSError as exc:
+                    fd = exc
+                fds[dirname] = fd
+            if isinstance(fd, OSError):
+                results.append(fd)
+            elif fd < 0:
+                results.append(0)
+            else:
+                try:
+                    results.append(_remove_checkpoint_files(fd, info.filename)[1])
+                except OSError as exc:
+                    results.append(exc)
+    finally:
+        for fd in fds.values():
+            if isinstance(fd, int) and fd >= 0:
+                os.close(fd)
+    return results
 
 
 def _pid_alive(pid: int) -> bool:
@@ -417,20 +592,23 @@ def sweep(
     report = SweepReport()
     now = time.time() if now is None else now
     try:
-        entries = list(os.scandir(folder))
+        with os.scandir(folder) as it:
+            entries = list(it)
     except FileNotFoundError:
         return report
     names = {e.name for e in entries}
     for entry in entries:
-        # Cheap name checks first: a folder of 10,000 checkpoints has 30,000 entries.
-        m = _TMP_RE.match(entry.name)
+        # Cheap name checks first: a folder of 10,000 checkpoints has 30,000 entries, most of
+        # them zips and companions of live checkpoints.
+        name = entry.name
+        m = _TMP_RE.match(name) if name.startswith(".") else None
         if m is None:
-            suffix = next(
-                (s for s in (VECNORM_SUFFIX, METADATA_SUFFIX) if entry.name.endswith(s)), None
-            )
-            if suffix is None:
+            if name.endswith(VECNORM_SUFFIX):
+                zip_name = name[: -len(VECNORM_SUFFIX)] + ".zip"
+            elif name.endswith(METADATA_SUFFIX):
+                zip_name = name[: -len(METADATA_SUFFIX)] + ".zip"
+            else:
                 continue
-            zip_name = entry.name[: -len(suffix)] + ".zip"
             if zip_name in names or not isinstance(parse_name(zip_name), CheckpointName):
                 continue
         try:

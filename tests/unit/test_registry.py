@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from checkpointing.config import CheckpointConfig, RetentionConfig
+from checkpointing.loading import find_resume_checkpoint
 from checkpointing.metadata import build_metadata
 from checkpointing.naming import CheckpointName, CheckpointNameError
+from checkpointing.policies import TopK
 from checkpointing.registry import (
     Registry,
     RegistryError,
@@ -23,7 +25,7 @@ from checkpointing.registry import (
     locate_folder,
 )
 from checkpointing.retention import prune_folder
-from checkpointing.store import commit_files, delete_checkpoint
+from checkpointing.store import commit_files, delete_checkpoint, list_checkpoints
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONFIG = CheckpointConfig()
@@ -159,6 +161,24 @@ def test_find_best(root: Path) -> None:
     assert find_best(root, 1, "NQ", "max_drawdown") is None  # never measured: NaN never ranks
     assert find_best(root, 3, "NQ", "val_reward") is None  # no folder
     assert find_best(root, 1, "NQ", "val_reward", seed=99) is None
+
+
+def test_metric_ties_go_to_the_smaller_name_everywhere(tmp_path: Path) -> None:
+    """The registry, resume-from-best (registry or files) and retention's top-K agree."""
+    root = tmp_path / "models"
+    registry = Registry(root)
+    larger = save(root, 1, "NQ", 50_000, event="periodic", val=0.3, seed=42, registry=registry)
+    smaller = save(root, 1, "NQ", 50_000, event="best", val=0.3, seed=7, registry=registry)
+    save(root, 1, "NQ", 40_000, val=0.3, registry=registry)  # the same value, fewer timesteps
+    assert smaller.name < larger.name
+    folder = CONFIG.checkpoint_dir(1, "NQ", root)
+    best = find_best(root, 1, "NQ", "val_reward")
+    assert best is not None and best.absolute(root) == smaller
+    assert find_resume_checkpoint_from_registry(folder, "best:val_reward") == smaller
+    assert find_resume_checkpoint(folder, "best:val_reward") == smaller
+    infos = list_checkpoints(folder)
+    decisions = TopK("val_reward", 1).decide(infos)
+    assert [i.path for i, why in zip(infos, decisions, strict=True) if why] == [smaller]
 
 
 @pytest.mark.parametrize(

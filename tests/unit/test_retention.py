@@ -154,11 +154,15 @@ def test_seed_note_example_dry_run_plans_14_and_deletes_nothing(models: Path) ->
 
 def test_seed_note_example_live_leaves_the_14_with_companions(models: Path) -> None:
     folder = nq_folder(models)
+    dry = prune_folder(folder, RetentionConfig(), dry_run=True)
     report = prune_folder(folder, RetentionConfig())
     _, keep = seed_note_names()
     assert (report.kept, report.deleted) == (14, 86)
     assert {p.name for p in folder.iterdir()} - {".checkpoint.lock"} == expected_files(keep)
     assert report.errors == ()
+    # The bytes freed, learnt while deleting, are what the dry run announced.
+    assert report.bytes_freed == dry.bytes_freed > 0
+    assert [r.to_dict() for r in report.deleted_rows] == [r.to_dict() for r in dry.deleted_rows]
 
 
 def test_a_second_prune_changes_nothing(models: Path) -> None:
@@ -182,6 +186,24 @@ def test_plan_reads_names_only(models: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr("builtins.open", spy)
     assert plan(nq_folder(models), build_policy(RetentionConfig())).kept == 14
     assert opened == []
+
+
+def test_plan_stats_only_what_a_rule_needs(models: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Listing reads file types from the folder; only phase_end/interrupt mtimes are stat'ed
+    (and the deleted rows' sizes, when asked, or while deleting)."""
+    stats: list[str] = []
+    real_lstat = os.lstat
+
+    def spy(path: str, **kwargs: object) -> os.stat_result:
+        stats.append(os.path.basename(path))
+        return real_lstat(path, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "lstat", spy)
+    the_plan = plan(nq_folder(models), build_policy(RetentionConfig()))
+    names, _ = seed_note_names()
+    assert stats == [names[-1].filename]  # the phase_end, for the interrupt rule
+    assert the_plan.to_delete[0].bytes_freed > 0
+    assert len(stats) == 4  # that row's zip and two companions
 
 
 # --------------------------------------------------------------------------- never touched

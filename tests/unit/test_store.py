@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -15,8 +16,10 @@ from checkpointing.metadata import read_checkpoint_metadata, write_checkpoint_me
 from checkpointing.naming import format_checkpoint_name
 from checkpointing.store import (
     CheckpointCorruptError,
+    CheckpointInfo,
     commit_files,
     delete_checkpoint,
+    delete_checkpoints,
     folder_lock,
     list_checkpoints,
     sweep,
@@ -192,3 +195,83 @@ def test_metadata_falls_back_to_legacy_file_then_to_name(tmp_path: Path) -> None
     meta = read_checkpoint_metadata(v2)
     assert meta is not None and meta["sharpe_ratio"] == 1.92 and meta["source"] == "filename"
     assert read_checkpoint_metadata(tmp_path / "random.zip") is None
+
+
+# ----------------------------------------------------------------------- lazy infos, bulk deletion
+
+
+def test_listed_infos_match_the_files_and_the_constructor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = [commit(tmp_path, ts, payload=b"x" * ts) for ts in (3, 1, 2)]
+    stats: list[object] = []
+    real_lstat = os.lstat
+    monkeypatch.setattr(os, "lstat", lambda p, **kw: stats.append(p) or real_lstat(p, **kw))
+    infos = list_checkpoints(tmp_path)
+    assert stats == []  # the file type comes from the folder read; stat on first use
+    assert [i.filename for i in infos] == [p.name for p in sorted(paths)]
+    first = infos[0]
+    assert first.size == paths[1].stat().st_size and len(stats) == 1
+    assert first.mtime == paths[1].stat().st_mtime and len(stats) == 1  # cached
+    assert first.path == paths[1] and first.dirname == str(tmp_path)
+    assert first.base == paths[1].name[:-4] and first.timesteps == 1 and not first.is_legacy
+    assert first.vecnormalize_path == tmp_path / (first.base + "_vecnormalize.pkl")
+    assert first.metadata_path == first.companion("_metadata.json")
+    made = CheckpointInfo(paths[1], first.name, first.size, first.mtime)
+    assert made == first and hash(made) == hash(first) and made != infos[1]
+    assert repr(made) == repr(first)
+    with pytest.raises(AttributeError):
+        first.size = 0  # type: ignore[misc]
+
+
+def test_a_zip_gone_since_the_listing_reads_as_empty(tmp_path: Path) -> None:
+    path = commit(tmp_path, 1)
+    (info,) = list_checkpoints(tmp_path)
+    path.unlink()
+    assert (info.size, info.mtime) == (0, 0.0)
+
+
+def test_bulk_delete_frees_the_bytes_it_removes_and_never_follows_links(tmp_path: Path) -> None:
+    a, b, c = commit(tmp_path, 1, payload=b"a" * 100), commit(tmp_path, 2), commit(tmp_path, 3)
+    sizes = {p.name: p.stat().st_size for p in tmp_path.iterdir()}
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    outside.mkdir()
+    (outside / "target").write_bytes(b"keep me")
+    infos = list_checkpoints(tmp_path)
+    # After the listing: b's pkl becomes a link out of the folder, c's zip a link, a's json a
+    # folder. Only regular files go; links and folders stay, and nothing is followed.
+    b_pkl = tmp_path / (b.name[:-4] + "_vecnormalize.pkl")
+    b_pkl.unlink()
+    b_pkl.symlink_to(outside / "target")
+    c.unlink()
+    c.symlink_to(outside / "target")
+    a_json = tmp_path / (a.name[:-4] + "_metadata.json")
+    a_json.unlink()
+    a_json.mkdir()
+    freed = delete_checkpoints(infos)
+    base = {p: p.name[:-4] for p in (a, b, c)}
+    assert freed == [
+        sizes[a.name] + sizes[base[a] + "_vecnormalize.pkl"],
+        sizes[b.name] + sizes[base[b] + "_metadata.json"],
+        sizes[base[c] + "_vecnormalize.pkl"] + sizes[base[c] + "_metadata.json"],
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == sorted(
+        [a_json.name, b_pkl.name, c.name]
+    )
+    assert (outside / "target").read_bytes() == b"keep me"
+    assert delete_checkpoints(infos) == [0, 0, 0]  # already gone: nothing to free
+
+
+def test_bulk_delete_reports_errors_per_checkpoint(tmp_path: Path) -> None:
+    commit(tmp_path, 1)
+    infos = list_checkpoints(tmp_path)
+    gone = CheckpointInfo(tmp_path / "missing" / infos[0].filename, infos[0].name, 0, 0.0)
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_bytes(b"x")
+    broken = CheckpointInfo(not_a_dir / infos[0].filename, infos[0].name, 0, 0.0)
+    results = delete_checkpoints([gone, broken, *infos])
+    assert results[0] == 0 and isinstance(results[1], NotADirectoryError) and results[2] > 0
+    assert list_checkpoints(tmp_path) == []
+    with pytest.raises(ValueError, match="not a checkpoint name"):
+        delete_checkpoints([CheckpointInfo(not_a_dir, infos[0].name, 0, 0.0)])
+    assert not_a_dir.exists()
