@@ -31,6 +31,7 @@ import numpy as np
 import yaml
 from numpy.typing import NDArray
 
+from checkpointing.config import KNOWN_LLM_FIELDS
 from tuner.markets import (
     ConfigError,
     check_keys,
@@ -61,14 +62,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: The seed note's phase-3 metadata fields, in its order.
-ADVISOR_METADATA_FIELDS = (
-    "reasoning_usage_rate",
-    "llm_confidence_avg",
-    "rl_llm_agreement_rate",
-    "llm_error_count",
-    "fusion_override_count",
-    "risk_veto_count",
-)
+ADVISOR_METADATA_FIELDS = KNOWN_LLM_FIELDS
 _MAX_REPLY_BYTES = 1 << 20
 
 

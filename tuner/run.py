@@ -371,7 +371,9 @@ def run(opts: RunOptions, settings: Any) -> int:
         name=opts.name,
         storage_path=os.fspath(opts.storage_path),
         failure_config=tune.FailureConfig(max_failures=opts.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        # Every Tune checkpoint is a pointer of a few hundred bytes; keeping them all avoids
+        # the experiment-state snapshot Tune forces after num_to_keep checkpoints.
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
         callbacks=[progress.callback],
         verbose=0,
     )

@@ -30,7 +30,8 @@ import pytest
 
 from checkpointing.metadata import read_checkpoint_metadata
 from checkpointing.store import list_checkpoints
-from tests.tiny_config import PROJECT_ROOT, tiny_config_dir
+from tests.ray.conftest import driver_env
+from tests.tiny_config import tiny_config_dir
 from tuner.browse import main
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -40,16 +41,6 @@ SEEDS = (7, 42)
 
 
 # --------------------------------------------------------------------------- the experiments
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p
-    )
-    env.pop("RAY_ADDRESS", None)
-    return env
 
 
 @dataclass(frozen=True)
@@ -83,7 +74,7 @@ class _Driver:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "tuner.run", *args, "--name", name],
                 cwd=workdir,
-                env=_env(),
+                env=driver_env(),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -489,7 +480,7 @@ def test_the_cli_never_imports_ray_nor_writes(built: Built) -> None:
     out = subprocess.run(
         [sys.executable, "-c", code],
         cwd=built.workdir,
-        env=_env(),
+        env=driver_env(),
         capture_output=True,
         text=True,
         timeout=120,
@@ -502,7 +493,7 @@ def test_the_cli_never_imports_ray_nor_writes(built: Built) -> None:
     helped = subprocess.run(
         [sys.executable, "-m", "tuner.browse", "--help"],
         cwd=built.workdir,
-        env=_env(),
+        env=driver_env(),
         capture_output=True,
         text=True,
         timeout=60,
