@@ -152,7 +152,12 @@ class CheckpointConfig:
         return schedule
 
     def models_root(self, root: str | os.PathLike[str] | None = None) -> Path:
-        return Path(root) if root is not None else Path(self.paths.root)
+        if root is None:
+            return Path(self.paths.root)
+        text = os.fspath(root)
+        if not text or "\x00" in text:
+            raise ConfigError(f"the models root must be a non-empty path without NUL, got {text!r}")
+        return Path(text)
 
     def checkpoint_dir(
         self, phase: int, market: str, root: str | os.PathLike[str] | None = None
@@ -210,12 +215,14 @@ def read_yaml(path: str | os.PathLike[str]) -> Any:
         raise ConfigError(f"config file not found: {os.fspath(p)!r}") from None
     except IsADirectoryError:
         raise ConfigError(f"config path is a directory, not a file: {os.fspath(p)!r}") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: undecodable, or NUL in the path
         raise ConfigError(f"cannot read config file {os.fspath(p)!r}: {exc}") from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{os.fspath(p)}: not valid YAML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{os.fspath(p)}: not valid YAML: nested too deeply") from None
 
 
 class _Section:
@@ -494,9 +501,13 @@ def load_config(path: str | os.PathLike[str] | None = None) -> CheckpointConfig:
 
     Raises:
         ConfigError: the file is missing, not YAML, or a key is unknown, of the wrong type,
-            out of range or NaN. The message names the file, the key path and the value.
+            out of range or NaN; or ``default_config`` files inherit each other in a cycle.
+            The message names the file, the key path and the value.
     """
-    p = Path(path) if path is not None else DEFAULT_CONFIG_PATH
+    return _load_config(Path(path) if path is not None else DEFAULT_CONFIG_PATH, ())
+
+
+def _load_config(p: Path, chain: tuple[Path, ...]) -> CheckpointConfig:
     doc = read_yaml(p)
     where = os.fspath(p)
     if doc is None:
@@ -519,7 +530,11 @@ def load_config(path: str | os.PathLike[str] | None = None) -> CheckpointConfig:
             base_path = p.parent / base_file
             if base_path.resolve() == p.resolve():
                 raise ConfigError(f"{sec.where('default_config')} points at the file itself")
-            base = load_config(base_path)
+            chain = (*chain, p.resolve())
+            if base_path.resolve() in chain:
+                cycle = " -> ".join(os.fspath(c) for c in (*chain, base_path.resolve()))
+                raise ConfigError(f"{sec.where('default_config')} makes a cycle: {cycle}")
+            base = _load_config(base_path, chain)
             return _apply_overlay(base, sec, source=f"{where} (over {os.fspath(base_path)})")
         top.done()
         return config_from_dict(body, source=where)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -114,7 +115,7 @@ def decode_metadata(raw: bytes, source: str) -> dict[str, Any]:
     """
     try:
         doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise MetadataError(f"{source}: metadata is not valid JSON ({exc})") from None
     if not isinstance(doc, dict):
         raise MetadataError(f"{source}: metadata must be a JSON object, got {type(doc).__name__}")
@@ -137,9 +138,24 @@ def metadata_path_for(checkpoint: str | os.PathLike[str]) -> Path:
     return p.with_name(stem + METADATA_SUFFIX)
 
 
+def read_regular_file(path: str | os.PathLike[str], limit: int) -> bytes:
+    """At most ``limit`` bytes of the regular file ``path``, never blocking and never following
+    a symlink: a FIFO, device, folder or symlink raises :class:`MetadataError`."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise MetadataError(f"{os.fspath(path)}: not a regular file")
+        chunks = []
+        while limit > 0 and (chunk := os.read(fd, min(limit, 1 << 20))):
+            chunks.append(chunk)
+            limit -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def _read_limited(path: Path) -> bytes:
-    with open(path, "rb") as fh:
-        raw = fh.read(MAX_METADATA_BYTES + 1)
+    raw = read_regular_file(path, MAX_METADATA_BYTES + 1)
     if len(raw) > MAX_METADATA_BYTES:
         raise MetadataError(f"{path}: metadata larger than {MAX_METADATA_BYTES} bytes")
     return raw

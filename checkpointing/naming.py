@@ -43,6 +43,9 @@ BOUNDARY_PREFIX = "phase_boundary_"
 MAX_SEED = 2**32 - 1
 VECNORM_SUFFIX = "_vecnormalize.pkl"
 METADATA_SUFFIX = "_metadata.json"
+# The longest zip name the commit protocol can write: its pkl's temporary
+# ".{base}_vecnormalize.pkl.{host<=32}-{pid<=7}.{token 8}.tmp" must fit in NAME_MAX (255).
+MAX_NAME_LENGTH = 255 - (len(VECNORM_SUFFIX) - len(".zip")) - (1 + 1 + 32 + 1 + 7 + 1 + 8 + 4)
 COMPANION_SUFFIXES = (VECNORM_SUFFIX, METADATA_SUFFIX)
 
 # Final models the v1 scripts wrote at the phase root; they are never pruned.
@@ -160,6 +163,11 @@ class CheckpointName:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise CheckpointNameError(f"{field_name} must be a number, got {value!r}")
             object.__setattr__(self, field_name, float(value))
+        if len(self.filename) > MAX_NAME_LENGTH:
+            raise CheckpointNameError(
+                f"checkpoint name {self.filename!r} is longer than {MAX_NAME_LENGTH} characters "
+                "(shorten the market or boundary name)"
+            )
 
     @property
     def filename(self) -> str:
@@ -244,6 +252,8 @@ def format_checkpoint_name(
 
 def parse_name(filename: str) -> CheckpointName | LegacyName | None:
     """Parse a bare file name (no folder). ``None`` for anything that is not ours."""
+    if len(filename) > MAX_NAME_LENGTH:  # we cannot have written it: its companions cannot exist
+        return None
     m = _V2_MATCH(filename)
     if m is not None:
         market, ts, event, val, sharpe, seed_text = m.groups()

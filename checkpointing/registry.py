@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import re
+import stat
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -132,6 +133,17 @@ def _market_or_none(text: str) -> str | None:
         return None
 
 
+def _real_dirs(top: Path, below: Sequence[str]) -> bool:
+    """``top`` and each folder ``below`` it are directories, none a symlink (``lstat``)."""
+    paths = [top]
+    for part in below:
+        paths.append(paths[-1] / part)
+    try:
+        return all(stat.S_ISDIR(os.lstat(p).st_mode) for p in paths)
+    except OSError:
+        return False
+
+
 def checkpoint_folders(
     config: CheckpointConfig,
     root: str | os.PathLike[str] | None = None,
@@ -149,15 +161,16 @@ def checkpoint_folders(
     out: list[CheckpointFolder] = []
     wanted = None if markets is None else [validate_market(m) for m in markets]
     for phase in PHASES if phases is None else [_check_phase(p) for p in phases]:
-        if wanted is not None:
-            for market in wanted:
-                path = config.checkpoint_dir(phase, market, root)
-                if path.is_dir():
-                    out.append(CheckpointFolder(phase, market, path))
-            continue
         parts = config.checkpoint_dir(phase, _MARKET_SLOT, root).parts
         i = next(i for i, part in enumerate(parts) if _MARKET_SLOT in part)
         parent = Path(*parts[:i]) if i else Path(".")
+        if wanted is not None:
+            for market in wanted:
+                path = config.checkpoint_dir(phase, market, root)
+                market_dir = parts[i].replace(_MARKET_SLOT, market)
+                if _real_dirs(parent / market_dir, parts[i + 1 :]):
+                    out.append(CheckpointFolder(phase, market, path))
+            continue
         pattern = _slot_regex(parts[i])
         try:
             names = sorted(e.name for e in os.scandir(parent) if e.is_dir(follow_symlinks=False))
@@ -167,7 +180,7 @@ def checkpoint_folders(
             m = pattern.fullmatch(name)
             found = _market_or_none(m["market"]) if m else None
             path = Path(parent, name, *parts[i + 1 :])
-            if found is not None and path.is_dir():
+            if found is not None and _real_dirs(Path(parent, name), parts[i + 1 :]):
                 out.append(CheckpointFolder(phase, found, path))
     return out
 
@@ -694,10 +707,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = resolve_config(args.config)
+        root = config.models_root(args.root)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    root = config.models_root(args.root)
     if not root.is_dir():
         print(f"error: models root {os.fspath(root)!r} does not exist", file=sys.stderr)
         return 2

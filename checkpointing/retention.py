@@ -43,6 +43,7 @@ from checkpointing.naming import CheckpointNameError, validate_market
 from checkpointing.policies import AnyPolicy, RetentionPolicy, build_policy
 from checkpointing.registry import Registry, checkpoint_folders, resolve_config
 from checkpointing.store import (
+    LOCK_NAME,
     CheckpointInfo,
     SweepReport,
     delete_checkpoints,
@@ -318,9 +319,12 @@ def prune_folder(
         try:
             stack.enter_context(folder_lock(folder, shared=dry_run))
         except OSError as exc:
-            if not dry_run or exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
-                raise
-            log.warning("cannot lock %s (%s): dry run without the lock", folder, exc)
+            if dry_run and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                log.warning("cannot lock %s (%s): dry run without the lock", folder, exc)
+            else:
+                message = f"cannot lock {os.fspath(folder / LOCK_NAME)!r}: {exc.strerror}"
+                log.error("%s", message)
+                return PruneReport(folder, dry_run, None, skipped=message, errors=(message,))
         swept = sweep(folder, grace_seconds=retention_cfg.orphan_grace_seconds, dry_run=dry_run)
         the_plan = plan(folder, policy, include_legacy=include_legacy)
         if dry_run:
@@ -444,15 +448,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print a JSON report on stdout")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every decision")
     args = parser.parse_args(argv)
+    if args.root is not None and (not args.root or "\x00" in args.root):
+        return _error(f"--root must be a non-empty path without NUL, got {args.root!r}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
         config = resolve_config(args.config)
+        root = config.models_root(args.root)
     except ConfigError as exc:
         return _error(str(exc))
-    root = config.models_root(args.root)
     try:
         if args.market is not None:
             market = validate_market(args.market)

@@ -36,6 +36,7 @@ from checkpointing.metadata import (
     decode_metadata,
     encode_metadata,
     metadata_path_for,
+    read_regular_file,
 )
 from checkpointing.naming import (
     METADATA_SUFFIX,
@@ -439,10 +440,11 @@ def verify_checkpoint(checkpoint: str | os.PathLike[str]) -> dict[str, Any]:
     zip_path = Path(checkpoint)
     meta_path = metadata_path_for(zip_path)
     try:
-        with open(meta_path, "rb") as fh:
-            raw = fh.read(4 * 1024 * 1024)
+        raw = read_regular_file(meta_path, 4 * 1024 * 1024)
     except FileNotFoundError:
         raise CheckpointCorruptError(meta_path, "metadata file is missing") from None
+    except MetadataError:
+        raise CheckpointCorruptError(meta_path, "metadata is not a regular file") from None
     except OSError as exc:
         raise CheckpointCorruptError(meta_path, f"cannot read metadata ({exc})") from None
     try:

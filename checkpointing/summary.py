@@ -155,6 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--json", action="store_true", help="print JSON on stdout")
     args = parser.parse_args(argv)
+    if args.root is not None and (not args.root or "\x00" in args.root):
+        return _error(f"--root must be a non-empty path without NUL, got {args.root!r}")
     try:
         config = resolve_config(args.config)
         root = config.models_root(args.root)

@@ -199,12 +199,14 @@ def load_markets(path: str | os.PathLike[str]) -> dict[str, MarketSpec]:
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read markets file {str(file)!r}: {exc}") from exc
+    except (OSError, ValueError) as exc:  # ValueError: not UTF-8, or NUL in the path
+        raise ConfigError(f"cannot read markets file {str(file)!r}: {exc}") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{str(file)!r} is not valid YAML: {exc}") from exc
+    except RecursionError:
+        raise ConfigError(f"{str(file)!r} is not valid YAML: nested too deeply") from None
     try:
         return _parse_markets_file(raw, base_dir=file.resolve().parent)
     except ConfigError as exc:

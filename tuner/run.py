@@ -130,11 +130,11 @@ def parse_options(argv: Sequence[str] | None = None) -> tuple[RunOptions, Any]:
 
     settings = load_settings(args.config_dir)
     models_root = (
-        check_path_argument(args.models_root, "--models-root")
-        if args.models_root
+        check_path_argument(args.models_root, "--models-root", folder=True)
+        if args.models_root is not None
         else Path(settings.checkpoint.paths.root)
     )
-    storage = check_path_argument(args.storage_path, "--storage-path")
+    storage = check_path_argument(args.storage_path, "--storage-path", folder=True)
     name = args.name or (
         f"{'-'.join(markets)}_s{'-'.join(map(str, seeds))}_p{''.join(map(str, phases))}"
     )

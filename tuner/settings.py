@@ -236,12 +236,16 @@ class Settings:
     advisor: AdvisorConfig
 
 
-def check_path_argument(value: str | os.PathLike[str], what: str) -> Path:
-    """Refuse NUL and empty paths from the command line before anything touches the disk."""
+def check_path_argument(value: str | os.PathLike[str], what: str, *, folder: bool = False) -> Path:
+    """Refuse NUL and empty paths from the command line before anything touches the disk;
+    with ``folder``, also a path that exists and is not a folder."""
     text = os.fspath(value)
     if not text or "\x00" in text:
         raise ConfigError(f"{what} must be a non-empty path without NUL, got {text!r}")
-    return Path(text)
+    path = Path(text)
+    if folder and path.exists() and not path.is_dir():
+        raise ConfigError(f"{what} must be a folder, but {text!r} is a file")
+    return path
 
 
 def load_settings(config_dir: str | os.PathLike[str] = "config") -> Settings:

@@ -403,10 +403,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError(f"--threads must be >= 1, got {args.threads!r}")
         settings = load_settings(args.config_dir)
         models_root = (
-            check_path_argument(args.models_root, "--models-root") if args.models_root else None
+            check_path_argument(args.models_root, "--models-root", folder=True)
+            if args.models_root is not None
+            else None
         )
         model_path = (
-            check_path_argument(args.model_path, "--model-path") if args.model_path else None
+            check_path_argument(args.model_path, "--model-path")
+            if args.model_path is not None
+            else None
         )
         jobs = [
             PhaseJob(
