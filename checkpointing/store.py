@@ -59,6 +59,7 @@ __all__ = [
     "fsync_dir",
     "list_checkpoints",
     "parse_temp_name",
+    "pid_alive",
     "sweep",
     "temp_name",
     "temp_path",
@@ -562,7 +563,8 @@ def delete_checkpoints(infos: Sequence[CheckpointInfo]) -> list[int | OSError]:
     return results
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid runs on this host (ours counts as alive)."""
     if pid == os.getpid():
         return True
     try:
@@ -622,7 +624,7 @@ def sweep(
         if m is None:
             report.orphans.append(Path(entry.path))
         else:
-            owner_gone = m["host"] == _HOST and not _pid_alive(int(m["pid"]))
+            owner_gone = m["host"] == _HOST and not pid_alive(int(m["pid"]))
             if owner_gone or now - st.st_mtime > grace_seconds:
                 report.temporaries.append(Path(entry.path))
     if not dry_run:

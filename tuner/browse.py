@@ -44,6 +44,7 @@ from typing import Any
 from checkpointing.config import KNOWN_METRICS, CheckpointConfig, ConfigError, load_config
 from checkpointing.naming import CheckpointNameError, parse_name, validate_market
 from checkpointing.registry import Registry, RegistryEntry, resolve_config
+from checkpointing.store import pid_alive
 
 __all__ = [
     "STATUSES",
@@ -151,18 +152,6 @@ def _clean(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_clean(v) for v in value]
     return value
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    return True
 
 
 # --------------------------------------------------------------------------- trials
@@ -303,7 +292,7 @@ def _trial_status(
         return "interrupted"
     pid, host = _int(last.get("pid")), last.get("hostname")
     if pid is not None and host == socket.gethostname():
-        if _process_alive(pid):
+        if pid_alive(pid):
             return "running"
     elif result_mtime is not None and time.time() - result_mtime < REMOTE_RUNNING_S:
         return "running"
