@@ -58,21 +58,15 @@ class RunOptions:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from tuner.train import add_run_arguments
+
     p = argparse.ArgumentParser(
         prog="python -m tuner.run",
         description="Train PPO agents on several futures markets and seeds with Ray Tune.",
     )
     p.add_argument("--markets", required=True, help="comma-separated markets, e.g. NQ,ES")
     p.add_argument("--seeds", default="42", help="comma-separated seeds (default 42)")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--phase", type=int, help="one phase: 1, 2 or 3 (default 1)")
-    group.add_argument("--phases", help="a curriculum, e.g. 1,2,3")
-    p.add_argument("--timesteps", type=int, help="steps per phase (default: training.yaml)")
-    p.add_argument(
-        "--base-interval", type=int, help="checkpoint base interval (default: checkpoint config)"
-    )
-    p.add_argument("--config-dir", default="config", help="folder of the YAML configs")
-    p.add_argument("--models-root", help="where checkpoints go (default: paths.root)")
+    add_run_arguments(p)
     p.add_argument("--storage-path", default="ray_results", help="Ray Tune results folder")
     p.add_argument("--name", help="experiment name (default from markets, seeds, phases)")
     p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default 1)")

@@ -351,13 +351,8 @@ class _Rate:
 # --------------------------------------------------------------------------- CLI
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m tuner.train",
-        description="Train one (market, seed) through one phase or the curriculum, no Ray.",
-    )
-    parser.add_argument("--market", required=True, help="market name from markets.yaml, e.g. NQ")
-    parser.add_argument("--seed", type=int, default=42, help="training seed (default 42)")
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags ``tuner.train`` and ``tuner.run`` share: phases, length, configs, models root."""
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--phase", type=int, help="the phase to train: 1, 2 or 3 (default 1)")
     group.add_argument("--phases", help="a curriculum, e.g. 1,2,3")
@@ -367,6 +362,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config-dir", default="config", help="folder of the YAML configs")
     parser.add_argument("--models-root", help="where checkpoints go (default: paths.root)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m tuner.train",
+        description="Train one (market, seed) through one phase or the curriculum, no Ray.",
+    )
+    parser.add_argument("--market", required=True, help="market name from markets.yaml, e.g. NQ")
+    parser.add_argument("--seed", type=int, default=42, help="training seed (default 42)")
+    add_run_arguments(parser)
     parser.add_argument(
         "--continue",
         dest="continue_",
