@@ -1,7 +1,10 @@
-"""Loading and choosing checkpoints: verify first, unpickle after.
+"""Loading and choosing checkpoints: verify first, then unpickle only what a checkpoint holds.
 
 :func:`load_checkpoint` checks the sha256 of the zip and the ``.pkl`` against the metadata
-before anything is unpickled, then returns the model and its VecNormalize.
+before anything is unpickled, then unpickles the VecNormalize and the zip's cloudpickled
+entries with :mod:`checkpointing.safe_pickle` (which refuses any global a checkpoint never
+needs, so a forged file cannot run code even when its metadata matches) and returns the model
+and its VecNormalize.
 :func:`find_resume_checkpoint` picks the newest (or best) checkpoint that verifies.
 """
 
@@ -11,12 +14,14 @@ import logging
 import math
 import os
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from checkpointing.metadata import read_checkpoint_metadata
 from checkpointing.naming import VECNORM_SUFFIX, CheckpointName, LegacyName, parse_name
+from checkpointing.safe_pickle import UnsafePickleError, safe_loads, safe_zip_objects
 from checkpointing.store import (
     CheckpointCorruptError,
     CheckpointInfo,
@@ -37,6 +42,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Algorithms a checkpoint may name; anything else is refused rather than imported.
 _ALGORITHMS = ("PPO", "A2C", "DQN", "SAC", "TD3", "DDPG")
@@ -98,7 +105,8 @@ def load_checkpoint(
     Raises:
         FileNotFoundError: no such checkpoint.
         CheckpointCorruptError: the metadata is missing or garbled, or a file fails its
-            size/sha256 check; nothing has been unpickled.
+            size/sha256 check (nothing has been unpickled); or a pickle in the ``.pkl`` or the
+            zip references a global no checkpoint needs (refused before it is resolved).
     """
     p = Path(path)
     if not p.is_file():
@@ -129,8 +137,7 @@ def load_checkpoint(
     if pkl.is_file():
         from stable_baselines3.common.vec_env import VecNormalize as _VecNormalize
 
-        with open(pkl, "rb") as fh:
-            obj = pickle.load(fh)  # verified above (v2) or trusted by the caller (v1)
+        obj = _safely(pkl, lambda: safe_loads(pkl.read_bytes(), where=pkl.name))
         if not isinstance(obj, _VecNormalize):
             raise CheckpointCorruptError(
                 pkl, f"expected a VecNormalize, found {type(obj).__name__}"
@@ -139,8 +146,25 @@ def load_checkpoint(
             obj.set_venv(env)
         vec_normalize = obj
     model_env = vec_normalize if (vec_normalize is not None and env is not None) else env
-    model = cls.load(p, env=model_env, device=device, custom_objects=custom_objects, **load_kwargs)
+    given = dict(custom_objects or {})
+    objects = _safely(p, lambda: safe_zip_objects(p, skip=set(given)))
+    try:
+        model = cls.load(
+            p, env=model_env, device=device, custom_objects={**objects, **given}, **load_kwargs
+        )
+    except pickle.UnpicklingError as exc:  # torch's weights-only load refused a .pth entry
+        raise CheckpointCorruptError(p, f"refusing to unpickle a .pth entry: {exc}") from None
     return LoadedCheckpoint(p, model, vec_normalize, metadata, verified)
+
+
+def _safely(path: Path, load: Callable[[], T]) -> T:
+    """Run ``load``; a refused or malformed pickle becomes a CheckpointCorruptError on ``path``."""
+    try:
+        return load()
+    except UnsafePickleError as exc:
+        raise CheckpointCorruptError(path, str(exc)) from None
+    except Exception as exc:  # a malformed pickle raises anything from EOFError up
+        raise CheckpointCorruptError(path, f"cannot unpickle: {type(exc).__name__}: {exc}") from exc
 
 
 def parse_resume_spec(spec: str) -> tuple[str, str | None]:

@@ -13,9 +13,10 @@ Afterwards no canary exists, i.e. nothing was unpickled, after each of: listing
 CLIs ``checkpointing.summary``, ``checkpointing.retention --dry-run`` and live,
 ``checkpointing.registry rebuild`` and ``tuner.browse``; each CLI exits 0.
 
-Where resume WOULD load a payload: selection trusts metadata that only the folder vouches for,
-so ``find_resume_checkpoint`` picks an injected checkpoint whose forged metadata matches, and
-``load_checkpoint`` then unpickles it (strict xfail below; see the report for the fix).
+Resume selection trusts metadata that only the folder vouches for, so it can pick an injected
+checkpoint whose forged metadata matches; ``load_checkpoint`` then refuses its payload by name,
+because it unpickles with an allow-list of the globals a checkpoint needs
+(``checkpointing.safe_pickle``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import Any
 import pytest
 
 from checkpointing import (
+    CheckpointCorruptError,
     CheckpointRetentionManager,
     find_resume_checkpoint,
     list_checkpoints,
@@ -216,43 +218,48 @@ def test_no_tool_ever_unpickles_an_injected_checkpoint(
             assert fired(canaries) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="security gap: resume trusts metadata that lives beside the files it vouches for, "
-    "so an injected checkpoint with forged matching digests is selected and unpickled",
-)
-def test_resume_never_unpickles_a_checkpoint_the_product_did_not_write(
+def test_resume_never_runs_a_payload_and_refuses_it_by_name(
     sb3_models: Path, tmp_path: Path, fault_log: FaultLog
 ) -> None:
     """What tuner.train does on ``--resume-from latest | best:sharpe_ratio`` (and phase 2 does
     on phase 1's ``phase_end``): pick with ``find_resume_checkpoint``, then ``load_checkpoint``.
-    No payload may run: a checkpoint the product never committed must not be loaded."""
+
+    Forged metadata gets a carrier picked (its digests match), but loading it resolves only the
+    globals a checkpoint needs: the payload is refused with a CheckpointCorruptError naming the
+    file, and no canary appears. A genuine checkpoint of the same folder still loads."""
     from tests.integration.train_script import make_raw_env
 
     root, canaries = _infest(sb3_models, tmp_path)
     folder = root / CHECKPOINTS
-    with fault_log.tries("forged metadata: resume selects and loads it (gap)") as t:
+
+    def refused(path: Path) -> str:
+        env = make_raw_env()
+        try:
+            with pytest.raises(CheckpointCorruptError) as info:
+                load_checkpoint(path, env)
+        finally:
+            env.close()
+        return str(info.value)
+
+    with fault_log.tries("forged metadata + payload: resume refuses to unpickle it") as t:
         for spec in ("latest", "phase_end", "best:sharpe_ratio"):
             with t.attempt(spec):
                 path = find_resume_checkpoint(folder, spec, seed=42, market="NQ")
-                assert path is not None
-                env = make_raw_env()
-                try:
-                    load_checkpoint(path, env)
-                except Exception:
-                    pass  # a refusal is fine; running the payload is not
-                finally:
-                    env.close()
-                ran = fired(canaries)
-                for name in ran:
-                    os.unlink(canaries / name)
-                assert ran == [], f"{spec}: picked {path.name}; payloads ran: {ran}"
-        with t.attempt("load_checkpoint of a checkpoint with forged metadata"):
+                assert path is not None and path.name in INJECTED, path
+                message = refused(path)
+                assert path.name in message or path.name[: -len(".zip")] in message, message
+                assert fired(canaries) == [], f"{spec}: payloads ran: {fired(canaries)}"
+        with t.attempt("load_checkpoint of a zip whose only payload is in its data entry"):
+            message = refused(folder / ZIP_ONLY_CARRIER)
+            assert ZIP_ONLY_CARRIER in message and "refusing to unpickle" in message, message
+            assert fired(canaries) == [], f"payloads ran: {fired(canaries)}"
+        with t.attempt("a genuine checkpoint beside the carriers still loads"):
+            genuine = [i.path for i in list_checkpoints(folder) if i.path.name not in INJECTED]
+            assert genuine
             env = make_raw_env()
             try:
-                load_checkpoint(folder / ZIP_ONLY_CARRIER, env)
-            except Exception:
-                pass
+                loaded = load_checkpoint(genuine[-1], env)
             finally:
                 env.close()
-            assert fired(canaries) == [], f"payloads ran: {fired(canaries)}"
+            assert loaded.verified and loaded.vec_normalize is not None
+            assert fired(canaries) == []
