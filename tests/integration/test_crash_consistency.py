@@ -24,48 +24,36 @@ from checkpointing import (
 )
 from checkpointing.store import folder_lock, sweep
 from tests.integration.train_script import (
+    COMMIT_STAGE_LEFTOVERS,
+    COMMIT_STAGES,
     MARKET,
     SEED,
+    ZIP,
+    base_of,
     checkpoint_folder,
+    kill_at_stage,
     leftovers,
     make_callback,
     make_manager,
     make_raw_env,
     no_leftovers,
+    suffixes,
     temporary_target,
     write_config,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
-ZIP, PKL, JSON = ".zip", "_vecnormalize.pkl", "_metadata.json"
-
-# stage -> (n-th os.replace into the folder, kill after it rather than before it).
-# Checkpoint 1 takes renames 1-3 (pkl, json, zip); the kill hits checkpoint 2.
-STAGES = {
-    "temps_written": (4, False),
-    "after_pkl_rename": (5, False),
-    "after_json_rename": (6, False),
-    "after_zip_rename": (6, True),
-}
-# What of checkpoint 2 is left, by stage: (temporaries, companions without a zip, committed).
-EXPECTED = {
-    "temps_written": ({ZIP, PKL, JSON}, set(), False),
-    "after_pkl_rename": ({ZIP, JSON}, {PKL}, False),
-    "after_json_rename": ({ZIP}, {PKL, JSON}, False),
-    "after_zip_rename": (set(), set(), True),
-}
-
 
 @pytest.fixture(scope="module")
 def killed_runs(tmp_path_factory: pytest.TempPathFactory, spawn) -> dict[str, dict]:
     """One run per stage, all started at once (they are independent), each SIGKILLed."""
     runs = {}
-    for stage, (n, after) in STAGES.items():
+    for stage in COMMIT_STAGES:
         work = tmp_path_factory.mktemp(f"crash_{stage}")
         config = write_config(work / "checkpoint_config.yaml")
         args = ["--models-root", work / "models", "--config", config, "--timesteps", 3000]
-        args += ["--kill-at-replace", n] + (["--kill-after-replace"] if after else [])
+        args += kill_at_stage(stage)
         runs[stage] = {"work": work, "config": config, "child": spawn(args, work / "logs")}
     for run in runs.values():
         run["returncode"] = run["child"].wait(timeout=120)
@@ -73,20 +61,20 @@ def killed_runs(tmp_path_factory: pytest.TempPathFactory, spawn) -> dict[str, di
     return runs
 
 
-@pytest.mark.parametrize("stage", list(STAGES))
+@pytest.mark.parametrize("stage", list(COMMIT_STAGES))
 def test_sigkill_mid_commit_leaves_a_loadable_resumable_folder(
     stage: str, killed_runs: dict[str, dict], tmp_path: Path, keep_signal_handlers: None
 ) -> None:
     run = killed_runs[stage]
     child, folder = run["child"], run["folder"]
     assert run["returncode"] == -signal.SIGKILL, child.diagnostics()
-    want_temporaries, want_orphans, second_committed = EXPECTED[stage]
+    want_temporaries, want_orphans, second_committed = COMMIT_STAGE_LEFTOVERS[stage]
 
     # Only the expected pieces of checkpoint 2 are left over, all of one base name.
     left = leftovers(folder)
-    assert _suffixes(left["temporaries"]) == want_temporaries, left
-    assert _suffixes(left["orphans"]) == want_orphans, left
-    assert len({_base(n) for n in left["temporaries"] | left["orphans"]}) <= 1, left
+    assert suffixes(left["temporaries"]) == want_temporaries, left
+    assert suffixes(left["orphans"]) == want_orphans, left
+    assert len({base_of(n) for n in left["temporaries"] | left["orphans"]}) <= 1, left
 
     # Every zip is a complete checkpoint: it is listed, verifies and loads.
     infos = list_checkpoints(folder)
@@ -95,10 +83,11 @@ def test_sigkill_mid_commit_leaves_a_loadable_resumable_folder(
     assert len({i.timesteps for i in infos}) == (2 if second_committed else 1), zips
     for info in infos:
         meta = verify_checkpoint(info.path)
-        loaded = load_checkpoint(info.path, make_raw_env())
+        env = make_raw_env()
+        loaded = load_checkpoint(info.path, env)
         assert loaded.model.num_timesteps == info.timesteps == meta["timesteps"]
         assert loaded.vec_normalize is not None
-        loaded.model.get_env().close()
+        env.close()
 
     # sweep() under the folder lock removes exactly the leftovers and nothing else (run on a
     # copy: the original is left for the next save to clean up).
@@ -113,8 +102,9 @@ def test_sigkill_mid_commit_leaves_a_loadable_resumable_folder(
     # Resume from the newest checkpoint; the first save of the resumed run sweeps the rest.
     newest = max(infos, key=lambda i: i.timesteps)
     resume = find_resume_checkpoint(folder, "latest", seed=SEED, market=MARKET)
-    assert resume is not None and _base(resume.name) in {i.base for i in infos}
-    assert parse_checkpoint_filename(resume.name)["timesteps"] == newest.timesteps
+    assert resume is not None and base_of(resume.name) in {i.base for i in infos}
+    parsed = parse_checkpoint_filename(resume.name)
+    assert parsed is not None and parsed["timesteps"] == newest.timesteps
     loaded = load_checkpoint(resume, make_raw_env())
     assert loaded.model.num_timesteps == newest.timesteps
     manager = make_manager(run["config"], run["work"] / "models")
@@ -129,11 +119,3 @@ def test_sigkill_mid_commit_leaves_a_loadable_resumable_folder(
     for info in after:
         verify_checkpoint(info.path)
     assert max(i.timesteps for i in after) >= newest.timesteps + 256
-
-
-def _suffixes(names: set[str]) -> set[str]:
-    return {next(s for s in (ZIP, PKL, JSON) if n.endswith(s)) for n in names}
-
-
-def _base(name: str) -> str:
-    return next(name[: -len(s)] for s in (ZIP, PKL, JSON) if name.endswith(s))

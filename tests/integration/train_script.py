@@ -6,7 +6,7 @@ training process (as ``python train_script.py ...``, or forked from a preloaded 
 in-process::
 
     python tests/integration/train_script.py --models-root R --config C --timesteps 3000
-        [--resume-from PATH] [--kill-at-replace N [--kill-after-replace]]
+        [--resume-from PATH] [--net-arch 8] [--prune] [--kill-at-replace N [--kill-after-replace]]
 
 Output (stdout, one line each): ``READY`` after the first evaluation (training has started and
 the signal handlers are installed), ``DONE <timesteps>`` when training completes, and
@@ -17,21 +17,28 @@ SIGINT, 143 on SIGTERM).
 rename into the checkpoint folder (before it, or after it with ``--kill-after-replace``).
 A commit renames the pkl, the json, then the zip, so N = 4, 5, 6 (before) and 6 (after) stop
 the second checkpoint with its temporaries written, after the pkl rename, after the json
-rename, and after the zip rename but before the folder fsync.
+rename, and after the zip rename but before the folder fsync (:data:`COMMIT_STAGES`).
+
+``--net-arch 80,80`` sizes the policy of a fresh run; ``--prune`` runs retention in the run
+(every ``prune_frequency`` saves, and early when the disk runs short).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from checkpointing.store import parse_temp_name
+
+if TYPE_CHECKING:
+    from checkpointing.config import CheckpointConfig
 
 MARKET = "NQ"
 SEED = 42
@@ -40,7 +47,30 @@ N_ENVS = 2
 N_STEPS = 64
 ENV_ID = "CartPole-v1"
 
-_COMPANIONS = ("_vecnormalize.pkl", "_metadata.json")
+ZIP, PKL, JSON = ".zip", "_vecnormalize.pkl", "_metadata.json"
+_COMPANIONS = (PKL, JSON)
+
+# Stage of a commit -> (n-th os.replace into the folder, kill after it rather than before it):
+# the ``--kill-at-replace`` arguments that SIGKILL a run there. The first checkpoint a run
+# commits takes renames 1-3 (pkl, json, zip); the kill hits the second.
+COMMIT_STAGES = {
+    "temps_written": (4, False),
+    "after_pkl_rename": (5, False),
+    "after_json_rename": (6, False),
+    "after_zip_rename": (6, True),
+}
+# What of the second checkpoint is left, by stage: (suffixes of its temporaries, suffixes of
+# its companions without a zip, whether it is committed).
+COMMIT_STAGE_LEFTOVERS = {
+    "temps_written": ({ZIP, PKL, JSON}, set(), False),
+    "after_pkl_rename": ({ZIP, JSON}, {PKL}, False),
+    "after_json_rename": ({ZIP}, {PKL, JSON}, False),
+    "after_zip_rename": (set(), set(), True),
+}
+# The disk guard's warning for a skipped save: (events, timesteps).
+SKIP_WARNING = re.compile(
+    rf"skipping (\S+) save at (\d+) steps of {MARKET} seed {SEED}: low disk space"
+)
 
 
 # --------------------------------------------------------------------------- builders
@@ -54,9 +84,15 @@ def write_config(
     target_timesteps: int = 3000,
     min_disk_space_gb: float = 0.0,
     async_saves: bool = True,
+    retention: Mapping[str, int] | None = None,
 ) -> Path:
-    """Write a checkpoint config with a small phase-1 schedule; return its path."""
+    """Write a checkpoint config with a small phase-1 schedule; return its path.
+
+    ``retention``: integer settings of ``checkpointing.retention`` (``keep_last_n``,
+    ``prune_frequency`` ...); the defaults otherwise.
+    """
     p = Path(path)
+    retention_lines = "".join(f"    {k}: {int(v)}\n" for k, v in (retention or {}).items())
     p.write_text(
         "checkpointing:\n"
         "  phase1:\n"
@@ -65,7 +101,8 @@ def write_config(
         f"    target_timesteps: {target_timesteps}\n"
         "  performance:\n"
         f"    async_saves: {'true' if async_saves else 'false'}\n"
-        f"    min_disk_space_gb: {min_disk_space_gb}\n",
+        f"    min_disk_space_gb: {min_disk_space_gb}\n"
+        + ("  retention:\n" + retention_lines if retention_lines else ""),
         encoding="utf-8",
     )
     return p
@@ -117,7 +154,9 @@ def make_model(env: Any, net_arch: Sequence[int] = (8,), seed: int = 1) -> Any:
 
 
 def make_manager(
-    config: str | os.PathLike[str], models_root: str | os.PathLike[str], **kw: Any
+    config: CheckpointConfig | str | os.PathLike[str],
+    models_root: str | os.PathLike[str],
+    **kw: Any,
 ) -> Any:
     from checkpointing import DynamicCheckpointManager
 
@@ -168,6 +207,22 @@ def no_leftovers() -> dict[str, set[str]]:
     return {"temporaries": set(), "orphans": set()}
 
 
+def suffixes(names: set[str]) -> set[str]:
+    """The checkpoint file kinds (:data:`ZIP`, :data:`PKL`, :data:`JSON`) among ``names``."""
+    return {next(s for s in (ZIP, PKL, JSON) if n.endswith(s)) for n in names}
+
+
+def base_of(name: str) -> str:
+    """The checkpoint base name of a zip or companion file name."""
+    return next(name[: -len(s)] for s in (ZIP, PKL, JSON) if name.endswith(s))
+
+
+def kill_at_stage(stage: str) -> list[str]:
+    """The arguments that SIGKILL a run at ``stage`` of its second commit (see COMMIT_STAGES)."""
+    n, after = COMMIT_STAGES[stage]
+    return ["--kill-at-replace", str(n)] + (["--kill-after-replace"] if after else [])
+
+
 # --------------------------------------------------------------------------- the run
 
 
@@ -201,6 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", required=True)
     parser.add_argument("--timesteps", type=int, required=True, help="total, resumed or not")
     parser.add_argument("--resume-from", help="checkpoint zip to continue from")
+    parser.add_argument("--net-arch", default="8", help="hidden layer sizes of a fresh policy")
+    parser.add_argument("--prune", action="store_true", help="run retention during the run")
     parser.add_argument("--kill-at-replace", type=int, metavar="N")
     parser.add_argument("--kill-after-replace", action="store_true")
     args = parser.parse_args(argv)
@@ -209,12 +266,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import torch
 
-    from checkpointing import TrainingInterrupted, learn_with_checkpoints, load_checkpoint
+    from checkpointing import (
+        TrainingInterrupted,
+        learn_with_checkpoints,
+        load_checkpoint,
+        load_config,
+    )
+    from checkpointing.retention import prune_folder
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     torch.set_num_threads(1)
 
-    manager = make_manager(args.config, args.models_root)
+    config = load_config(args.config)
+    pruner = (lambda folder: prune_folder(folder, config.retention)) if args.prune else None
+    manager = make_manager(config, args.models_root, pruner=pruner)
     if args.kill_at_replace is not None:
         _install_kill_switch(manager.folder, args.kill_at_replace, args.kill_after_replace)
     if args.resume_from:
@@ -222,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         model = loaded.model
         manager.load_state_dict(loaded.metadata["callback_state"])
     else:
-        model = make_model(make_train_env())
+        model = make_model(make_train_env(), [int(n) for n in args.net_arch.split(",")])
 
     ready = False
 
@@ -244,14 +309,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def run_in_child(argv: Sequence[str], stdout: str, stderr: str, cwd: str) -> None:
-    """``main(argv)`` as the target of a forked process: output to files, exit with its code."""
+def redirect_output(stdout: str, stderr: str) -> None:
+    """Send this process's stdout and stderr (file descriptors 1 and 2) to files (appending)."""
     for fd, path in ((1, stdout), (2, stderr)):
         target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(target, fd)
         os.close(target)
     sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
     sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+
+
+def run_in_child(argv: Sequence[str], stdout: str, stderr: str, cwd: str) -> None:
+    """``main(argv)`` as the target of a forked process: output to files, exit with its code."""
+    redirect_output(stdout, stderr)
     os.chdir(cwd)
     sys.exit(main(argv))
 

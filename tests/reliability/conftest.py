@@ -12,6 +12,8 @@ fault) and how many *survived* (passed every check) in the session's :class:`Fau
 A try whose checks raise is counted as not survived and the test fails at the end of the block
 (after every try has run), so the counts are honest. At the end of the run, when reliability
 tests ran, the suite prints one table: fault, tries, survived.
+
+Training processes to kill or starve come from ``spawn`` (``tests/training_processes.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.training_processes import (  # noqa: F401  (fixtures, used by name)
+    fork_server,
+    sb3_logs_in_tmp,
+    spawn,
+)
 
 RELIABILITY_DIR = Path(__file__).resolve().parent
 
