@@ -15,11 +15,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
+from checkpointing import find_resume_checkpoint, list_checkpoints
+from checkpointing.naming import CheckpointName, parse_name
 from tests.tiny_config import PROJECT_ROOT, tiny_config_dir
 
 
@@ -110,3 +114,65 @@ def wait_for(predicate: Any, timeout: float, what: str, driver: Driver | None = 
     raise AssertionError(
         f"timed out waiting for {what}" + (f":\n{driver.output[-3000:]}" if driver else "")
     )
+
+
+def session_processes(sid: int) -> list[psutil.Process]:
+    """The live processes of session ``sid``: a driver started in its own session and all it
+    started (its Ray stays in the session, also once the driver is gone)."""
+    found = []
+    for p in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, OSError):
+            if os.getsid(p.pid) == sid and p.status() != psutil.STATUS_ZOMBIE:
+                found.append(p)
+    return found
+
+
+def trial_worker(driver: Driver, market: str, seed: int) -> psutil.Process | None:
+    """The Ray worker running trial (market, seed) of ``driver``'s experiment, if any: Tune
+    runs a trial in an actor whose working directory is the trial's, named after its config."""
+    tag = f"market={market},seed={seed}_"
+    for p in session_processes(driver.proc.pid):
+        with contextlib.suppress(psutil.Error):
+            running = " ".join(p.cmdline()).startswith("ray::ImplicitFunc")
+            if running and tag in Path(p.cwd()).name:
+                return p
+    return None
+
+
+@dataclass(frozen=True)
+class Crash:
+    """A trial's worker process killed by :func:`crash_trial`."""
+
+    pid: int
+    saved: int  # timesteps of the newest checkpoint of the trial that verified after the crash
+
+
+def crash_trial(
+    driver: Driver, folder: Path, market: str, seed: int, *, saves: int = 2, timeout: float = 300
+) -> Crash:
+    """SIGKILL the worker process of trial (market, seed) once ``folder`` holds ``saves``
+    periodic checkpoints of its seed: a real crash of a running trial, timed by what is on
+    disk (Tune's result files in the storage path lag by up to its sync period).
+
+    Returns once the process is gone, with the checkpoint a retry should resume from.
+    """
+
+    def worker() -> psutil.Process | None:
+        periodic = [
+            i
+            for i in list_checkpoints(folder)
+            if isinstance(i.name, CheckpointName)
+            and i.name.seed == seed
+            and i.name.event == "periodic"
+        ]
+        return trial_worker(driver, market, seed) if len(periodic) >= saves else None
+
+    victim = wait_for(worker, timeout, f"{saves} checkpoints of {market} seed {seed}", driver)
+    try:
+        victim.kill()  # psutil checks that the pid is still that process
+        victim.wait(timeout=30)
+    except psutil.NoSuchProcess:
+        raise AssertionError(f"the worker of {market} seed {seed} had exited already") from None
+    path = find_resume_checkpoint(folder, "latest", seed=seed, market=market)
+    parsed = parse_name(path.name) if path is not None else None
+    return Crash(victim.pid, parsed.timesteps if parsed is not None else 0)

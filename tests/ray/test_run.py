@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
 import statistics
 import sys
@@ -15,7 +14,7 @@ import pytest
 
 from checkpointing import list_checkpoints
 from checkpointing.naming import CheckpointName
-from tests.ray.conftest import Driver, trial_results, wait_for
+from tests.ray.conftest import Driver, crash_trial, trial_results, wait_for
 from tuner.run import main
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -166,14 +165,8 @@ def test_a_crashed_trial_recovers_from_its_last_checkpoint(
     )
     drivers.append(d)
     experiment = tmp_path / "ray_results/crash"
-
-    def reported_twice() -> list[dict[str, object]] | None:
-        rows = trial_results(experiment).get("NQ/3", [])
-        return rows if len(rows) >= 2 else None
-
-    before = wait_for(reported_twice, 300, "two results from the trial", d)
-    victim = int(before[-1]["pid"])
-    os.kill(victim, signal.SIGKILL)  # a real crash of the trial's worker process
+    folder = tmp_path / "models/phase1/NQ/checkpoints"
+    victim = crash_trial(d, folder, "NQ", 3, saves=2).pid  # a real crash of its worker
     assert d.wait() == 0, d.output[-3000:]
     assert "[retry]  NQ seed 3" in d.output
     rows = trial_results(experiment)["NQ/3"]
