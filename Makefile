@@ -36,8 +36,12 @@ typecheck: setup
 
 check: lint typecheck test-fast
 
-bench: setup  ## every benchmark in bench/
-	@for f in bench/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+# Quick runs (about 10 minutes on 2 cores), then one table of every figure. BENCH_ARGS=--full
+# for the full runs; BENCH_SKIP_SLOW=1 (or BENCH_ARGS=--skip-slow) skips tune_scaling.
+BENCH_ARGS ?=
+
+bench: setup  ## every benchmark in bench/, then one table: benchmark, figure, target, result
+	$(PY) bench/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -7,11 +7,16 @@ Prints, in one run:
    spent inside the vectorized env measured directly (target: the env takes <= 10 % of PPO's
    training time).
 
-Runs in well under a minute on 2 cores. Usage: ``python bench/env_throughput.py``.
+Runs in well under a minute on 2 cores. Usage::
+
+    .venv/bin/python bench/env_throughput.py [--quick] [--json PATH]
+
+``--quick`` times fewer single-env steps; the PPO comparison is the same.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 import time
@@ -28,6 +33,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper,
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._report import Figure, add_json_argument, write_figures  # noqa: E402
 from tuner.env import EnvConfig, FuturesTradingEnv, MarketData  # noqa: E402
 from tuner.evaluation import make_vec_env  # noqa: E402
 from tuner.markets import get_market, load_markets  # noqa: E402
@@ -80,26 +86,26 @@ class TrivialEnv(gym.Env[np.ndarray, np.int64]):
         return self._obs.copy(), 0.0, False, self._t >= self._length, {}
 
 
-def single_env_rate(data: MarketData, phase: int) -> float:
+def single_env_rate(data: MarketData, phase: int, steps: int = SINGLE_STEPS) -> float:
     env = FuturesTradingEnv(data, "train", phase, seed=0)
-    actions = np.random.default_rng(0).integers(0, env.action_space.n, SINGLE_STEPS)  # type: ignore[attr-defined]
+    actions = np.random.default_rng(0).integers(0, env.action_space.n, steps)  # type: ignore[attr-defined]
     env.reset()
     started = time.perf_counter()
     for a in actions:
         _, _, terminated, truncated, _ = env.step(a)
         if terminated or truncated:
             env.reset()
-    return SINGLE_STEPS / (time.perf_counter() - started)
+    return steps / (time.perf_counter() - started)
 
 
-def vec_env_rate(data: MarketData, n_envs: int) -> float:
+def vec_env_rate(data: MarketData, n_envs: int, steps: int = VEC_STEPS) -> float:
     vec = make_vec_env(data, phase=2, split="train", seed=0, n_envs=n_envs)
-    actions = np.random.default_rng(0).integers(0, 7, (VEC_STEPS, n_envs))
+    actions = np.random.default_rng(0).integers(0, 7, (steps, n_envs))
     vec.reset()
     started = time.perf_counter()
     for row in actions:
         vec.step(row)
-    return VEC_STEPS * n_envs / (time.perf_counter() - started)
+    return steps * n_envs / (time.perf_counter() - started)
 
 
 def ppo_run(vec: VecEnv) -> tuple[float, float]:
@@ -115,7 +121,12 @@ def ppo_run(vec: VecEnv) -> tuple[float, float]:
     return time.perf_counter() - started, timed.seconds
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer single-env steps")
+    add_json_argument(parser)
+    args = parser.parse_args(argv)
+    scale = 3 if args.quick else 1
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)  # as in a 1-CPU Ray trial; more threads only add contention here
     spec = get_market(load_markets(ROOT / "config" / "markets.yaml"), MARKET)
@@ -123,11 +134,11 @@ def main() -> None:
     print(f"FuturesTradingEnv throughput: {MARKET}, {len(data.bars):,} synthetic bars")
     print(f"  {'setup':<34}{'env steps/s':>12}{'us/step':>10}")
     for phase in (1, 2, 3):
-        rate = single_env_rate(data, phase)
+        rate = single_env_rate(data, phase, SINGLE_STEPS // scale)
         note = " (rule advisor)" if phase == 3 else ""
         print(f"  {f'single env, phase {phase}{note}':<34}{rate:>12,.0f}{1e6 / rate:>10.1f}")
     for n_envs in (4, 8):
-        rate = vec_env_rate(data, n_envs)
+        rate = vec_env_rate(data, n_envs, VEC_STEPS // scale)
         label = f"DummyVecEnv x{n_envs} + Monitor, phase 2"
         print(f"  {label:<34}{rate:>12,.0f}{1e6 / rate:>10.1f}")
 
@@ -169,7 +180,20 @@ def main() -> None:
         f"wall time vs the trivial env: {100 * extra:+.1f}% (time inside the envs differs by "
         f"{env_ours - env_trivial:.2f} s; the rest is machine noise)"
     )
+    write_figures(
+        args.json,
+        [
+            Figure(
+                "env_throughput",
+                "env share of PPO's wall time (8 envs, phase 2)",
+                "<= 10%",
+                f"{100 * share:.1f}%",
+                share <= 0.10,
+            )
+        ],
+    )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

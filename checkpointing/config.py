@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from checkpointing.policies import RetentionPolicy
 
 __all__ = [
+    "COMPRESSION_MODES",
     "DEFAULT_CONFIG_PATH",
     "KNOWN_METRICS",
     "Boundary",
@@ -54,6 +55,9 @@ KNOWN_LLM_FIELDS = (
 EVENT_KINDS = (*BASE_EVENTS, "phase_boundary")
 # Top-level sections that belong to other parts of the product; tolerated, validated there.
 FOREIGN_SECTIONS = ("advisor",)
+# How the model zip is written: ZIP_STORED, ZIP_DEFLATED at ``compression_level``, or stored
+# while free disk space is plentiful and deflated when it runs short.
+COMPRESSION_MODES = ("stored", "deflate", "adaptive")
 
 
 class ConfigError(ValueError):
@@ -125,10 +129,46 @@ class PathsConfig:
 
 @dataclass(frozen=True)
 class PerformanceConfig:
+    """``checkpointing.performance``: commit, background writes, disk guard, zip compression.
+
+    ``compression`` is ``stored`` (no compression), ``deflate`` (at ``compression_level``,
+    1 fastest .. 9 smallest) or ``adaptive``: stored while the checkpoint folder's file system
+    has at least ``compress_below_free_gb`` free, deflated at ``compression_level`` below that.
+    """
+
     atomic_saves: bool = True
     async_saves: bool = True
     min_disk_space_gb: float = 5.0
-    compression: bool = True
+    compression: str = "adaptive"
+    compression_level: int = 1
+    compress_below_free_gb: float = 20.0
+
+    def __post_init__(self) -> None:
+        where = "checkpointing.performance"
+        if self.compression not in COMPRESSION_MODES:
+            raise ConfigError(
+                f"{where}.compression must be one of {list(COMPRESSION_MODES)} (or true/false "
+                f"for deflate/stored), got {self.compression!r}"
+            )
+        level = self.compression_level
+        if isinstance(level, bool) or not isinstance(level, int) or not 1 <= level <= 9:
+            raise ConfigError(
+                f"{where}.compression_level must be an integer from 1 (fastest) to 9 "
+                f"(smallest), got {level!r}"
+            )
+
+    def zip_compression(self, free_bytes: int | None) -> tuple[str, int]:
+        """``("stored", 0)`` or ``("deflate", level)`` for a save with ``free_bytes`` free.
+
+        ``free_bytes=None`` (unknown) counts as plentiful in adaptive mode.
+        """
+        if self.compression == "stored":
+            return "stored", 0
+        if self.compression == "adaptive" and (
+            free_bytes is None or free_bytes >= self.compress_below_free_gb * 1e9
+        ):
+            return "stored", 0
+        return "deflate", self.compression_level
 
 
 @dataclass(frozen=True)
@@ -453,10 +493,29 @@ def _parse_performance(sec: _Section) -> PerformanceConfig:
         atomic_saves=atomic,
         async_saves=sec.get_bool("async_saves", d.async_saves),
         min_disk_space_gb=sec.get_float("min_disk_space_gb", d.min_disk_space_gb, minimum=0.0),
-        compression=sec.get_bool("compression", d.compression),
+        compression=_parse_compression(sec, d.compression),
+        compression_level=sec.get_int("compression_level", d.compression_level),
+        compress_below_free_gb=sec.get_float(
+            "compress_below_free_gb", d.compress_below_free_gb, minimum=0.0
+        ),
     )
     sec.done()
     return out
+
+
+def _parse_compression(sec: _Section, default: str) -> str:
+    """``stored | deflate | adaptive``; the v2.0 note's ``true`` / ``false``: deflate / stored."""
+    value = sec.raw("compression", default)
+    if value is True:
+        return "deflate"
+    if value is False:
+        return "stored"
+    if value not in COMPRESSION_MODES:
+        raise ConfigError(
+            f"{sec.where('compression')} must be one of {list(COMPRESSION_MODES)} (or true/false "
+            f"for deflate/stored), got {value!r}" + _suggest(value, COMPRESSION_MODES)
+        )
+    return str(value)
 
 
 def config_from_dict(data: object, source: str = "<dict>") -> CheckpointConfig:

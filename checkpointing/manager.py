@@ -141,9 +141,14 @@ class DynamicCheckpointManager:
         self.writer = AsyncWriter(enabled=use_async)
         self.state = _State(next_save_step=self.schedule.next_after(0))
         self._expected_bytes: int | None = None
+        self._free_bytes_seen: int | None = None  # at the last disk check
+        self._zip_compression: tuple[str, int] | None = None
         self._buffers: dict[tuple[Any, ...], Any] = {}
         self._state_lock = threading.Lock()
         self._swept = False
+        # Before this step no boundary can be due: boundaries_due() is a single comparison on
+        # most training steps (the callback asks on every one).
+        self._boundaries_quiet_until: float = 0
 
     # ------------------------------------------------------------------ schedule
 
@@ -160,11 +165,20 @@ class DynamicCheckpointManager:
 
     def boundaries_due(self, timesteps: int) -> list[str]:
         """Names of the configured boundaries crossed by ``timesteps`` and not yet saved."""
-        if not self.config.events.fires("phase_boundary"):
+        if timesteps < self._boundaries_quiet_until:
             return []
-        return [
-            b.name for b in self.schedule.boundaries_crossed(timesteps, self.state.fired_boundaries)
-        ]
+        if not self.config.events.fires("phase_boundary"):
+            self._boundaries_quiet_until = math.inf
+            return []
+        fired = self.state.fired_boundaries
+        due = [b.name for b in self.schedule.boundaries_crossed(timesteps, fired)]
+        if not due:
+            target = self.target_timesteps
+            self._boundaries_quiet_until = min(
+                (b.step(target) for b in self.phase_schedule.boundaries if b.name not in fired),
+                default=math.inf,
+            )
+        return due
 
     def record_evaluation(self, metrics: Mapping[str, float], timesteps: int) -> list[str]:
         """Remember an evaluation; return the monitored metrics that improved enough."""
@@ -215,6 +229,7 @@ class DynamicCheckpointManager:
         s.skipped_saves = int(state.get("skipped_saves", 0))
         s.failed_saves = int(state.get("failed_saves", 0))
         s.fired_boundaries = [str(b) for b in state.get("fired_boundaries", [])]
+        self._boundaries_quiet_until = 0
         best_val = state.get("best_val_reward")
         s.best_val_reward = float(best_val) if best_val is not None else -math.inf
         s.elapsed_seconds = float(state.get("elapsed_seconds", 0.0))
@@ -263,6 +278,8 @@ class DynamicCheckpointManager:
             if name.startswith(BOUNDARY_PREFIX):
                 self.state.fired_boundaries.append(name[len(BOUNDARY_PREFIX) :])
         urgent = any(n in ("interrupt", "phase_end") for n in names)
+        if self._expected_bytes is None:  # no save of this run written yet: guess from the model
+            self._expected_bytes = _estimated_checkpoint_bytes(model)
         shortage = self._disk_shortage()
         if shortage is not None and not urgent:
             self.state.skipped_saves += 1
@@ -322,15 +339,15 @@ class DynamicCheckpointManager:
             for cname in checkpoint_names
         ]
 
+        compression = self._choose_compression()
+
         # One save in flight: the previous snapshot is written before its buffers are reused.
         self.writer.flush()
         snapshot = take_snapshot(model, vec_normalize, self._buffers)
-        if self._expected_bytes is None:
-            self._expected_bytes = snapshot.num_parameters * 4 * 3 + 256 * 1024
 
         def job() -> SaveOutcome:
             try:
-                self._write(snapshot, checkpoint_names, documents, outcome, val)
+                self._write(snapshot, checkpoint_names, documents, outcome, val, compression)
             except BaseException as exc:
                 outcome.error = exc
                 with self._state_lock:
@@ -360,8 +377,9 @@ class DynamicCheckpointManager:
         documents: list[dict[str, Any]],
         outcome: SaveOutcome,
         val_reward: float,
+        compression: tuple[str, int],
     ) -> None:
-        compress = self.config.performance.compression
+        method, level = compression
         self.folder.mkdir(parents=True, exist_ok=True)
         if not self._swept:
             self._swept = True
@@ -373,7 +391,9 @@ class DynamicCheckpointManager:
         for cname, doc in zip(names, documents, strict=True):
             write_zip: Callable[[Path], None]
             if first is None:
-                write_zip = functools.partial(_write_snapshot_zip, snapshot, compress)
+                write_zip = functools.partial(
+                    _write_snapshot_zip, snapshot, method == "deflate", level
+                )
             else:
                 write_zip = functools.partial(_link_or_copy, first)
 
@@ -410,27 +430,30 @@ class DynamicCheckpointManager:
         legacy final model is replaced by each phase end. Companions first, zip last.
         """
         from checkpointing.metadata import read_checkpoint_metadata
-        from checkpointing.store import folder_lock
+        from checkpointing.store import (
+            CheckpointCorruptError,
+            folder_lock,
+            sweep,
+            verify_checkpoint,
+        )
 
         root = self.phase_root
         root.mkdir(parents=True, exist_ok=True)
         meta = read_checkpoint_metadata(checkpoint) or {}
         with folder_lock(root):
+            # Temporaries of a publish killed half-way (hard links: they pin disk space).
+            sweep(root)
             target_meta = root / (stem + METADATA_SUFFIX)
             if only_if_better and target_meta.exists():
-                from checkpointing.metadata import decode_metadata
-
                 try:
-                    current = decode_metadata(target_meta.read_bytes(), str(target_meta))
+                    # A copy left torn by a crash between renames fails verification and
+                    # counts as absent, so the next improvement repairs it.
+                    current = verify_checkpoint(root / f"{stem}.zip")
                     current_val = float(current.get("val_reward", math.nan))
-                except (OSError, ValueError, TypeError):
+                except (CheckpointCorruptError, OSError, ValueError, TypeError):
                     current_val = math.nan
                 new_val = float(meta.get("val_reward", math.nan))
-                if (
-                    math.isfinite(current_val)
-                    and (root / f"{stem}.zip").exists()
-                    and not new_val > current_val
-                ):
+                if math.isfinite(current_val) and not new_val > current_val:
                     return
             base = checkpoint.name[: -len(".zip")]
             pkl = checkpoint.with_name(base + VECNORM_SUFFIX)
@@ -472,6 +495,22 @@ class DynamicCheckpointManager:
 
     # ------------------------------------------------------------------ disk
 
+    def _choose_compression(self) -> tuple[str, int]:
+        """``performance.compression`` for this save; adaptive uses the last disk check."""
+        performance = self.config.performance
+        chosen = performance.zip_compression(self._free_bytes_seen)
+        if performance.compression == "adaptive" and chosen != self._zip_compression:
+            free = self._free_bytes_seen
+            log.info(
+                "%s: %.1f GB free (compress_below_free_gb %.1f): checkpoint zips %s",
+                self.folder,
+                (free or 0) / 1e9,
+                performance.compress_below_free_gb,
+                "stored" if chosen[0] == "stored" else f"deflated at level {chosen[1]}",
+            )
+        self._zip_compression = chosen
+        return chosen
+
     def _free_bytes(self) -> int:
         import psutil
 
@@ -483,13 +522,13 @@ class DynamicCheckpointManager:
     def _disk_shortage(self) -> str | None:
         """None when there is room for one more checkpoint above the configured minimum."""
         need = int(self.config.performance.min_disk_space_gb * 1e9) + (self._expected_bytes or 0)
-        free = self._free_bytes()
+        free = self._free_bytes_seen = self._free_bytes()
         if free >= need:
             return None
         if self.pruner is not None:
             self.writer.flush()
             self._prune("low disk space")
-            free = self._free_bytes()
+            free = self._free_bytes_seen = self._free_bytes()
             if free >= need:
                 return None
         return (
@@ -524,8 +563,14 @@ def _is_number(value: Any) -> bool:
     return not isinstance(value, bool)
 
 
-def _write_snapshot_zip(snapshot: ModelSnapshot, compress: bool, tmp: Path) -> None:
-    snapshot.write_zip(tmp, compress=compress)
+def _estimated_checkpoint_bytes(model: BaseAlgorithm) -> int:
+    """A checkpoint's size before one was written: float32 parameters and the optimizer's two
+    moments per parameter, plus room for the rest of the zip and the VecNormalize pkl."""
+    return sum(p.numel() for p in model.policy.parameters()) * 4 * 3 + 256 * 1024
+
+
+def _write_snapshot_zip(snapshot: ModelSnapshot, compress: bool, level: int, tmp: Path) -> None:
+    snapshot.write_zip(tmp, compress=compress, level=level)
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())
 

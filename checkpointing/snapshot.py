@@ -71,16 +71,26 @@ class ModelSnapshot:
     num_parameters: int
 
     def write_zip(
-        self, path: str | os.PathLike[str] | io.BufferedIOBase, *, compress: bool
+        self,
+        path: str | os.PathLike[str] | io.BufferedIOBase,
+        *,
+        compress: bool,
+        level: int = 1,
     ) -> None:
-        """Write the SB3 zip (``data``, ``*.pth``, version, system info) to ``path``."""
+        """Write the SB3 zip (``data``, ``*.pth``, version, system info) to ``path``.
+
+        ``compress``: ZIP_DEFLATED at zlib ``level`` (1-9), else ZIP_STORED. Either way
+        plain ``PPO.load`` reads it.
+        """
         import stable_baselines3 as sb3
         import torch
         from stable_baselines3.common.utils import get_system_info
 
         compression = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
         target: Any = os.fspath(path) if isinstance(path, (str, os.PathLike)) else path
-        with zipfile.ZipFile(target, mode="w", compression=compression, compresslevel=1) as zf:
+        with zipfile.ZipFile(
+            target, mode="w", compression=compression, compresslevel=level if compress else None
+        ) as zf:
             zf.writestr("data", self.data_json)
             if self.pytorch_variables is not None:
                 with zf.open("pytorch_variables.pth", mode="w", force_zip64=True) as fh:
@@ -91,9 +101,11 @@ class ModelSnapshot:
             zf.writestr("_stable_baselines3_version", sb3.__version__)
             zf.writestr("system_info.txt", get_system_info(print_info=False)[1])
 
-    def write_files(self, zip_path: Path, pkl_path: Path | None, *, compress: bool) -> None:
+    def write_files(
+        self, zip_path: Path, pkl_path: Path | None, *, compress: bool, level: int = 1
+    ) -> None:
         """Write the zip and the pkl straight to their paths (used for best/final copies)."""
-        self.write_zip(zip_path, compress=compress)
+        self.write_zip(zip_path, compress=compress, level=level)
         if pkl_path is not None and self.vecnormalize is not None:
             pkl_path.write_bytes(self.vecnormalize)
 

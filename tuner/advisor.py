@@ -25,11 +25,9 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
-import numpy as np
 import yaml
-from numpy.typing import NDArray
 
 from checkpointing.config import KNOWN_LLM_FIELDS
 from tuner.markets import (
@@ -40,6 +38,10 @@ from tuner.markets import (
     get_str,
     require_mapping,
 )
+
+if TYPE_CHECKING:  # numpy only in annotations: validating the advisor config stays light
+    import numpy as np
+    from numpy.typing import NDArray
 
 __all__ = [
     "ADVISOR_METADATA_FIELDS",

@@ -22,13 +22,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 from numpy.typing import NDArray
 
 from tuner.markets import FileSource, MarketSpec, SplitSpec, SyntheticSource
+
+if TYPE_CHECKING:
+    import pandas as pd  # imported where files are read: synthetic data needs none of it
 
 __all__ = [
     "SPLIT_NAMES",
@@ -335,6 +337,8 @@ def _sniff_separator(file: Path) -> str:
 
 
 def _read_table(file: Path) -> tuple[pd.DataFrame, _Locator]:
+    import pandas as pd
+
     name = file.name.lower()
     if name.endswith((".parquet", ".pq")):
         try:
@@ -370,6 +374,8 @@ def _pick(columns: dict[str, str], names: tuple[str, ...]) -> str | None:
 
 
 def _timestamp_strings(frame: pd.DataFrame, columns: dict[str, str], loc: _Locator) -> pd.Series:
+    import pandas as pd
+
     column = _pick(columns, _TIMESTAMP_NAMES)
     date_col, time_col = columns.get("date"), columns.get("time")
     if column is not None:
@@ -397,6 +403,8 @@ def _timestamp_strings(frame: pd.DataFrame, columns: dict[str, str], loc: _Locat
 
 def _from_parts(parts: pd.DataFrame, year: int, month: int, day: int) -> pd.Series:
     """Timestamps from regex groups; NaT where the date or time of day is impossible."""
+    import pandas as pd
+
     years = pd.to_numeric(parts[year])
     years = years.where(years >= 100, years + np.where(years < 70, 2000, 1900))
     hour = pd.to_numeric(parts[3]).fillna(0)
@@ -419,6 +427,8 @@ def _from_parts(parts: pd.DataFrame, year: int, month: int, day: int) -> pd.Seri
 
 
 def _parse_timestamps(values: pd.Series, loc: _Locator) -> pd.Series:
+    import pandas as pd
+
     if pd.api.types.is_datetime64_any_dtype(values):
         stamps = values
     elif pd.api.types.is_numeric_dtype(values):
@@ -435,6 +445,8 @@ def _parse_timestamps(values: pd.Series, loc: _Locator) -> pd.Series:
 
 
 def _parse_epoch(values: pd.Series) -> pd.Series:
+    import pandas as pd
+
     magnitude = int(values.abs().max())
     unit = "s" if magnitude < 10**11 else "ms" if magnitude < 10**14 else "us"
     if magnitude >= 10**17:
@@ -443,6 +455,8 @@ def _parse_epoch(values: pd.Series) -> pd.Series:
 
 
 def _parse_text_timestamps(text: pd.Series, loc: _Locator) -> pd.Series:
+    import pandas as pd
+
     for utc in (False, True):  # utc=True only when zoned and naive times are mixed
         try:
             return pd.to_datetime(text, format="ISO8601", utc=utc)
@@ -492,6 +506,8 @@ def load_ohlcv(path: str | os.PathLike[str], market: str = "") -> Bars:
             (Parquet, 1-based) of the first missing, non-numeric or non-positive value,
             duplicated timestamp or bar with High < Low.
     """
+    import pandas as pd
+
     file = Path(path)
     if not file.is_file():
         raise DataError(f"{file}: no such file")
@@ -561,6 +577,8 @@ def load_ohlcv(path: str | os.PathLike[str], market: str = "") -> Bars:
 
 
 def _numeric(frame: pd.DataFrame, column: str, loc: _Locator, *, positive: bool) -> np.ndarray:
+    import pandas as pd
+
     raw = frame[column]
     loc.fail(raw.isna(), f"missing value in column {column!r}")
     values = pd.to_numeric(raw, errors="coerce")

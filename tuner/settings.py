@@ -15,7 +15,7 @@ from typing import Any
 
 from checkpointing.config import CheckpointConfig, ConfigError, load_config, read_yaml
 from tuner.advisor import AdvisorConfig, parse_advisor_config
-from tuner.env import EnvConfig
+from tuner.env_config import EnvConfig
 from tuner.markets import (
     MarketSpec,
     check_keys,

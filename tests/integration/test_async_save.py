@@ -104,9 +104,9 @@ def test_async_save_equals_sync_save_and_sb3_save_while_training_goes_on(
     training_moved_on = threading.Event()
     write_zip = ModelSnapshot.write_zip
 
-    def write_zip_later(self: ModelSnapshot, path: Any, *, compress: bool) -> None:
+    def write_zip_later(self: ModelSnapshot, path: Any, **how: Any) -> None:
         assert training_moved_on.wait(timeout=60)
-        write_zip(self, path, compress=compress)
+        write_zip(self, path, **how)
 
     monkeypatch.setattr(ModelSnapshot, "write_zip", write_zip_later)
     async_future = async_manager.save(model, venv, "periodic")

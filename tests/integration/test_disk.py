@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import re
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +24,7 @@ from checkpointing import (
 )
 from checkpointing.snapshot import ModelSnapshot
 from tests.integration.train_script import (
+    SKIP_WARNING,
     leftovers,
     make_callback,
     make_manager,
@@ -35,6 +33,7 @@ from tests.integration.train_script import (
     no_leftovers,
     write_config,
 )
+from tests.tmpfs import mounted_tmpfs
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -43,29 +42,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 NET_ARCH = (80, 80)
 MIN_FREE_GB = 0.001
 TOTAL = 1500
-SKIP_WARNING = re.compile(r"skipping (\S+) save at (\d+) steps of NQ seed 42: low disk space")
 
 
 @pytest.fixture
 def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A 2 MB tmpfs mounted for this test only (skips when mounting is not permitted)."""
-    mount_point = tmp_path / "tmpfs"
-    mount_point.mkdir()
-    if shutil.which("mount") is None:
-        pytest.skip("no 'mount' command on this machine")
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {(done.stderr or done.stdout).strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "tmpfs", "2m") as mount_point:
         yield mount_point
-    finally:
-        if subprocess.run(["umount", str(mount_point)], check=False).returncode != 0:
-            subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 def _events(info: Any) -> str:
@@ -128,11 +111,11 @@ def test_enospc_during_a_write_fails_that_save_only(
     real_write_zip = ModelSnapshot.write_zip
     calls = 0
 
-    def write_zip_then_fill_the_disk(self: ModelSnapshot, path: Any, *, compress: bool) -> None:
+    def write_zip_then_fill_the_disk(self: ModelSnapshot, path: Any, **how: Any) -> None:
         nonlocal calls
         calls += 1
         if calls != 2:
-            real_write_zip(self, path, compress=compress)
+            real_write_zip(self, path, **how)
             return
         with open(path, "wb") as fh:  # part of a zip, then the disk is full
             fh.write(b"PK\x03\x04" + bytes(4096))
@@ -183,10 +166,10 @@ def test_best_model_after_a_failed_save_is_the_best_checkpoint_on_disk(
 ) -> None:
     write_zip = ModelSnapshot.write_zip
 
-    def no_room_for_the_second(self: ModelSnapshot, path: Any, *, compress: bool) -> None:
+    def no_room_for_the_second(self: ModelSnapshot, path: Any, **how: Any) -> None:
         if "_ts-0000200_" in str(path):
             raise OSError(errno.ENOSPC, "No space left on device (injected)", str(path))
-        write_zip(self, path, compress=compress)
+        write_zip(self, path, **how)
 
     monkeypatch.setattr(ModelSnapshot, "write_zip", no_room_for_the_second)
     venv = make_train_env()

@@ -115,6 +115,28 @@ BAD = [
         "checkpointing.performance.atomic_saves must be true",
     ),
     (
+        "checkpointing:\n  performance:\n    compression: zstd\n",
+        "checkpointing.performance.compression must be one of ['stored', 'deflate', 'adaptive']"
+        " (or true/false for deflate/stored), got 'zstd'",
+    ),
+    (
+        "checkpointing:\n  performance:\n    compression: deflated\n",
+        "got 'deflated' (did you mean 'deflate'?)",
+    ),
+    (
+        "checkpointing:\n  performance:\n    compression_level: 10\n",
+        "checkpointing.performance.compression_level must be an integer from 1 (fastest) to 9"
+        " (smallest), got 10",
+    ),
+    (
+        "checkpointing:\n  performance:\n    compression_level: 0\n",
+        "checkpointing.performance.compression_level must be an integer from 1",
+    ),
+    (
+        "checkpointing:\n  performance:\n    compress_below_free_gb: -1\n",
+        "checkpointing.performance.compress_below_free_gb must be >= 0.0, got -1.0",
+    ),
+    (
         "checkpointing:\n  paths:\n    phase1: ./models/phase1/checkpoints/\n",
         "checkpointing.paths.phase1 must contain '{market}' exactly once",
     ),
@@ -181,3 +203,33 @@ def test_config_is_immutable() -> None:
     cfg = load_config(ROOT / "config/checkpoint_config.yaml")
     with pytest.raises(AttributeError):
         cfg.retention.keep_last_n = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("value", "mode"),
+    [
+        ("stored", "stored"),
+        ("deflate", "deflate"),
+        ("adaptive", "adaptive"),
+        ("true", "deflate"),
+        ("false", "stored"),
+    ],
+)
+def test_compression_modes_and_the_seed_notes_booleans(
+    tmp_path: Path, value: str, mode: str
+) -> None:
+    path = write(
+        tmp_path,
+        f"checkpointing:\n  performance:\n    compression: {value}\n    compression_level: 6\n",
+    )
+    performance = load_config(path).performance
+    assert (performance.compression, performance.compression_level) == (mode, 6)
+
+
+def test_shipped_compression_is_adaptive_and_switches_on_free_space() -> None:
+    performance = load_config(ROOT / "config/checkpoint_config.yaml").performance
+    assert performance.compression == "adaptive"
+    plenty = int(performance.compress_below_free_gb * 1e9)
+    assert performance.zip_compression(plenty) == ("stored", 0)
+    assert performance.zip_compression(plenty - 1) == ("deflate", performance.compression_level)
+    assert performance.zip_compression(None) == ("stored", 0)  # free space unknown

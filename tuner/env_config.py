@@ -1,0 +1,109 @@
+"""Environment settings: the validated ``training.env`` section, without the environment.
+
+Kept apart from :mod:`tuner.env` so that validating a config (``tuner.settings``) needs
+neither gymnasium nor pandas; :mod:`tuner.env` re-exports :class:`EnvConfig`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any
+
+from tuner.markets import ConfigError, check_keys, get_float, get_int, require_mapping
+
+__all__ = ["EnvConfig"]
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Environment settings (defaults suit 5-minute bars).
+
+    Attributes:
+        episode_length: Steps per training episode (shortened to fit a short split).
+        eval_episode_length: Steps per evaluation episode; ``None`` = the whole split.
+        max_position: Largest ``|position|`` in phases 2-3; fixes the action space.
+        initial_capital: Starting equity in dollars (for returns and drawdowns).
+        phase1_cost_ticks: Phase-1 cost per contract traded, in ticks.
+        stop_atr_multiple: Phase 2-3 stop distance from the average entry, in ATRs
+            (0 disables stops).
+        drawdown_penalty: Phase 2-3 penalty per dollar the episode's maximum drawdown grows.
+        reward_scale: Dollars per unit of reward; ``None`` = from the training split.
+        reward_clip: Bound on ``|reward|`` per step.
+        consult_every: Phase 3: consult the advisor every N steps.
+        min_confidence: Phase 3: advice below this confidence is ignored.
+    """
+
+    episode_length: int = 2048
+    eval_episode_length: int | None = None
+    max_position: int = 3
+    initial_capital: float = 100_000.0
+    phase1_cost_ticks: float = 1.0
+    stop_atr_multiple: float = 4.0
+    drawdown_penalty: float = 0.5
+    reward_scale: float | None = None
+    reward_clip: float = 50.0
+    consult_every: int = 1
+    min_confidence: float = 0.6
+
+    def __post_init__(self) -> None:
+        checks = (
+            ("episode_length", self.episode_length >= 1, ">= 1"),
+            (
+                "eval_episode_length",
+                self.eval_episode_length is None or self.eval_episode_length >= 1,
+                ">= 1 or null",
+            ),
+            ("max_position", 1 <= self.max_position <= 100, "an integer in [1, 100]"),
+            ("initial_capital", _finite(self.initial_capital) and self.initial_capital > 0, "> 0"),
+            (
+                "phase1_cost_ticks",
+                _finite(self.phase1_cost_ticks) and self.phase1_cost_ticks >= 0,
+                ">= 0",
+            ),
+            (
+                "stop_atr_multiple",
+                _finite(self.stop_atr_multiple) and self.stop_atr_multiple >= 0,
+                ">= 0",
+            ),
+            (
+                "drawdown_penalty",
+                _finite(self.drawdown_penalty) and self.drawdown_penalty >= 0,
+                ">= 0",
+            ),
+            (
+                "reward_scale",
+                self.reward_scale is None or (_finite(self.reward_scale) and self.reward_scale > 0),
+                "> 0 or null",
+            ),
+            ("reward_clip", _finite(self.reward_clip) and self.reward_clip > 0, "> 0"),
+            ("consult_every", self.consult_every >= 1, ">= 1"),
+            ("min_confidence", 0.0 <= self.min_confidence <= 1.0, "in [0, 1]"),
+        )
+        for name, ok, allowed in checks:
+            if not ok:
+                raise ConfigError(f"env.{name} must be {allowed}, got {getattr(self, name)!r}")
+
+    @classmethod
+    def from_mapping(cls, raw: object, where: str = "env") -> EnvConfig:
+        """Build from a YAML mapping (unknown keys refused, defaults for missing ones)."""
+        m = require_mapping(raw, where)
+        names = {f.name: f for f in fields(cls)}
+        check_keys(m, where, optional=names)
+        kwargs: dict[str, Any] = {}
+        ints = {"episode_length", "eval_episode_length", "max_position", "consult_every"}
+        for key, value in m.items():
+            if value is None and key in ("eval_episode_length", "reward_scale"):
+                kwargs[key] = None
+            elif key in ints:
+                kwargs[key] = get_int(m, key, where, ge=1)
+            else:
+                kwargs[key] = get_float(m, key, where)
+        try:
+            return cls(**kwargs)
+        except ConfigError as exc:
+            raise ConfigError(str(exc).replace("env.", f"{where}.", 1)) from None
+
+
+def _finite(x: float) -> bool:
+    return isinstance(x, int | float) and math.isfinite(x)
