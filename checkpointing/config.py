@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -58,6 +59,16 @@ FOREIGN_SECTIONS = ("advisor",)
 # How the model zip is written: ZIP_STORED, ZIP_DEFLATED at ``compression_level``, or stored
 # while free disk space is plentiful and deflated when it runs short.
 COMPRESSION_MODES = ("stored", "deflate", "adaptive")
+
+
+# Exit code of every CLI for bad input (arguments, configs, paths).
+EXIT_USAGE = 2
+
+
+def usage_error(message: object) -> int:
+    """Print ``error: <message>`` on stderr, as every CLI does for bad input; returns 2."""
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 class ConfigError(ValueError):

@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args(argv)
 
-    from checkpointing.config import ConfigError, PhaseSchedule, load_config
+    from checkpointing.config import ConfigError, PhaseSchedule, load_config, usage_error
     from checkpointing.naming import CheckpointNameError
 
     try:
@@ -33,8 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.timesteps < 1:
             raise ConfigError(f"--timesteps must be >= 1, got {args.timesteps!r}")
     except (ConfigError, CheckpointNameError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return usage_error(exc)
     # A schedule scaled to the short run: about 10 periodic saves.
     config = replace(
         config,
@@ -65,8 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             config, phase=1, market=args.market, seed=args.seed, models_root=args.models_root
         )
     except (ConfigError, CheckpointNameError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return usage_error(exc)
     train_env = VecNormalize(DummyVecEnv([make_env, make_env]))
     eval_env = VecNormalize(DummyVecEnv([make_env]), training=False, norm_reward=False)
     model = PPO(

@@ -42,6 +42,7 @@ from checkpointing.config import (
     CheckpointConfig,
     ConfigError,
     load_config,
+    usage_error,
 )
 from checkpointing.metadata import METRIC_FIELDS, read_checkpoint_metadata, utc_timestamp
 from checkpointing.naming import (
@@ -709,16 +710,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = resolve_config(args.config)
         root = config.models_root(args.root)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return usage_error(exc)
     if not root.is_dir():
-        print(f"error: models root {os.fspath(root)!r} does not exist", file=sys.stderr)
-        return 2
+        return usage_error(f"models root {os.fspath(root)!r} does not exist")
     try:
         count = Registry(root, config).rebuild()
     except (ConfigError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return usage_error(exc)
     print(f"indexed {count} checkpoints in {os.fspath(root / REGISTRY_NAME)}")
     return 0
 

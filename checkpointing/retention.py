@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from checkpointing.config import PHASES, CheckpointConfig, ConfigError, RetentionConfig
+from checkpointing.config import PHASES, CheckpointConfig, ConfigError, RetentionConfig, usage_error
 from checkpointing.naming import CheckpointNameError, validate_market
 from checkpointing.policies import AnyPolicy, RetentionPolicy, build_policy
 from checkpointing.registry import Registry, checkpoint_folders, resolve_config
@@ -418,11 +418,6 @@ def _print_report(report: PruneReport) -> None:
         print(f"  kept {report.kept}, deleted {report.deleted}, freed {freed}")
 
 
-def _error(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 2
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """The retention CLI; returns the exit code (0 ok, 1 a deletion failed, 2 bad input)."""
     parser = argparse.ArgumentParser(
@@ -449,7 +444,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true", help="log every decision")
     args = parser.parse_args(argv)
     if args.root is not None and (not args.root or "\x00" in args.root):
-        return _error(f"--root must be a non-empty path without NUL, got {args.root!r}")
+        return usage_error(f"--root must be a non-empty path without NUL, got {args.root!r}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
@@ -458,13 +453,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = resolve_config(args.config)
         root = config.models_root(args.root)
     except ConfigError as exc:
-        return _error(str(exc))
+        return usage_error(str(exc))
     try:
         if args.market is not None:
             market = validate_market(args.market)
             folder = config.checkpoint_dir(args.phase, market, args.root)
             if not folder.is_dir():
-                return _error(
+                return usage_error(
                     f"checkpoint folder {os.fspath(folder)!r} does not exist (no checkpoints of "
                     f"market {market!r} in phase {args.phase} under {os.fspath(root)!r}; "
                     "check --root and --market)"
@@ -472,10 +467,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             targets = [(folder, market)]
         else:
             if not root.is_dir():
-                return _error(f"models root {os.fspath(root)!r} does not exist (check --root)")
+                return usage_error(f"models root {os.fspath(root)!r} does not exist (check --root)")
             targets = [(f.path, f.market) for f in checkpoint_folders(config, root, [args.phase])]
     except (CheckpointNameError, ConfigError) as exc:
-        return _error(str(exc))
+        return usage_error(str(exc))
 
     retention = config.retention
     if not retention.enabled:

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from checkpointing.config import PHASES, CheckpointConfig, ConfigError
+from checkpointing.config import PHASES, CheckpointConfig, ConfigError, usage_error
 from checkpointing.naming import COMPANION_SUFFIXES, CheckpointName, CheckpointNameError
 from checkpointing.policies import RankedMetric, TopK
 from checkpointing.registry import checkpoint_folders, resolve_config
@@ -134,11 +134,6 @@ def _fmt_best(best: dict[str, Any] | None, digits: int) -> str:
     return f"{best['value']:+.{digits}f} @ {best['timesteps']:,}"
 
 
-def _error(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 2
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """The summary CLI; returns the exit code (0 ok, 2 bad input or missing folder)."""
     parser = argparse.ArgumentParser(
@@ -156,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print JSON on stdout")
     args = parser.parse_args(argv)
     if args.root is not None and (not args.root or "\x00" in args.root):
-        return _error(f"--root must be a non-empty path without NUL, got {args.root!r}")
+        return usage_error(f"--root must be a non-empty path without NUL, got {args.root!r}")
     try:
         config = resolve_config(args.config)
         root = config.models_root(args.root)
@@ -165,11 +160,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         folders = checkpoint_folders(config, root, phases, markets)
         if args.market is not None and args.phase is not None and not folders:
             missing = config.checkpoint_dir(args.phase, args.market, args.root)
-            return _error(f"checkpoint folder {os.fspath(missing)!r} does not exist")
+            return usage_error(f"checkpoint folder {os.fspath(missing)!r} does not exist")
     except (ConfigError, CheckpointNameError) as exc:
-        return _error(str(exc))
+        return usage_error(str(exc))
     if not root.is_dir():
-        return _error(f"models root {os.fspath(root)!r} does not exist (check --root)")
+        return usage_error(f"models root {os.fspath(root)!r} does not exist (check --root)")
     rows = [{"phase": f.phase, "market": f.market, **summarize_folder(f.path)} for f in folders]
     if args.json:
         print(json.dumps(rows, indent=2))

@@ -41,7 +41,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from checkpointing.config import KNOWN_METRICS, CheckpointConfig, ConfigError, load_config
+from checkpointing.config import (
+    KNOWN_METRICS,
+    CheckpointConfig,
+    ConfigError,
+    load_config,
+    usage_error,
+)
 from checkpointing.naming import CheckpointNameError, parse_name, validate_market
 from checkpointing.registry import Registry, RegistryEntry, resolve_config
 from checkpointing.store import pid_alive
@@ -64,7 +70,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-EXIT_USAGE = 2
 STATUSES = ("running", "finished", "interrupted", "errored", "pending")
 ERROR_FILES = ("error.txt", "error.pkl")
 STATE_GLOB = "experiment_state-*.json"
@@ -1025,8 +1030,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _run(args)
     except BrowseError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return usage_error(exc)
     except BrokenPipeError:  # e.g. piped into head: stop quietly
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from checkpointing.config import ConfigError
+from checkpointing.config import EXIT_USAGE, ConfigError, usage_error
 from checkpointing.naming import CheckpointNameError, validate_market, validate_seed
 
 __all__ = ["RunOptions", "build_parser", "main", "parse_options"]
@@ -30,7 +30,6 @@ __all__ = ["RunOptions", "build_parser", "main", "parse_options"]
 log = logging.getLogger(__name__)
 
 EXIT_FAILED_TRIALS = 1
-EXIT_USAGE = 2
 _EXPERIMENT_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_]|[.-](?=[A-Za-z0-9_]))*\Z", re.ASCII)
 
 
@@ -517,8 +516,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         opts, settings = parse_options(argv)
     except (ConfigError, CheckpointNameError, ValueError) as exc:  # tuner.data.DataError too
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return usage_error(exc)
     return run(opts, settings)
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from checkpointing.config import CheckpointConfig, ConfigError
+from checkpointing.config import CheckpointConfig, ConfigError, usage_error
 from checkpointing.naming import CheckpointNameError, validate_market, validate_seed
 
 if TYPE_CHECKING:
@@ -435,8 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for job in jobs:
             prepare(job, settings)  # every phase checked before the first one trains
     except (ConfigError, CheckpointNameError, DataError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return usage_error(exc)
 
     def say(line: str) -> None:
         print(line, flush=True)
@@ -456,8 +455,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return exc.exit_code
         except (ConfigError, CheckpointNameError, DataError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+            return usage_error(exc)
         results.append(result)
         metrics = "  ".join(
             f"{k}={v:+.3f}"
