@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -57,18 +57,7 @@ class PPOConfig:
 
     def kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``PPO(...)`` / ``PPO.load(...)`` (without the network)."""
-        return {
-            "learning_rate": self.learning_rate,
-            "n_steps": self.n_steps,
-            "batch_size": self.batch_size,
-            "n_epochs": self.n_epochs,
-            "gamma": self.gamma,
-            "gae_lambda": self.gae_lambda,
-            "clip_range": self.clip_range,
-            "ent_coef": self.ent_coef,
-            "vf_coef": self.vf_coef,
-            "max_grad_norm": self.max_grad_norm,
-        }
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "net_arch"}
 
 
 @dataclass(frozen=True)

@@ -43,11 +43,13 @@ class Driver:
     def __init__(self, args: Sequence[str], workdir: Path, log_name: str = "driver.log") -> None:
         self.log = workdir / log_name
         self.workdir = workdir
+        self.started = time.time()
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "tuner.run", *args],
                 cwd=workdir,
                 env=driver_env(),
+                stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

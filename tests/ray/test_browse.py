@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -30,7 +30,7 @@ import pytest
 
 from checkpointing.metadata import read_checkpoint_metadata
 from checkpointing.store import list_checkpoints
-from tests.ray.conftest import driver_env
+from tests.ray.conftest import Driver, driver_env
 from tests.tiny_config import tiny_config_dir
 from tuner.browse import main
 
@@ -62,41 +62,6 @@ class Built:
     done: Run
     intr: Run
     while_running: dict[str, Any]  # the browser's JSON on `intr` just before the SIGINT
-
-
-class _Driver:
-    """``python -m tuner.run`` in its own session (so a failed test can stop its Ray too)."""
-
-    def __init__(self, args: Sequence[str], workdir: Path, name: str) -> None:
-        self.log = workdir / f"{name}.log"
-        self.started = time.time()
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tuner.run", *args, "--name", name],
-                cwd=workdir,
-                env=driver_env(),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    @property
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait(self, timeout: float) -> int:
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise AssertionError(f"driver still running after {timeout}s:\n{self.output}") from None
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=60)
 
 
 def _browse_quietly(storage: Path, *args: str) -> Any:
@@ -131,15 +96,15 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
         "--num-cpus",
         "2",  # two trials at a time: the seed-7 trials of `intr` are still pending at SIGINT
     ]
-    drivers: list[_Driver] = []
+    drivers: list[Driver] = []
     try:
-        done = _Driver([*common, "--timesteps", "2000"], workdir, "done")
+        done = Driver([*common, "--timesteps", "2000", "--name", "done"], workdir, "done.log")
         drivers.append(done)
         code = done.wait(300)
         done_run = Run("done", done.started, time.time(), code, done.output)
         assert code == 0, done.output
 
-        intr = _Driver([*common, "--timesteps", "30000"], workdir, "intr")
+        intr = Driver([*common, "--timesteps", "30000", "--name", "intr"], workdir, "intr.log")
         drivers.append(intr)
         deadline = time.monotonic() + 180
         while any(_new_checkpoints(models, m, intr.started) < 3 for m in MARKETS):
@@ -154,7 +119,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
                 raise AssertionError(f"`intr` never showed as running: {while_running}")
             time.sleep(0.5)
             while_running = _browse_quietly(storage, "--experiment", "intr", "--json")
-        intr.proc.send_signal(signal.SIGINT)  # the driver alone, as Ctrl+C would
+        intr.signal(signal.SIGINT)  # the driver alone, as Ctrl+C would
         code = intr.wait(180)
         intr_run = Run("intr", intr.started, time.time(), code, intr.output)
         assert code == 128 + signal.SIGINT, intr.output
