@@ -1,17 +1,18 @@
 """Ray faults, for real: trial workers SIGKILLed mid-run; the driver SIGKILLed while it stops
 after Ctrl+C, then ``--resume``; a damaged Tune experiment state handed to ``--resume``.
 
-One experiment serves the module (``scenario``, run once): NQ and ES, seed 1, 10,000 steps
+One experiment serves the module (``scenario``, run once): NQ and ES, seed 1, 16,000 steps
 each, a checkpoint every 1,000 steps, both trials at once on the driver's private loopback Ray.
 Every fault is timed by what is on disk in the models root (Tune's result files in the storage
 path lag by up to its sync period, ~10 s):
 
 1. Each trial's worker process is SIGKILLed once it has committed two checkpoints, while the
    other trial trains; Tune retries it. (``tests/ray/test_run.py`` crashes one lone trial, with
-   the same ``crash_trial``.)
-2. Once both retries have committed a checkpoint, the driver gets SIGINT and, as soon as the
-   first ``interrupt`` checkpoint is committed (the driver still waiting for the other trial
-   and for Tune), SIGKILL. Its Ray must go down with it.
+   the same ``crash_trial``.) The scenario goes on once both retries have committed a
+   checkpoint and the killed workers' results have reached the storage path.
+2. Then the driver gets SIGINT and, as soon as the first ``interrupt`` checkpoint is
+   committed (the driver still waiting for the other trial and for Tune), SIGKILL. Its Ray
+   must go down with it.
 3. What the killed driver left (storage path and models root) is copied for the damaged-state
    tries, then ``--resume`` must finish every trial from its newest checkpoint.
 """
@@ -62,7 +63,7 @@ pytestmark = [pytest.mark.reliability, pytest.mark.ray, pytest.mark.slow]
 NAME = "faults"
 SEED = 1
 MARKETS = ("NQ", "ES")
-TIMESTEPS = 10_000
+TIMESTEPS = 16_000  # leaves the trials running through a sync period after the crashes
 INTERVAL = 1_000  # constant: max_interval_multiplier 1
 # Ray 2.60's dashboard and runtime-env agents notice that their raylet is gone but take about
 # two minutes to exit; they train nothing and write no checkpoint. All else must go at once.
@@ -119,11 +120,20 @@ def _poll(predicate: Callable[[], bool], timeout: float, what: str, driver: Driv
     """Wait for ``predicate`` every 50 ms (faults timed to a fraction of a save interval)."""
     deadline = time.monotonic() + timeout
     while not predicate():
-        if driver.proc.poll() is not None:
+        if driver.proc.poll() is not None and not predicate():
             raise AssertionError(f"the driver exited waiting for {what}:\n{driver.output[-3000:]}")
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}:\n{driver.output[-3000:]}")
         time.sleep(0.05)
+
+
+def _reported(experiment: Path, market: str, pid: int) -> bool:
+    """Whether the storage path holds a result of (market, SEED) reported by process ``pid``."""
+    try:
+        rows = trial_results(experiment).get(f"{market}/{SEED}", [])
+    except (OSError, ValueError):  # a result file in the middle of a sync
+        return False
+    return any(r.get("pid") == pid for r in rows)
 
 
 @dataclass
@@ -232,8 +242,18 @@ def _run(s: Scenario, started: list[Driver]) -> None:
             if isinstance(i.name, CheckpointName) and i.name.seed == SEED and i.timesteps > saved
         )
         s.rewritten[market] = sorted(n for n, _ in _written(s.models, market, saved) - old[market])
-    s.stages.append("crash")
     s.mark("both retries saved", start)
+    # The killed workers' results reach the storage path with the driver's next sync of its
+    # staging folder (every 10 s or more, by Tune's auto period); a driver SIGKILLed before
+    # then takes them along, and the first test has nothing to measure the loss against.
+    _poll(
+        lambda: all(_reported(s.experiment, m, s.crashes[m].pid) for m in MARKETS),
+        120,
+        "the killed workers' results in the storage path",
+        first,
+    )
+    s.stages.append("crash")
+    s.mark("the killed workers' results synced", start)
 
     # 2. Ctrl+C, then SIGKILL as soon as the first interrupt checkpoint is committed.
     sid = first.proc.pid
@@ -306,7 +326,9 @@ def test_a_trial_worker_killed_mid_run_resumes_from_its_newest_checkpoint(
                 # report (whose save may have been in flight): under one interval was lost.
                 rows = _rows(scenario, market)
                 mine = [i for i, r in enumerate(rows) if r["pid"] == crash.pid]
-                assert mine, f"no result from the killed worker {crash.pid}"
+                assert mine, f"no result from the killed worker {crash.pid}:\n" + "\n".join(
+                    scenario.timeline
+                )
                 reached = max(int(rows[i]["timesteps"]) for i in mine)
                 assert reached - crash.saved <= INTERVAL, (crash, reached)
                 # Timesteps only grow, before the crash and from the resume point to the end.
