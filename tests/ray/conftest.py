@@ -102,6 +102,15 @@ def trial_results(experiment_dir: Path) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+def results_so_far(experiment_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    """:func:`trial_results` of a running experiment: ``{}`` while Tune's sync is rewriting a
+    result file (a line cut short, a file gone for a moment)."""
+    try:
+        return trial_results(experiment_dir)
+    except (OSError, ValueError):
+        return {}
+
+
 def wait_for(predicate: Any, timeout: float, what: str, driver: Driver | None = None) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -14,7 +14,7 @@ import pytest
 
 from checkpointing import list_checkpoints
 from checkpointing.naming import CheckpointName
-from tests.ray.conftest import Driver, crash_trial, trial_results, wait_for
+from tests.ray.conftest import Driver, crash_trial, results_so_far, trial_results, wait_for
 from tuner.run import main
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -199,7 +199,7 @@ def test_ctrl_c_saves_interrupts_and_resume_completes(
     d = Driver(args, tmp_path)
     drivers.append(d)
     experiment = tmp_path / "ray_results/stop"
-    wait_for(lambda: len(trial_results(experiment)) == 2, 300, "both trials reporting", d)
+    wait_for(lambda: len(results_so_far(experiment)) == 2, 300, "both trials reporting", d)
     d.signal(signal.SIGINT)
     assert d.wait(300) == 130, d.output[-3000:]
     out = d.output

@@ -43,6 +43,7 @@ from tests.ray.conftest import (
     Crash,
     Driver,
     crash_trial,
+    results_so_far,
     session_processes,
     trial_results,
     trial_worker,
@@ -129,10 +130,7 @@ def _poll(predicate: Callable[[], bool], timeout: float, what: str, driver: Driv
 
 def _reported(experiment: Path, market: str, pid: int) -> bool:
     """Whether the storage path holds a result of (market, SEED) reported by process ``pid``."""
-    try:
-        rows = trial_results(experiment).get(f"{market}/{SEED}", [])
-    except (OSError, ValueError):  # a result file in the middle of a sync
-        return False
+    rows = results_so_far(experiment).get(f"{market}/{SEED}", [])
     return any(r.get("pid") == pid for r in rows)
 
 
