@@ -325,7 +325,7 @@ def test_a_fifo_in_place_of_a_metadata_file_never_blocks(
             "find_resume_checkpoint latest": lambda: find_resume_checkpoint(folder, "latest"),
             "Registry.rebuild": lambda: Registry(root).rebuild(),
         },
-        timeout=2.0,
+        timeout=15.0,  # a hang blocks forever; a loaded machine may take seconds
         fifos=[meta],
     )
     with fault_log.tries("FIFO in place of a metadata file") as t:
