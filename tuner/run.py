@@ -341,14 +341,14 @@ def run(opts: RunOptions, settings: Any) -> int:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Tune's default loggers include TensorBoardX, which imports torch into the driver (~5 s
-    # before the first trial starts); the JSON and CSV loggers are added explicitly below.
+    # before the first trial starts); the JSON and CSV loggers come from tuner.result_logs.
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     import ray
     from ray import tune
-    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     from checkpointing.registry import Registry
     from checkpointing.retention import prune_tree
+    from tuner.result_logs import result_loggers
     from tuner.summary import TrialOutcome, build_summary, format_table, write_summary
     from tuner.trainable import StopFlag, train_trial
 
@@ -376,7 +376,7 @@ def run(opts: RunOptions, settings: Any) -> int:
         # Every Tune checkpoint is a pointer of a few hundred bytes; keeping them all avoids
         # the experiment-state snapshot Tune forces after num_to_keep checkpoints.
         checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
-        callbacks=[progress.callback, JsonLoggerCallback(), CSVLoggerCallback()],
+        callbacks=[progress.callback, *result_loggers()],
         verbose=0,
     )
     n_trials = len(opts.markets) * len(opts.seeds)
