@@ -33,7 +33,14 @@ from checkpointing.naming import (
 )
 from checkpointing.schedule import AdaptiveSchedule
 from checkpointing.snapshot import ModelSnapshot, take_snapshot
-from checkpointing.store import commit_files, fsync_dir, sweep, temp_path, write_durable
+from checkpointing.store import (
+    commit_files,
+    fsync_dir,
+    list_checkpoints,
+    sweep,
+    temp_path,
+    write_durable,
+)
 from checkpointing.triggers import BestTracker
 from checkpointing.writer import AsyncWriter
 
@@ -278,8 +285,8 @@ class DynamicCheckpointManager:
             if name.startswith(BOUNDARY_PREFIX):
                 self.state.fired_boundaries.append(name[len(BOUNDARY_PREFIX) :])
         urgent = any(n in ("interrupt", "phase_end") for n in names)
-        if self._expected_bytes is None:  # no save of this run written yet: guess from the model
-            self._expected_bytes = _estimated_checkpoint_bytes(model)
+        if self._expected_bytes is None:  # no save of this run written yet
+            self._expected_bytes = self._newest_saved_bytes() or _estimated_checkpoint_bytes(model)
         shortage = self._disk_shortage()
         if shortage is not None and not urgent:
             self.state.skipped_saves += 1
@@ -409,7 +416,7 @@ class DynamicCheckpointManager:
             if first is None:
                 first = path
                 self._expected_bytes = (
-                    path.stat().st_size + len(snapshot.vecnormalize or b"") + 64 * 1024
+                    path.stat().st_size + len(snapshot.vecnormalize or b"") + _METADATA_ROOM
                 )
                 log.info("saved %s", path)
         assert first is not None
@@ -519,6 +526,29 @@ class DynamicCheckpointManager:
             probe = probe.parent
         return int(psutil.disk_usage(os.fspath(probe)).free)
 
+    def _newest_saved_bytes(self) -> int | None:
+        """The size of the newest checkpoint of this market and seed already in the folder
+        (most often the one a resumed run started from), as the guess for the first save of
+        this run; None when there is none. Closer than the model's guess, which leaves room
+        for an uncompressed zip."""
+        try:
+            mine = [
+                i
+                for i in list_checkpoints(self.folder, include_legacy=False)
+                if isinstance(i.name, CheckpointName)
+                and (i.name.market, i.name.seed) == (self.market, self.seed)
+            ]
+            if not mine:
+                return None
+            newest = max(mine, key=lambda i: i.timesteps)
+            if not newest.size:  # gone since the listing
+                return None
+            pkl = newest.vecnormalize_path
+            size = newest.size + (pkl.stat().st_size if pkl.exists() else 0)
+        except OSError:  # an unreadable folder or file: guess from the model instead
+            return None
+        return size + _METADATA_ROOM
+
     def _disk_shortage(self) -> str | None:
         """None when there is room for one more checkpoint above the configured minimum."""
         need = int(self.config.performance.min_disk_space_gb * 1e9) + (self._expected_bytes or 0)
@@ -561,6 +591,9 @@ def _is_number(value: Any) -> bool:
     except (TypeError, ValueError):
         return False
     return not isinstance(value, bool)
+
+
+_METADATA_ROOM = 64 * 1024  # the metadata JSON and the file system's rounding, generously
 
 
 def _estimated_checkpoint_bytes(model: BaseAlgorithm) -> int:

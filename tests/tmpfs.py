@@ -7,6 +7,7 @@ missing or refuses, the test is skipped with the command's own message, never pa
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import subprocess
@@ -37,3 +38,19 @@ def mounted_tmpfs(mount_point: str | os.PathLike[str], size: str) -> Iterator[Pa
     finally:
         if subprocess.run(["umount", os.fspath(path)], check=False).returncode != 0:
             subprocess.run(["umount", "-l", os.fspath(path)], check=False)
+
+
+def fill(mount_point: Path, room_left: int) -> Path:
+    """Take all but about ``room_left`` bytes of the file system at ``mount_point`` with one
+    file (as another program would), and return its path."""
+    ballast = mount_point / "other-program.bin"
+    chunk = bytes(64 * 1024)
+    with open(ballast, "wb") as fh:
+        try:
+            while True:
+                fh.write(chunk)
+                fh.flush()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+        os.ftruncate(fh.fileno(), max(0, fh.tell() - room_left))
+    return ballast

@@ -4,6 +4,8 @@
     counter, still tries the phase_end save, and leaves no partial checkpoint.
 (b) ENOSPC in the middle of a write: the save reports the error, its temporaries are gone,
     older checkpoints verify, and later saves succeed.
+(c) A run that resumes on a nearly full disk sizes its first save by the checkpoints already
+    there, not by the model's uncompressed guess: it saves when there is room for one.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from checkpointing import (
     read_checkpoint_metadata,
     verify_checkpoint,
 )
+from checkpointing.manager import _estimated_checkpoint_bytes
 from checkpointing.snapshot import ModelSnapshot
 from tests.integration.train_script import (
     SKIP_WARNING,
@@ -33,7 +36,7 @@ from tests.integration.train_script import (
     no_leftovers,
     write_config,
 )
-from tests.tmpfs import mounted_tmpfs
+from tests.tmpfs import fill, mounted_tmpfs
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -99,6 +102,43 @@ def test_disk_guard_skips_saves_on_a_full_tmpfs_and_keeps_older_checkpoints(
         assert (manager.phase_root / "phase1_foundational_final.zip").is_file()
     else:
         assert isinstance(outcome.error, OSError) and outcome.error.errno == errno.ENOSPC
+
+
+def test_a_resumed_run_on_a_nearly_full_disk_saves_when_one_checkpoint_fits(
+    small_tmpfs: Path, tmp_path: Path, keep_signal_handlers: None
+) -> None:
+    config = write_config(
+        tmp_path / "checkpoint_config.yaml",
+        base_interval=128,
+        max_interval_multiplier=1.0,
+        target_timesteps=TOTAL,
+        min_disk_space_gb=MIN_FREE_GB,
+    )
+    model = make_model(make_train_env(), net_arch=NET_ARCH)
+    first = make_manager(config, small_tmpfs)
+    learn_with_checkpoints(model, 256, make_callback(first))
+    first.close()
+    saved = list_checkpoints(first.folder)
+    newest = max(saved, key=lambda i: i.timesteps)
+    one = (
+        newest.size + newest.vecnormalize_path.stat().st_size + newest.metadata_path.stat().st_size
+    )
+
+    # Another program leaves room above the floor for this checkpoint and a half, which is
+    # still less than the model's guess for a checkpoint (an uncompressed zip and slack).
+    floor = int(MIN_FREE_GB * 1e9)
+    guess = _estimated_checkpoint_bytes(model)
+    assert one * 1.5 < guess, (one, guess)
+    fill(small_tmpfs, floor + int(one * 1.5))
+
+    second = make_manager(config, small_tmpfs)  # a new run in the same folder
+    outcome = second.save(model, None, "periodic", wait=True).result()
+    second.close()
+    assert outcome.skipped is None and outcome.ok, outcome
+    (path,) = outcome.paths
+    assert verify_checkpoint(path)["timesteps"] == model.num_timesteps
+    for info in saved:  # the older checkpoints are untouched
+        verify_checkpoint(info.path)
 
 
 def test_enospc_during_a_write_fails_that_save_only(

@@ -20,7 +20,6 @@ checkpoint, all of its files are gone).
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 import signal
@@ -42,7 +41,7 @@ from tests.integration.train_script import (
 )
 from tests.reliability.conftest import FaultLog, Tries
 from tests.reliability.helpers import snapshot_tree, tree_changes
-from tests.tmpfs import mounted_tmpfs
+from tests.tmpfs import fill, mounted_tmpfs
 from tests.training_processes import Child
 
 pytestmark = pytest.mark.reliability
@@ -101,22 +100,6 @@ def _assert_intact(before: dict[str, str], after: dict[str, str], listed: set[st
     for rel in before.keys() - after.keys():
         zip_name = base_of(os.path.basename(rel)) + ".zip"
         assert zip_name not in listed, f"{rel} is gone but its checkpoint is listed"
-
-
-def _fill(mount_point: Path, room_left: int) -> Path:
-    """Take all but about ``room_left`` bytes of the file system with one file (as another
-    program would), and return its path."""
-    ballast = mount_point / "other-program.bin"
-    chunk = bytes(64 * 1024)
-    with open(ballast, "wb") as fh:
-        try:
-            while True:
-                fh.write(chunk)
-                fh.flush()
-        except OSError as exc:
-            assert exc.errno == errno.ENOSPC, exc
-        os.ftruncate(fh.fileno(), max(0, fh.tell() - room_left))
-    return ballast
 
 
 def test_a_filling_tmpfs_skips_saves_and_keeps_room_for_interrupt_and_phase_end(
@@ -203,7 +186,7 @@ def test_enospc_mid_write_on_a_real_full_disk_loses_nothing(
         newest = max(saved_before, key=lambda i: (i.timesteps, _event(i) == "phase_end"))
         tree_before = snapshot_tree(root)
 
-        ballast = _fill(root, ROOM_LEFT)
+        ballast = fill(root, ROOM_LEFT)
         statvfs = os.statvfs(root)
         assert statvfs.f_bavail * statvfs.f_frsize < newest.size, "the disk still has room"
         total = newest.timesteps + 256
