@@ -54,6 +54,17 @@ def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
         yield mount_point
 
 
+def _small_disk_config(tmp_path: Path, max_interval_multiplier: float) -> Path:
+    """A save every 128 steps or more, with the 1 MB floor of free space."""
+    return write_config(
+        tmp_path / "checkpoint_config.yaml",
+        base_interval=128,
+        max_interval_multiplier=max_interval_multiplier,
+        target_timesteps=TOTAL,
+        min_disk_space_gb=MIN_FREE_GB,
+    )
+
+
 def _events(info: Any) -> str:
     return info.name.event
 
@@ -61,13 +72,7 @@ def _events(info: Any) -> str:
 def test_disk_guard_skips_saves_on_a_full_tmpfs_and_keeps_older_checkpoints(
     small_tmpfs: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, keep_signal_handlers: None
 ) -> None:
-    config = write_config(
-        tmp_path / "checkpoint_config.yaml",
-        base_interval=128,
-        max_interval_multiplier=1.5,
-        target_timesteps=TOTAL,
-        min_disk_space_gb=MIN_FREE_GB,
-    )
+    config = _small_disk_config(tmp_path, max_interval_multiplier=1.5)
     model = make_model(make_train_env(), net_arch=NET_ARCH)
     manager = make_manager(config, small_tmpfs)
     callback = make_callback(manager)
@@ -107,13 +112,7 @@ def test_disk_guard_skips_saves_on_a_full_tmpfs_and_keeps_older_checkpoints(
 def test_a_resumed_run_on_a_nearly_full_disk_saves_when_one_checkpoint_fits(
     small_tmpfs: Path, tmp_path: Path, keep_signal_handlers: None
 ) -> None:
-    config = write_config(
-        tmp_path / "checkpoint_config.yaml",
-        base_interval=128,
-        max_interval_multiplier=1.0,
-        target_timesteps=TOTAL,
-        min_disk_space_gb=MIN_FREE_GB,
-    )
+    config = _small_disk_config(tmp_path, max_interval_multiplier=1.0)
     model = make_model(make_train_env(), net_arch=NET_ARCH)
     first = make_manager(config, small_tmpfs)
     learn_with_checkpoints(model, 256, make_callback(first))
