@@ -13,7 +13,14 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
-__all__ = ["Figure", "add_json_argument", "format_table", "read_figures", "write_figures"]
+__all__ = [
+    "Figure",
+    "add_json_argument",
+    "format_table",
+    "read_figures",
+    "verdict",
+    "write_figures",
+]
 
 
 @dataclass(frozen=True)

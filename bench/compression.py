@@ -27,7 +27,6 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench._report import Figure, add_json_argument, write_figures  # noqa: E402
-from bench.save_overhead import BIG, SMALL, _train, make_model  # noqa: E402
-from checkpointing import DynamicCheckpointManager  # noqa: E402
+from bench.save_overhead import BIG, SMALL, _train, bench_manager, make_model  # noqa: E402
 from checkpointing.config import CheckpointConfig  # noqa: E402
 
 POLICIES = [("small", SMALL), ("50 MB", BIG)]
@@ -51,28 +49,13 @@ SETTINGS = [
 ]
 
 
-def _manager(mode: str, level: int, root: Path) -> DynamicCheckpointManager:
-    defaults = CheckpointConfig()
-    performance = replace(
-        defaults.performance, min_disk_space_gb=0.0, compression=mode, compression_level=level
-    )
-    return DynamicCheckpointManager(
-        replace(defaults, performance=performance),
-        phase=1,
-        market="BENCH",
-        seed=0,
-        models_root=root,
-        async_saves=True,
-    )
-
-
 def measure(policy: str, net_arch: list[int], saves: int, work: Path) -> list[dict[str, Any]]:
     """One row per setting: the best of ``saves`` saves (after one warm-up round)."""
     model = make_model(net_arch)
     venv = model.get_vec_normalize_env()
     _train(model)  # optimizer state exists, as in a real save
     managers = [
-        _manager(mode, level, work / f"{policy.split()[0]}-{i}")
+        bench_manager(work / f"{policy.split()[0]}-{i}", mode, level)
         for i, (_, mode, level) in enumerate(SETTINGS)
     ]
     times: list[dict[str, list[float]]] = [{"blocked": [], "total": []} for _ in SETTINGS]
@@ -169,9 +152,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"  {r['label']}: {1 - r['zip_bytes'] / stored['zip_bytes']:.1%} smaller than "
                 f"stored, {r['total'] / level['total']:.1f}x the time of {level['label']}"
             )
+    below = CheckpointConfig().performance.compress_below_free_gb
     print(
         "default picked: compression: adaptive, compression_level: "
-        f"{level['level']}: stored while the disk has compress_below_free_gb (20 GB) free, "
+        f"{level['level']}: stored while the disk has compress_below_free_gb ({below:g} GB) free, "
         f"deflate level {level['level']} below it, where {saving:.0%} of every zip is worth "
         "the writer's time"
     )

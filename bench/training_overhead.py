@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import logging
+import os
 import shutil
 import statistics
 import sys
@@ -66,9 +67,9 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._report import Figure, add_json_argument, write_figures  # noqa: E402
+from bench._report import Figure, add_json_argument, verdict, write_figures  # noqa: E402
 from bench.retention import build_folder  # noqa: E402
-from bench.save_overhead import BIG, SMALL, ModestEnv  # noqa: E402
+from bench.save_overhead import BIG, SMALL, ModestEnv, bench_config  # noqa: E402
 from bench.save_overhead import make_model as _make_model  # noqa: E402
 from checkpointing import (  # noqa: E402
     DynamicCheckpointManager,
@@ -143,12 +144,9 @@ def make_eval_env(steps: int) -> VecNormalize:
 
 
 def ours_config(interval: int, total: int, compression: str) -> CheckpointConfig:
-    cfg = CheckpointConfig()
-    cfg = cfg.with_phase(1, PhaseSchedule(interval, 1.0, total))
-    # The disk guard still probes free space before each save; 0 keeps a nearly full disk
-    # from skipping saves and so changing what is measured.
-    performance = replace(cfg.performance, min_disk_space_gb=0.0, compression=compression)
-    return replace(cfg, performance=performance)
+    return bench_config(
+        compression, base=CheckpointConfig().with_phase(1, PhaseSchedule(interval, 1.0, total))
+    )
 
 
 def run_once(mode: str, policy: Policy, args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -157,7 +155,6 @@ def run_once(mode: str, policy: Policy, args: argparse.Namespace, work: Path) ->
     model = make_model(policy.net_arch, **policy.ppo)
     clock = EvalClock()
     work.mkdir(parents=True)
-    saves = 0.0
     finish: Callable[[], None] = lambda: None  # noqa: E731
     if mode in ("none", "sb3"):
         every = policy.interval // N_ENVS  # SB3 counts callback calls, one per N_ENVS steps
@@ -230,7 +227,6 @@ def run_once(mode: str, policy: Policy, args: argparse.Namespace, work: Path) ->
         "wall": wall,
         "cpu": cpu,
         "eval": clock.seconds,
-        "saves": saves,
         "best": float(manager.state.saves_by_event.get("best", 0)) if mode == "ours" else 0.0,
         "intervals": clock.intervals(),
     }
@@ -247,6 +243,7 @@ def compare(policy: Policy, args: argparse.Namespace, work: Path) -> dict[str, d
             run_dir = work / f"{policy.key}-{mode}-{rep}"
             result = run_once(mode, policy, args, run_dir)
             shutil.rmtree(run_dir, ignore_errors=True)
+            os.sync()  # SB3 does not fsync: its writeback must not land in the next run
             pooled[mode] += result["intervals"]
             print(
                 f"  {policy.label:<6} run {rep + 1}/{args.repeats} {MODE_LABELS[mode]:<38} "
@@ -420,9 +417,9 @@ def main(argv: list[str] | None = None) -> int:
         per_save = (ours["interval"] - none["interval"]) * 1e3
         verdicts.append(
             f"  {policy.label}: ours {ratio:.3f}x no checkpointing per save interval (target "
-            f"<= {policy.target}: {'met' if ratio <= policy.target else 'NOT met'}; best whole "
+            f"<= {policy.target}: {verdict(ratio <= policy.target)}; best whole "
             f"run {run_ratio:.3f}x), {vs_sb3:.3f}x SB3's callbacks (target <= 1.00: "
-            f"{'met' if vs_sb3 <= 1.0 else 'NOT met'}; best whole run {run_vs_sb3:.3f}x); "
+            f"{verdict(vs_sb3 <= 1.0)}; best whole run {run_vs_sb3:.3f}x); "
             f"{per_save:+.1f} ms per save ({ours['best']:.0f} of the {args.saves} also 'best')"
         )
         figures += [
@@ -461,7 +458,8 @@ def main(argv: list[str] | None = None) -> int:
     figures.append(
         Figure(
             "training_overhead",
-            f"ns per on_step() without a save, 0 vs {sizes[-1]:,} checkpoints in the folder",
+            f"ns per on_step() without a save, {sizes[0]:,} vs {sizes[-1]:,} checkpoints "
+            "in the folder",
             "flat, tiny",
             f"{first:,.0f} vs {last:,.0f} ns",
             last <= max(1.5 * first, first + 500),

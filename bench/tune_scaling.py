@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._report import Figure, add_json_argument, write_figures  # noqa: E402
+from bench._report import Figure, add_json_argument, verdict, write_figures  # noqa: E402
 
 MARKETS, SEEDS = ("NQ", "ES"), (42, 7)
 TARGET = 0.65
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'sequential (tuner.train x 4)':<34} {sequential:8.1f} s")
     print(f"{'Ray Tune (tuner.run, 2 CPUs)':<34} {tune:8.1f} s")
     print(f"{'ratio Tune / sequential':<34} {ratio:8.2f}   (target <= {TARGET}, limit 0.5)")
-    print("target: " + ("met" if ratio <= TARGET else "NOT met"))
+    print("target: " + verdict(ratio <= TARGET))
     write_figures(
         args.json,
         [
