@@ -184,7 +184,9 @@ def parse_resume_spec(spec: str) -> tuple[str, str | None]:
     raise ValueError(f"resume spec must be 'latest', 'phase_end' or 'best:<metric>', got {spec!r}")
 
 
-def _candidates(folder: Path, seed: int | None, market: str | None) -> list[CheckpointInfo]:
+def checkpoints_of(folder: Path, seed: int | None, market: str | None) -> list[CheckpointInfo]:
+    """The committed checkpoints in ``folder`` of ``seed`` and ``market`` (None: any), oldest
+    first."""
     out = []
     for info in list_checkpoints(folder, include_legacy=False):
         name = info.name
@@ -213,7 +215,7 @@ def find_resume_checkpoint(
     file name, as in the registry and retention). Returns None when nothing qualifies.
     """
     kind, metric = parse_resume_spec(spec)
-    infos = _candidates(Path(folder), seed, market)
+    infos = checkpoints_of(Path(folder), seed, market)
     if kind == "phase_end":
         infos = [
             i for i in infos if isinstance(i.name, CheckpointName) and i.name.event == "phase_end"

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from checkpointing.config import CheckpointConfig, ConfigError, load_config
+from checkpointing.loading import checkpoints_of
 from checkpointing.metadata import METRIC_FIELDS, build_metadata, encode_metadata
 from checkpointing.naming import (
     BOUNDARY_PREFIX,
@@ -36,7 +37,6 @@ from checkpointing.snapshot import ModelSnapshot, take_snapshot
 from checkpointing.store import (
     commit_files,
     fsync_dir,
-    list_checkpoints,
     sweep,
     temp_path,
     write_durable,
@@ -532,22 +532,18 @@ class DynamicCheckpointManager:
         this run; None when there is none. Closer than the model's guess, which leaves room
         for an uncompressed zip."""
         try:
-            mine = [
-                i
-                for i in list_checkpoints(self.folder, include_legacy=False)
-                if isinstance(i.name, CheckpointName)
-                and (i.name.market, i.name.seed) == (self.market, self.seed)
-            ]
-            if not mine:
-                return None
-            newest = max(mine, key=lambda i: i.timesteps)
-            if not newest.size:  # gone since the listing
-                return None
-            pkl = newest.vecnormalize_path
-            size = newest.size + (pkl.stat().st_size if pkl.exists() else 0)
-        except OSError:  # an unreadable folder or file: guess from the model instead
+            mine = checkpoints_of(self.folder, self.seed, self.market)  # oldest first
+        except OSError:  # an unreadable folder: guess from the model instead
             return None
-        return size + _METADATA_ROOM
+        if not mine or not mine[-1].size:  # none, or gone since the listing
+            return None
+        try:
+            pkl = mine[-1].vecnormalize_path.stat().st_size
+        except FileNotFoundError:  # saved without VecNormalize
+            pkl = 0
+        except OSError:
+            return None
+        return mine[-1].size + pkl + _METADATA_ROOM
 
     def _disk_shortage(self) -> str | None:
         """None when there is room for one more checkpoint above the configured minimum."""

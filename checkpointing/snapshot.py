@@ -14,7 +14,6 @@ import os
 import pickle
 import zipfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -68,7 +67,6 @@ class ModelSnapshot:
     params: dict[str, Any]
     pytorch_variables: dict[str, Any] | None
     vecnormalize: bytes | None
-    num_parameters: int
 
     def write_zip(
         self,
@@ -100,14 +98,6 @@ class ModelSnapshot:
                     torch.save(state, fh)
             zf.writestr("_stable_baselines3_version", sb3.__version__)
             zf.writestr("system_info.txt", get_system_info(print_info=False)[1])
-
-    def write_files(
-        self, zip_path: Path, pkl_path: Path | None, *, compress: bool, level: int = 1
-    ) -> None:
-        """Write the zip and the pkl straight to their paths (used for best/final copies)."""
-        self.write_zip(zip_path, compress=compress, level=level)
-        if pkl_path is not None and self.vecnormalize is not None:
-            pkl_path.write_bytes(self.vecnormalize)
 
 
 def take_snapshot(
@@ -143,6 +133,5 @@ def take_snapshot(
             pytorch_variables[name] = _clone_state(obj, buffers, ("vars", name))
 
     params = _clone_state(model.get_parameters(), buffers, ("params",))
-    num_parameters = sum(p.numel() for p in model.policy.parameters())
     vec_bytes = pickle.dumps(vec_normalize) if vec_normalize is not None else None
-    return ModelSnapshot(data_json, params, pytorch_variables, vec_bytes, num_parameters)
+    return ModelSnapshot(data_json, params, pytorch_variables, vec_bytes)

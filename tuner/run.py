@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from checkpointing.config import EXIT_USAGE, ConfigError, usage_error
+from checkpointing.config import ConfigError, usage_error
 from checkpointing.naming import CheckpointNameError, validate_market, validate_seed
 
 __all__ = ["RunOptions", "build_parser", "main", "parse_options"]
@@ -399,14 +399,12 @@ def run(opts: RunOptions, settings: Any) -> int:
                 )
             except Exception as exc:  # what check_resumable cannot see, e.g. a bad tuner.pkl
                 ray.shutdown()
-                print(
-                    f"error: --resume: Tune cannot restore experiment {opts.name!r} from "
+                return usage_error(
+                    f"--resume: Tune cannot restore experiment {opts.name!r} from "
                     f"{os.fspath(opts.experiment_dir)} ({type(exc).__name__}: {exc}); start it "
                     "again without --resume under another --name (checkpoints under "
-                    f"{os.fspath(opts.models_root)} are untouched)",
-                    file=sys.stderr,
+                    f"{os.fspath(opts.models_root)} are untouched)"
                 )
-                return EXIT_USAGE
         else:
             tuner = tune.Tuner(
                 trainable,
