@@ -14,7 +14,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 from stable_baselines3 import PPO
@@ -26,7 +25,9 @@ from checkpointing import (
     load_checkpoint,
     read_checkpoint_metadata,
 )
+from checkpointing.loading import vecnormalize_path_for
 from checkpointing.snapshot import ModelSnapshot
+from tests.integration.same_model import assert_same_state, assert_same_stats, load_with_sb3
 from tests.integration.train_script import (
     make_callback,
     make_manager,
@@ -38,22 +39,6 @@ from tests.integration.train_script import (
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 
-def _assert_same_state(a: Any, b: Any, where: str = "parameters") -> None:
-    """Every tensor (and every other leaf) of two nested ``get_parameters()`` results is equal."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), where
-        for key in a:
-            _assert_same_state(a[key], b[key], f"{where}[{key!r}]")
-    elif isinstance(a, (list, tuple)):
-        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _assert_same_state(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
-
-
 def _tensors(state: Any) -> list[torch.Tensor]:
     if isinstance(state, torch.Tensor):
         return [state]
@@ -62,23 +47,6 @@ def _tensors(state: Any) -> list[torch.Tensor]:
     if isinstance(state, (list, tuple)):
         return [t for v in state for t in _tensors(v)]
     return []
-
-
-def _assert_same_stats(a: VecNormalize, b: VecNormalize) -> None:
-    for rms in ("obs_rms", "ret_rms"):
-        x, y = getattr(a, rms), getattr(b, rms)
-        np.testing.assert_array_equal(x.mean, y.mean)
-        np.testing.assert_array_equal(x.var, y.var)
-        assert x.count == y.count
-
-
-def _pkl(zip_path: Path) -> Path:
-    return zip_path.with_name(zip_path.name[: -len(".zip")] + "_vecnormalize.pkl")
-
-
-def _load(zip_path: Path) -> tuple[Any, VecNormalize]:
-    """Plain SB3 loading, no help from our loader."""
-    return PPO.load(zip_path, device="cpu"), VecNormalize.load(str(_pkl(zip_path)), make_raw_env())
 
 
 def test_async_save_equals_sync_save_and_sb3_save_while_training_goes_on(
@@ -121,16 +89,16 @@ def test_async_save_equals_sync_save_and_sb3_save_while_training_goes_on(
     assert sync_outcome.ok and async_outcome.ok, (sync_outcome, async_outcome)
 
     (sync_zip,), (async_zip,) = sync_outcome.paths, async_outcome.paths
-    sync_model, sync_stats = _load(sync_zip)
-    async_model, async_stats = _load(async_zip)
+    sync_model, sync_stats = load_with_sb3(sync_zip)
+    async_model, async_stats = load_with_sb3(async_zip)
     sb3_model = PPO.load(tmp_path / "sb3.zip", device="cpu")
     sb3_stats = VecNormalize.load(str(tmp_path / "sb3_vecnormalize.pkl"), make_raw_env())
 
     assert async_model.num_timesteps == sync_model.num_timesteps == saved_at
-    _assert_same_state(async_model.get_parameters(), sync_model.get_parameters())
-    _assert_same_state(async_model.get_parameters(), sb3_model.get_parameters())
-    _assert_same_stats(async_stats, sync_stats)
-    _assert_same_stats(async_stats, sb3_stats)
+    assert_same_state(async_model.get_parameters(), sync_model.get_parameters())
+    assert_same_state(async_model.get_parameters(), sb3_model.get_parameters())
+    assert_same_stats(async_stats, sync_stats)
+    assert_same_stats(async_stats, sb3_stats)
     assert len(_tensors(async_model.get_parameters())) > 10  # policy and optimizer state
 
     # The snapshot really is of the moment of the save, not of the model as it is now.
@@ -164,11 +132,11 @@ def test_a_run_leaves_best_model_and_the_legacy_final_model_at_the_phase_root(
     first_top = min(
         (i for i in infos if metas[i.path]["val_reward"] == top), key=lambda i: i.timesteps
     )
-    best_model, best_stats = _load(best_zip)
-    source_model, source_stats = _load(first_top.path)
+    best_model, best_stats = load_with_sb3(best_zip)
+    source_model, source_stats = load_with_sb3(first_top.path)
     assert best_model.num_timesteps == first_top.timesteps
-    _assert_same_state(best_model.get_parameters(), source_model.get_parameters())
-    _assert_same_stats(best_stats, source_stats)
+    assert_same_state(best_model.get_parameters(), source_model.get_parameters())
+    assert_same_stats(best_stats, source_stats)
     assert read_checkpoint_metadata(best_zip)["val_reward"] == top
 
     # The legacy final model is the phase_end checkpoint, byte for byte.
@@ -176,8 +144,8 @@ def test_a_run_leaves_best_model_and_the_legacy_final_model_at_the_phase_root(
     (phase_end,) = [i for i in infos if i.name.event == "phase_end"]
     assert phase_end.timesteps == model.num_timesteps
     assert _sha(final_zip) == _sha(phase_end.path)
-    assert _sha(_pkl(final_zip)) == _sha(_pkl(phase_end.path))
-    final_model, _ = _load(final_zip)
+    assert _sha(vecnormalize_path_for(final_zip)) == _sha(vecnormalize_path_for(phase_end.path))
+    final_model, _ = load_with_sb3(final_zip)
     assert final_model.num_timesteps == model.num_timesteps
 
 

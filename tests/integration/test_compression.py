@@ -12,15 +12,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-import torch
-from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import VecNormalize
 
 from checkpointing import DynamicCheckpointManager
 from checkpointing.config import CheckpointConfig
-from tests.integration.train_script import make_model, make_raw_env, make_train_env
+from tests.integration.same_model import assert_same_state, assert_same_stats, load_with_sb3
+from tests.integration.train_script import make_model, make_train_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -91,13 +89,10 @@ def test_each_mode_is_loadable_by_plain_ppo_load(
         weights = [i for i in zf.infolist() if i.filename.endswith(".pth")]
         assert weights and {i.compress_type for i in weights} == {compress_type}
 
-    loaded = PPO.load(path, device="cpu")
-    for key, tensor in model.policy.state_dict().items():
-        assert torch.equal(loaded.policy.state_dict()[key], tensor), key
+    loaded, stats = load_with_sb3(path)
+    assert_same_state(loaded.get_parameters(), model.get_parameters())  # optimizer included
     assert loaded.num_timesteps == model.num_timesteps
-    pkl = path.with_name(path.name[: -len(".zip")] + "_vecnormalize.pkl")
-    stats = VecNormalize.load(str(pkl), make_raw_env())
-    np.testing.assert_array_equal(stats.obs_rms.mean, venv.obs_rms.mean)
+    assert_same_stats(stats, venv)
 
 
 def test_deflate_is_smaller_than_stored(

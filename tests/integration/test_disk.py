@@ -24,7 +24,7 @@ from checkpointing import (
     read_checkpoint_metadata,
     verify_checkpoint,
 )
-from checkpointing.manager import _estimated_checkpoint_bytes
+from checkpointing.manager import _METADATA_ROOM, _estimated_checkpoint_bytes
 from checkpointing.snapshot import ModelSnapshot
 from tests.integration.train_script import (
     SKIP_WARNING,
@@ -119,16 +119,16 @@ def test_a_resumed_run_on_a_nearly_full_disk_saves_when_one_checkpoint_fits(
     first.close()
     saved = list_checkpoints(first.folder)
     newest = max(saved, key=lambda i: i.timesteps)
-    one = (
-        newest.size + newest.vecnormalize_path.stat().st_size + newest.metadata_path.stat().st_size
-    )
+    one = newest.size + newest.vecnormalize_path.stat().st_size  # its zip and pkl
 
-    # Another program leaves room above the floor for this checkpoint and a half, which is
-    # still less than the model's guess for a checkpoint (an uncompressed zip and slack).
+    # Another program leaves room above the floor halfway between what the guard asks for a
+    # checkpoint like that one (plus room for its metadata) and the model's guess for a
+    # checkpoint (an uncompressed zip and slack).
     floor = int(MIN_FREE_GB * 1e9)
-    guess = _estimated_checkpoint_bytes(model)
-    assert one * 1.5 < guess, (one, guess)
-    fill(small_tmpfs, floor + int(one * 1.5))
+    asked, guess = one + _METADATA_ROOM, _estimated_checkpoint_bytes(model)
+    room = (asked + guess) // 2
+    assert asked < room < guess, (asked, guess)
+    fill(small_tmpfs, floor + room)
 
     second = make_manager(config, small_tmpfs)  # a new run in the same folder
     outcome = second.save(model, None, "periodic", wait=True).result()

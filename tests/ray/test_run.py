@@ -7,7 +7,6 @@ import csv
 import json
 import signal
 import statistics
-import sys
 from pathlib import Path
 
 import pytest
@@ -166,16 +165,17 @@ def test_a_crashed_trial_recovers_from_its_last_checkpoint(
     drivers.append(d)
     experiment = tmp_path / "ray_results/crash"
     folder = tmp_path / "models/phase1/NQ/checkpoints"
-    victim = crash_trial(d, folder, "NQ", 3, saves=2).pid  # a real crash of its worker
+    crash = crash_trial(d, folder, "NQ", 3, saves=2)  # a real crash of its worker
+    victim = crash.pid
     assert d.wait() == 0, d.output[-3000:]
     assert "[retry]  NQ seed 3" in d.output
     rows = trial_results(experiment)["NQ/3"]
     pids = [r["pid"] for r in rows]
     assert victim in pids and pids[-1] != victim
     after = [r for r in rows if r["pid"] != victim]
-    last_before = max(int(r["timesteps"]) for r in rows if r["pid"] == victim)
-    # Resumed from our checkpoint: no restart from zero, timesteps keep growing.
-    assert int(after[0]["timesteps"]) > last_before - 2000
+    # Resumed from the newest checkpoint that verified after the crash, not from zero;
+    # timesteps keep growing.
+    assert crash.saved > 0 and int(after[0]["timesteps"]) > crash.saved, (crash, after[0])
     steps = [int(r["timesteps"]) for r in after]
     assert steps == sorted(steps) and rows[-1]["finished"] is True
     summary = json.loads((tmp_path / "models/summaries/crash.json").read_text())
@@ -229,15 +229,3 @@ def test_ctrl_c_saves_interrupts_and_resume_completes(
         # The resumed trial started from its interrupt checkpoint, not from zero.
         assert min(int(x["timesteps"]) for x in resumed) > at
         assert rows[-1]["finished"] is True and int(rows[-1]["timesteps"]) >= 30000
-
-
-def test_help_answers_without_ray() -> None:
-    import subprocess
-
-    done = subprocess.run(
-        [sys.executable, "-c", "import sys, tuner.run; print('ray' in sys.modules)"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert done.stdout.strip() == "False"

@@ -19,7 +19,6 @@ Training processes to kill or starve come from ``spawn`` (``tests/training_proce
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -163,9 +162,7 @@ def sb3_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
         write_config,
     )
 
-    work = tmp_path_factory.mktemp("sb3_run")
-    saved_logdir = os.environ.get("SB3_LOGDIR")
-    os.environ["SB3_LOGDIR"] = str(work / "sb3_logs")
+    work = tmp_path_factory.mktemp("sb3_run")  # SB3_LOGDIR: sb3_logs_in_tmp (autouse)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -187,10 +184,6 @@ def sb3_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
             model.get_env().close()
     finally:
         torch.set_num_threads(threads)
-        if saved_logdir is None:
-            os.environ.pop("SB3_LOGDIR", None)
-        else:
-            os.environ["SB3_LOGDIR"] = saved_logdir
     names = [i.filename for i in list_checkpoints(manager.folder)]
     assert len(names) >= 4, f"the tiny run saved too few checkpoints: {names}"
     return work / "models"

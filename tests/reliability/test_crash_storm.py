@@ -153,12 +153,15 @@ def test_a_crash_storm_on_one_folder_loses_nothing(
             when = f"{delay:.2f}s after {'READY' if after_ready else 'the start'}"
             with t.attempt(f"kill {kill}, {when} (seed {seed})"):
                 child = storm.start()
-                if after_ready:
-                    child.wait_for_line("READY")
-                time.sleep(delay)  # the fault's timing, not a synchronisation
-                assert child.returncode is None, f"ended before the kill\n{child.diagnostics()}"
-                child.kill()
-                storm.killed.add(child.pid)
+                try:
+                    if after_ready:
+                        child.wait_for_line("READY")
+                    time.sleep(delay)  # the fault's timing, not a synchronisation
+                    running = child.returncode is None
+                finally:  # also after a slow start: nothing may train on into the next kill
+                    child.kill()
+                    storm.killed.add(child.pid)
+                assert running, f"ended before the kill\n{child.diagnostics()}"
                 assert child.returncode == -signal.SIGKILL, child.diagnostics()
                 storm.check()
         assert max(storm.resumed_from) > 0, "no run of the storm got as far as a checkpoint"

@@ -25,6 +25,7 @@ import re
 import signal
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -93,6 +94,29 @@ def _checkpoint_files(tree: dict[str, tuple[str, str]], folder: str) -> dict[str
     return out
 
 
+def _config(tmp_path: Path, **extra: Any) -> Path:
+    """A save every 128 steps of a 4,000-step phase; ``extra`` as for ``write_config``."""
+    return write_config(
+        tmp_path / "checkpoint_config.yaml",
+        base_interval=128,
+        max_interval_multiplier=1.0,
+        target_timesteps=4000,
+        **extra,
+    )
+
+
+def _run_to(
+    total: int, spawn: Callable[..., Child], args: list[Any], workdir: Path
+) -> tuple[Child, int]:
+    """Run the training script with ``args`` to the end: exit code 0, at least ``total``
+    steps; returns the process and the steps it reached."""
+    child = spawn(args, workdir)
+    assert child.wait(timeout=120) == 0, child.diagnostics()
+    done = int(child.wait_for_line("DONE").split()[1])
+    assert done >= total
+    return child, done
+
+
 def _assert_intact(before: dict[str, str], after: dict[str, str], listed: set[str]) -> None:
     """Files of ``before`` are unchanged; a checkpoint no longer listed is gone entirely."""
     changed = [rel for rel in before.keys() & after.keys() if before[rel] != after[rel]]
@@ -105,11 +129,8 @@ def _assert_intact(before: dict[str, str], after: dict[str, str], listed: set[st
 def test_a_filling_tmpfs_skips_saves_and_keeps_room_for_interrupt_and_phase_end(
     spawn: Callable[..., Child], tmp_path: Path, fault_log: FaultLog
 ) -> None:
-    config = write_config(
-        tmp_path / "checkpoint_config.yaml",
-        base_interval=128,
-        max_interval_multiplier=1.0,
-        target_timesteps=4000,
+    config = _config(
+        tmp_path,
         min_disk_space_gb=FLOOR_GB,
         retention={"keep_last_n": 1, "keep_top_k_by_reward": 1, "keep_top_k_by_sharpe": 0},
     )
@@ -140,10 +161,7 @@ def test_a_filling_tmpfs_skips_saves_and_keeps_room_for_interrupt_and_phase_end(
         assert start is not None
         total = start.timesteps + 512
         args = [*base, "--prune", "--timesteps", total, "--resume-from", interrupted]
-        second = spawn(args, tmp_path / "run2")
-        assert second.wait(timeout=120) == 0, second.diagnostics()
-        done = int(second.wait_for_line("DONE").split()[1])
-        assert done >= total
+        second, done = _run_to(total, spawn, args, tmp_path / "run2")
         infos = list_checkpoints(folder)
         _check_skips(t, second, infos)
         with t.attempt("retention frees room on a full disk, then the phase_end save"):
@@ -168,12 +186,7 @@ def test_a_filling_tmpfs_skips_saves_and_keeps_room_for_interrupt_and_phase_end(
 def test_enospc_mid_write_on_a_real_full_disk_loses_nothing(
     spawn: Callable[..., Child], tmp_path: Path, fault_log: FaultLog
 ) -> None:
-    config = write_config(
-        tmp_path / "checkpoint_config.yaml",
-        base_interval=128,
-        max_interval_multiplier=1.0,
-        target_timesteps=4000,
-    )
+    config = _config(tmp_path)
     with (
         mounted_tmpfs(tmp_path / "tmpfs", TMPFS_SIZE) as root,
         fault_log.tries("disk full: ENOSPC in the middle of a write (real tmpfs)") as t,
@@ -191,10 +204,7 @@ def test_enospc_mid_write_on_a_real_full_disk_loses_nothing(
         assert statvfs.f_bavail * statvfs.f_frsize < newest.size, "the disk still has room"
         total = newest.timesteps + 256
         args = [*base, "--timesteps", total, "--resume-from", newest.path]
-        second = spawn(args, tmp_path / "run2")
-        assert second.wait(timeout=120) == 0, second.diagnostics()
-        done = int(second.wait_for_line("DONE").split()[1])
-        assert done >= total
+        second, _ = _run_to(total, spawn, args, tmp_path / "run2")
 
         infos = list_checkpoints(folder)
         _check_skips(t, second, infos)

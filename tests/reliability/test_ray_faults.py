@@ -222,10 +222,11 @@ def _run(s: Scenario, started: list[Driver]) -> None:
     started.append(first)
 
     # 1. Each trial's worker dies once it has committed two checkpoints; Tune retries it.
+    old: dict[str, set[tuple[str, float]]] = {}  # what each crash left, taken at once
     for market in MARKETS:
         s.crashes[market] = crash_trial(first, _folder(s.models, market), market, SEED, saves=2)
+        old[market] = _written(s.models, market, s.crashes[market].saved)
         s.mark(f"{market} crashed at {s.crashes[market].saved} steps", start)
-    old = {m: _written(s.models, m, s.crashes[m].saved) for m in MARKETS}
     for market in MARKETS:
         saved = s.crashes[market].saved
         _poll(

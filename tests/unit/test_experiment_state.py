@@ -55,7 +55,7 @@ def _experiment(root: Path) -> Path:
     (folder / STATE).write_text(json.dumps(state))
     for logdir in (RUNNING, DONE):
         for index in (1, 2):
-            pointer = folder / logdir / f"checkpoint_00000{index}" / "pointer.json"
+            pointer = _pointer(folder, logdir, index)
             pointer.parent.mkdir(parents=True)
             pointer.write_text(json.dumps({"phase": 1, "market": "NQ", "seed": 1}))
     return folder
