@@ -34,15 +34,15 @@ __all__ = [
 
 _WHERE = {
     "CheckpointConfig": "config",
-    "ConfigError": "config",
+    "ConfigError": "errors",
     "load_config": "config",
     "CheckpointName": "naming",
-    "CheckpointNameError": "naming",
+    "CheckpointNameError": "errors",
     "format_checkpoint_name": "naming",
     "parse_checkpoint_filename": "naming",
     "read_checkpoint_metadata": "metadata",
     "write_checkpoint_metadata": "metadata",
-    "CheckpointCorruptError": "store",
+    "CheckpointCorruptError": "errors",
     "list_checkpoints": "store",
     "verify_checkpoint": "store",
     "DynamicCheckpointManager": "manager",
@@ -61,17 +61,17 @@ if TYPE_CHECKING:
         TrainingInterrupted,
         learn_with_checkpoints,
     )
-    from checkpointing.config import CheckpointConfig, ConfigError, load_config
+    from checkpointing.config import CheckpointConfig, load_config
+    from checkpointing.errors import CheckpointCorruptError, CheckpointNameError, ConfigError
     from checkpointing.loading import LoadedCheckpoint, find_resume_checkpoint, load_checkpoint
     from checkpointing.manager import DynamicCheckpointManager
     from checkpointing.metadata import read_checkpoint_metadata, write_checkpoint_metadata
     from checkpointing.naming import (
         CheckpointName,
-        CheckpointNameError,
         format_checkpoint_name,
         parse_checkpoint_filename,
     )
-    from checkpointing.store import CheckpointCorruptError, list_checkpoints, verify_checkpoint
+    from checkpointing.store import list_checkpoints, verify_checkpoint
     from checkpointing.summary import CheckpointRetentionManager
 
 

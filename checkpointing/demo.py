@@ -25,8 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args(argv)
 
-    from checkpointing.config import ConfigError, PhaseSchedule, load_config, usage_error
-    from checkpointing.naming import CheckpointNameError
+    from checkpointing.config import PhaseSchedule, load_config
+    from checkpointing.errors import CheckpointNameError, ConfigError, usage_error
 
     try:
         config = load_config(args.config)

@@ -19,15 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from checkpointing.errors import CheckpointCorruptError
 from checkpointing.metadata import read_checkpoint_metadata
 from checkpointing.naming import VECNORM_SUFFIX, CheckpointName, LegacyName, parse_name
+from checkpointing.ranking import METRICS
 from checkpointing.safe_pickle import UnsafePickleError, safe_loads, safe_zip_objects
-from checkpointing.store import (
-    CheckpointCorruptError,
-    CheckpointInfo,
-    list_checkpoints,
-    verify_checkpoint,
-)
+from checkpointing.store import CheckpointInfo, list_checkpoints, verify_checkpoint
 
 if TYPE_CHECKING:
     from stable_baselines3.common.base_class import BaseAlgorithm
@@ -170,15 +167,13 @@ def _safely(path: Path, load: Callable[[], T]) -> T:
 def parse_resume_spec(spec: str) -> tuple[str, str | None]:
     """``latest`` -> ("latest", None); ``best:sharpe_ratio`` -> ("best", "sharpe_ratio");
     ``phase_end`` -> ("phase_end", None). Raises ValueError otherwise."""
-    from checkpointing.config import KNOWN_METRICS
-
     if spec in ("latest", "phase_end"):
         return spec, None
     if spec.startswith("best:"):
         metric = spec[len("best:") :]
-        if metric not in KNOWN_METRICS:
+        if metric not in METRICS:
             raise ValueError(
-                f"unknown metric {metric!r} in {spec!r}; choose one of {', '.join(KNOWN_METRICS)}"
+                f"unknown metric {metric!r} in {spec!r}; choose one of {', '.join(METRICS)}"
             )
         return "best", metric
     raise ValueError(f"resume spec must be 'latest', 'phase_end' or 'best:<metric>', got {spec!r}")

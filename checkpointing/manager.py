@@ -20,9 +20,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from checkpointing.config import CheckpointConfig, ConfigError, load_config
+from checkpointing.cleanup import sweep
+from checkpointing.config import CheckpointConfig, load_config
+from checkpointing.errors import ConfigError
+from checkpointing.files import fsync_dir, link_or_copy, temp_path, write_durable
 from checkpointing.loading import checkpoints_of
-from checkpointing.metadata import METRIC_FIELDS, build_metadata, encode_metadata
+from checkpointing.metadata import build_metadata, encode_metadata
 from checkpointing.naming import (
     BOUNDARY_PREFIX,
     LEGACY_FINAL_NAMES,
@@ -32,15 +35,10 @@ from checkpointing.naming import (
     validate_market,
     validate_seed,
 )
+from checkpointing.ranking import METRICS
 from checkpointing.schedule import AdaptiveSchedule
 from checkpointing.snapshot import ModelSnapshot, take_snapshot
-from checkpointing.store import (
-    commit_files,
-    fsync_dir,
-    sweep,
-    temp_path,
-    write_durable,
-)
+from checkpointing.store import commit_files
 from checkpointing.triggers import BestTracker
 from checkpointing.writer import AsyncWriter
 
@@ -328,13 +326,13 @@ class DynamicCheckpointManager:
             for k in self.config.llm_metadata
             if k in clean_metrics and math.isfinite(clean_metrics[k])
         }
-        other = {k: v for k, v in clean_metrics.items() if k not in METRIC_FIELDS and k not in llm}
+        other = {k: v for k, v in clean_metrics.items() if k not in METRICS and k not in llm}
         documents = [
             build_metadata(
                 name=cname,
                 phase=self.phase,
                 metrics={
-                    **{k: clean_metrics[k] for k in METRIC_FIELDS if k in clean_metrics},
+                    **{k: clean_metrics[k] for k in METRICS if k in clean_metrics},
                     **other,
                 },
                 metrics_timesteps=metrics_timesteps,
@@ -402,7 +400,7 @@ class DynamicCheckpointManager:
                     _write_snapshot_zip, snapshot, method == "deflate", level
                 )
             else:
-                write_zip = functools.partial(_link_or_copy, first)
+                write_zip = functools.partial(link_or_copy, first)
 
             path, _ = commit_files(
                 self.folder,
@@ -436,13 +434,9 @@ class DynamicCheckpointManager:
         ``best_model`` is replaced only by a higher val_reward, whichever run wrote it; the
         legacy final model is replaced by each phase end. Companions first, zip last.
         """
+        from checkpointing.errors import CheckpointCorruptError
         from checkpointing.metadata import read_checkpoint_metadata
-        from checkpointing.store import (
-            CheckpointCorruptError,
-            folder_lock,
-            sweep,
-            verify_checkpoint,
-        )
+        from checkpointing.store import folder_lock, verify_checkpoint
 
         root = self.phase_root
         root.mkdir(parents=True, exist_ok=True)
@@ -483,7 +477,7 @@ class DynamicCheckpointManager:
                 for src, dst in pairs:
                     tmp = temp_path(dst)
                     temps.append(tmp)
-                    _link_or_copy(src, tmp)
+                    link_or_copy(src, tmp)
                     os.replace(tmp, dst)
                 tmp_meta = temp_path(target_meta)
                 temps.append(tmp_meta)
@@ -491,7 +485,7 @@ class DynamicCheckpointManager:
                 os.replace(tmp_meta, target_meta)
                 tmp_zip = temp_path(root / f"{stem}.zip")
                 temps.append(tmp_zip)
-                _link_or_copy(checkpoint, tmp_zip)
+                link_or_copy(checkpoint, tmp_zip)
                 os.replace(tmp_zip, root / f"{stem}.zip")
                 fsync_dir(root)
             finally:
@@ -602,18 +596,3 @@ def _write_snapshot_zip(snapshot: ModelSnapshot, compress: bool, level: int, tmp
     snapshot.write_zip(tmp, compress=compress, level=level)
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    """Hard-link ``src`` to the new path ``dst``, or copy it (and fsync) where links fail."""
-    try:
-        os.link(src, dst)
-        return
-    except OSError:
-        pass
-    import shutil
-
-    with open(src, "rb") as fin, open(dst, "xb") as fout:
-        shutil.copyfileobj(fin, fout, 1024 * 1024)
-        fout.flush()
-        os.fsync(fout.fileno())

@@ -13,19 +13,19 @@ from __future__ import annotations
 import json
 import math
 import os
-import stat
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from checkpointing.errors import MetadataError
+from checkpointing.files import read_regular_file, temp_path
 from checkpointing.naming import METADATA_SUFFIX, CheckpointName, LegacyName, parse_name
+from checkpointing.ranking import METRICS
 
 __all__ = [
-    "METRIC_FIELDS",
     "SCHEMA_VERSION",
     "SUPPORTED_SCHEMA_VERSIONS",
-    "MetadataError",
     "build_metadata",
     "decode_metadata",
     "encode_metadata",
@@ -37,12 +37,7 @@ __all__ = [
 
 SCHEMA_VERSION = "2.0"
 SUPPORTED_SCHEMA_VERSIONS = ("1.0", "2.0")
-METRIC_FIELDS = ("val_reward", "sharpe_ratio", "win_rate", "max_drawdown", "total_return")
 MAX_METADATA_BYTES = 4 * 1024 * 1024
-
-
-class MetadataError(ValueError):
-    """A metadata file that is missing, unreadable, not JSON or of an unknown schema."""
 
 
 def utc_timestamp() -> str:
@@ -87,7 +82,7 @@ def build_metadata(
         "timestamp": utc_timestamp(),
     }
     metrics = dict(metrics or {})
-    for key in METRIC_FIELDS:
+    for key in METRICS:
         doc[key] = float(metrics.pop(key, math.nan))
     doc["metrics_timesteps"] = metrics_timesteps
     doc["extra_metrics"] = metrics
@@ -125,7 +120,7 @@ def decode_metadata(raw: bytes, source: str) -> dict[str, Any]:
             f"{source}: unknown metadata schema_version {version!r} "
             f"(this version reads {', '.join(SUPPORTED_SCHEMA_VERSIONS)})"
         )
-    for key in METRIC_FIELDS:
+    for key in METRICS:
         if key in doc and doc[key] is None:
             doc[key] = math.nan
     return doc
@@ -136,22 +131,6 @@ def metadata_path_for(checkpoint: str | os.PathLike[str]) -> Path:
     p = Path(checkpoint)
     stem = p.name[:-4] if p.name.endswith(".zip") else p.name
     return p.with_name(stem + METADATA_SUFFIX)
-
-
-def read_regular_file(path: str | os.PathLike[str], limit: int) -> bytes:
-    """At most ``limit`` bytes of the regular file ``path``, never blocking and never following
-    a symlink: a FIFO, device, folder or symlink raises :class:`MetadataError`."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise MetadataError(f"{os.fspath(path)}: not a regular file")
-        chunks = []
-        while limit > 0 and (chunk := os.read(fd, min(limit, 1 << 20))):
-            chunks.append(chunk)
-            limit -= len(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
 
 
 def _read_limited(path: Path) -> bytes:
@@ -169,8 +148,6 @@ def write_checkpoint_metadata(
     Used to add metadata to old checkpoints; new checkpoints get theirs from the commit.
     """
     target = metadata_path_for(checkpoint)
-    from checkpointing.store import temp_path  # store imports this module
-
     tmp = temp_path(target)
     data = encode_metadata(metadata)
     with open(tmp, "wb") as fh:

@@ -1,8 +1,11 @@
 """The checkpoint file-name grammar: one formatter and one parser for each kind of name.
 
-v2 (ours)::
+v2 (ours), the seed note's name with the run that wrote it::
 
-    {market}_ts-{timesteps:07d}_evt-{event}_val-{val_reward:+.3f}_sharpe-{sharpe:+.2f}_seed-{seed}.zip
+    {market}_ts-{timesteps:07d}_evt-{event}_val-{val_reward:+.3f}_sharpe-{sharpe:+.2f}_seed-{seed}_run-{run_id}.zip
+
+A name without ``_run-{run_id}`` (written before runs had ids) still parses: it belongs to the
+legacy run of its market and seed (``run_id`` None).
 
 legacy v1::
 
@@ -11,18 +14,28 @@ legacy v1::
 A metric not yet measured is written ``nan``; timesteps above 9,999,999 widen the field.
 Every other file name in a checkpoint folder is foreign: :func:`parse_name` returns ``None``
 for it, and nothing in this package ever deletes it.
+
+A run id is letters and digits with ``.`` or ``-`` between them, at most 64 characters:
+:func:`new_run_id` makes one from the clock (``20261205-031644-3fa2``), :func:`run_id_for_trial`
+one from a Tune experiment and trial.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
+import secrets
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from checkpointing.errors import CheckpointNameError
 
 __all__ = [
     "BASE_EVENTS",
     "COMPANION_SUFFIXES",
+    "EVENT_KINDS",
     "LEGACY_FINAL_NAMES",
     "CheckpointName",
     "CheckpointNameError",
@@ -30,16 +43,22 @@ __all__ = [
     "base_of",
     "companion_paths_for",
     "format_checkpoint_name",
+    "new_run_id",
     "parse_checkpoint_filename",
     "parse_name",
+    "run_id_for_trial",
     "validate_boundary_name",
     "validate_event",
     "validate_market",
+    "validate_run_id",
     "validate_seed",
 ]
 
 BASE_EVENTS = ("periodic", "best", "phase_end", "interrupt")
 BOUNDARY_PREFIX = "phase_boundary_"
+# Event kinds: every phase_boundary_{name} is of kind phase_boundary.
+EVENT_KINDS = (*BASE_EVENTS, "phase_boundary")
+MAX_RUN_ID_LENGTH = 64
 MAX_SEED = 2**32 - 1
 VECNORM_SUFFIX = "_vecnormalize.pkl"
 METADATA_SUFFIX = "_metadata.json"
@@ -61,7 +80,11 @@ _EVENT = rf"(?:periodic|best|phase_end|interrupt|{BOUNDARY_PREFIX}{_BOUNDARY})"
 # A metric: signed fixed-point, or nan, or a signed infinity.
 _NUM = r"(?:[+-](?:\d+\.\d+|inf)|nan)"
 
+# Run ids share the market grammar (no "_": it separates the fields of a name).
+_RUN = _MARKET
+
 _MARKET_RE = re.compile(rf"{_MARKET}\Z", re.ASCII)
+_RUN_RE = re.compile(rf"{_RUN}\Z", re.ASCII)
 _BOUNDARY_RE = re.compile(rf"{_BOUNDARY}\Z", re.ASCII)
 _EVENT_RE = re.compile(rf"{_EVENT}\Z", re.ASCII)
 _V2_RE = re.compile(
@@ -71,16 +94,13 @@ _V2_RE = re.compile(
     rf"_val-(?P<val>{_NUM})"
     rf"_sharpe-(?P<sharpe>{_NUM})"
     r"_seed-(?P<seed>0|[1-9]\d*)"
+    rf"(?:_run-(?P<run>{_RUN}))?"
     r"\.zip\Z",
     re.ASCII,
 )
 _LEGACY_RE = re.compile(r"phase(?P<phase>[1-9]\d*)_(?P<steps>0|[1-9]\d*)_steps\.zip\Z", re.ASCII)
 _V2_MATCH = _V2_RE.match
 _new = object.__new__
-
-
-class CheckpointNameError(ValueError):
-    """A market, seed, event or file name that the grammar refuses."""
 
 
 def validate_market(market: object) -> str:
@@ -106,6 +126,49 @@ def validate_seed(seed: object) -> int:
     if not 0 <= seed <= MAX_SEED:
         raise CheckpointNameError(f"seed must be in [0, {MAX_SEED}], got {seed!r}")
     return seed
+
+
+def validate_run_id(run_id: object) -> str:
+    """Return ``run_id`` if it is a valid run id, else raise :class:`CheckpointNameError`.
+
+    Valid: ASCII letters and digits, with ``.`` or ``-`` only between them, at most 64
+    characters (``20261205-031644-3fa2``, ``NQ-ES-s42-p1-a1b2c-00001``).
+    """
+    if not isinstance(run_id, str):
+        raise CheckpointNameError(f"run id must be a string, got {run_id!r}")
+    if len(run_id) > MAX_RUN_ID_LENGTH or not _RUN_RE.match(run_id):
+        raise CheckpointNameError(
+            f"invalid run id {run_id!r}: use at most {MAX_RUN_ID_LENGTH} letters and digits, "
+            "with '.' or '-' only between them"
+        )
+    return run_id
+
+
+def new_run_id(now: float | None = None) -> str:
+    """A fresh run id from the local clock and 16 random bits: ``20261205-031644-3fa2``."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    return f"{stamp}-{secrets.token_hex(2)}"
+
+
+def run_id_for_trial(experiment: str, trial_id: str) -> str:
+    """The run id of a Tune trial: ``{experiment}-{trial_id}`` in the run-id alphabet.
+
+    Every run of characters other than letters and digits becomes one ``-``
+    (``NQ-ES_s42-7_p1`` + ``a1b2c_00001`` -> ``NQ-ES-s42-7-p1-a1b2c-00001``). A result
+    longer than 64 characters keeps the experiment's start, a digest of its whole name and the
+    trial id, so two experiments never share a run id by truncation.
+    """
+
+    def clean(text: str) -> str:
+        return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-") or "x"
+
+    exp, trial = clean(experiment), clean(trial_id)
+    run_id = f"{exp}-{trial}"
+    if len(run_id) > MAX_RUN_ID_LENGTH:
+        digest = hashlib.blake2s(experiment.encode(), digest_size=4).hexdigest()
+        keep = MAX_RUN_ID_LENGTH - len(trial) - len(digest) - 2
+        run_id = f"{exp[:keep].rstrip('.-')}-{digest}-{trial}"
+    return validate_run_id(run_id)
 
 
 def validate_boundary_name(name: object) -> str:
@@ -144,7 +207,10 @@ def _fmt(value: float, digits: int) -> str:
 
 @dataclass(frozen=True)
 class CheckpointName:
-    """The fields a v2 checkpoint name carries. ``str(name)`` is the file name."""
+    """The fields a v2 checkpoint name carries. ``str(name)`` is the file name.
+
+    ``run_id`` is None for names written before runs had ids (the legacy run of the seed).
+    """
 
     market: str
     timesteps: int
@@ -152,12 +218,15 @@ class CheckpointName:
     val_reward: float
     sharpe_ratio: float
     seed: int
+    run_id: str | None = None
 
     def __post_init__(self) -> None:
         validate_market(self.market)
         _validate_timesteps(self.timesteps)
         validate_event(self.event)
         validate_seed(self.seed)
+        if self.run_id is not None:
+            validate_run_id(self.run_id)
         for field_name in ("val_reward", "sharpe_ratio"):
             value = getattr(self, field_name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -174,13 +243,19 @@ class CheckpointName:
         return (
             f"{self.market}_ts-{self.timesteps:07d}_evt-{self.event}"
             f"_val-{_fmt(self.val_reward, 3)}_sharpe-{_fmt(self.sharpe_ratio, 2)}"
-            f"_seed-{self.seed}.zip"
+            f"_seed-{self.seed}" + ("" if self.run_id is None else f"_run-{self.run_id}") + ".zip"
         )
 
     @property
     def base(self) -> str:
         """The name without ``.zip``; companions are ``{base}_vecnormalize.pkl`` and so on."""
         return self.filename[: -len(".zip")]
+
+    @property
+    def model(self) -> str:
+        """The name without its event: the same for every event one model was saved under
+        (a ``best`` save and its ``periodic`` twin), different for any other model."""
+        return self.filename.replace(f"_evt-{self.event}_", "_", 1)
 
     @property
     def is_boundary(self) -> bool:
@@ -200,6 +275,7 @@ class CheckpointName:
             "val_reward": self.val_reward,
             "sharpe_ratio": self.sharpe_ratio,
             "seed": self.seed,
+            "run_id": self.run_id,
         }
 
     def __str__(self) -> str:
@@ -230,6 +306,7 @@ class LegacyName:
             "val_reward": nan,
             "sharpe_ratio": nan,
             "seed": None,
+            "run_id": None,
             "phase": self.phase,
             "legacy": True,
         }
@@ -245,9 +322,10 @@ def format_checkpoint_name(
     val_reward: float = math.nan,
     sharpe_ratio: float = math.nan,
     seed: int = 0,
+    run_id: str | None = None,
 ) -> str:
     """Build a v2 checkpoint file name; raises :class:`CheckpointNameError` on a bad field."""
-    return CheckpointName(market, timesteps, event, val_reward, sharpe_ratio, seed).filename
+    return CheckpointName(market, timesteps, event, val_reward, sharpe_ratio, seed, run_id).filename
 
 
 def parse_name(filename: str) -> CheckpointName | LegacyName | None:
@@ -256,7 +334,7 @@ def parse_name(filename: str) -> CheckpointName | LegacyName | None:
         return None
     m = _V2_MATCH(filename)
     if m is not None:
-        market, ts, event, val, sharpe, seed_text = m.groups()
+        market, ts, event, val, sharpe, seed_text, run_id = m.groups()
         seed = int(seed_text)
         if seed > MAX_SEED:
             return None
@@ -270,6 +348,7 @@ def parse_name(filename: str) -> CheckpointName | LegacyName | None:
         fields["val_reward"] = float(val)  # "nan", "+inf", "-0.125" all parse
         fields["sharpe_ratio"] = float(sharpe)
         fields["seed"] = seed
+        fields["run_id"] = run_id
         return name
     m = _LEGACY_RE.match(filename)
     if m is not None:

@@ -39,19 +39,16 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import Literal, Protocol
 
-from checkpointing.config import EVENT_KINDS, ConfigError
+from checkpointing.errors import CheckpointNameError, ConfigError
 from checkpointing.naming import (
     BOUNDARY_PREFIX,
+    EVENT_KINDS,
     CheckpointName,
-    CheckpointNameError,
     validate_event,
 )
 from checkpointing.store import CheckpointInfo
-
-if TYPE_CHECKING:
-    from checkpointing.config import RetentionConfig
 
 __all__ = [
     "RULES",
@@ -62,6 +59,7 @@ __all__ = [
     "PreserveEvents",
     "RankedMetric",
     "RetentionPolicy",
+    "RetentionSettings",
     "TopK",
     "build_policy",
     "parse_rules",
@@ -405,8 +403,23 @@ def parse_rules(
     return tuple(out)
 
 
+class RetentionSettings(Protocol):
+    """The settings :func:`build_policy` reads (``checkpointing.config.RetentionConfig``)."""
+
+    @property
+    def keep_last_n(self) -> int: ...
+    @property
+    def keep_top_k_by_sharpe(self) -> int: ...
+    @property
+    def keep_top_k_by_reward(self) -> int: ...
+    @property
+    def preserve_events(self) -> tuple[str, ...]: ...
+    @property
+    def rules(self) -> tuple[RetentionPolicy, ...]: ...
+
+
 def build_policy(
-    retention_cfg: RetentionConfig, extra: Iterable[RetentionPolicy] = ()
+    retention_cfg: RetentionSettings, extra: Iterable[RetentionPolicy] = ()
 ) -> AnyPolicy:
     """The default retention policy of a ``RetentionConfig``, plus ``extra`` policies.
 

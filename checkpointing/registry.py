@@ -27,54 +27,35 @@ import json
 import logging
 import math
 import os
-import re
-import stat
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from checkpointing.config import (
-    DEFAULT_CONFIG_PATH,
-    KNOWN_METRICS,
-    PHASES,
-    CheckpointConfig,
+from checkpointing.config import DEFAULT_CONFIG_PATH, CheckpointConfig, resolve_config
+from checkpointing.errors import (
+    CheckpointCorruptError,
     ConfigError,
-    load_config,
+    RegistryError,
     usage_error,
 )
-from checkpointing.metadata import METRIC_FIELDS, read_checkpoint_metadata, utc_timestamp
-from checkpointing.naming import (
-    CheckpointName,
-    CheckpointNameError,
-    LegacyName,
-    parse_name,
-    validate_market,
-)
-from checkpointing.store import (
-    CheckpointCorruptError,
-    CheckpointInfo,
-    fsync_dir,
-    list_checkpoints,
-    temp_path,
-    verify_checkpoint,
-)
+from checkpointing.files import fsync_dir, temp_path
+from checkpointing.layout import PHASES, locate_folder
+from checkpointing.metadata import read_checkpoint_metadata, utc_timestamp
+from checkpointing.naming import CheckpointName, LegacyName, parse_name, validate_market
+from checkpointing.ranking import METRICS
+from checkpointing.store import CheckpointInfo, list_checkpoints, verify_checkpoint
 
 __all__ = [
     "REGISTRY_LOCK_NAME",
     "REGISTRY_NAME",
     "REGISTRY_SCHEMA_VERSION",
-    "CheckpointFolder",
     "Registry",
     "RegistryEntry",
-    "RegistryError",
-    "checkpoint_folders",
     "find_best",
     "find_resume_checkpoint_from_registry",
-    "locate_folder",
     "main",
-    "resolve_config",
 ]
 
 log = logging.getLogger(__name__)
@@ -82,36 +63,6 @@ log = logging.getLogger(__name__)
 REGISTRY_NAME = "registry.json"
 REGISTRY_LOCK_NAME = ".registry.lock"
 REGISTRY_SCHEMA_VERSION = 1
-_MARKET_SLOT = "{market}"
-
-
-class RegistryError(ValueError):
-    """A path outside the registry root, or a bad query (phase, metric, resume spec)."""
-
-
-def resolve_config(path: str | os.PathLike[str] | None = None) -> CheckpointConfig:
-    """Load ``path``; with ``None``, ``config/checkpoint_config.yaml`` if it exists, else defaults.
-
-    Raises:
-        ConfigError: an explicit ``path`` that is missing or invalid, or an invalid default file.
-    """
-    if path is None:
-        if not DEFAULT_CONFIG_PATH.is_file():
-            return CheckpointConfig()
-        path = DEFAULT_CONFIG_PATH
-    return load_config(path)
-
-
-# --------------------------------------------------------------------------- layout
-
-
-@dataclass(frozen=True)
-class CheckpointFolder:
-    """One checkpoint folder of the layout: ``{root}/phase{N}/{market}/checkpoints``."""
-
-    phase: int
-    market: str
-    path: Path
 
 
 def _check_phase(phase: object) -> int:
@@ -119,98 +70,6 @@ def _check_phase(phase: object) -> int:
         raise RegistryError(f"phase must be one of {list(PHASES)}, got {phase!r}")
     assert isinstance(phase, int)
     return phase
-
-
-def _slot_regex(text: str) -> re.Pattern[str]:
-    """A regex for a path (part) with one ``{market}`` slot; the slot matches one path part."""
-    before, _, after = text.partition(_MARKET_SLOT)
-    return re.compile(re.escape(before) + r"(?P<market>[^/]+)" + re.escape(after))
-
-
-def _market_or_none(text: str) -> str | None:
-    try:
-        return validate_market(text)
-    except CheckpointNameError:
-        return None
-
-
-def _real_dirs(top: Path, below: Sequence[str]) -> bool:
-    """``top`` and each folder ``below`` it are directories, none a symlink (``lstat``)."""
-    paths = [top]
-    for part in below:
-        paths.append(paths[-1] / part)
-    try:
-        return all(stat.S_ISDIR(os.lstat(p).st_mode) for p in paths)
-    except OSError:
-        return False
-
-
-def checkpoint_folders(
-    config: CheckpointConfig,
-    root: str | os.PathLike[str] | None = None,
-    phases: Iterable[int] | None = None,
-    markets: Iterable[str] | None = None,
-) -> list[CheckpointFolder]:
-    """The existing checkpoint folders of ``phases`` (default all) and ``markets`` (default all
-    found on disk) under ``root`` (default ``paths.root``), in phase then market order.
-
-    Raises:
-        RegistryError: a phase that is not 1, 2 or 3.
-        CheckpointNameError: a bad market name.
-        ConfigError: a path template that cannot be moved to ``root``.
-    """
-    out: list[CheckpointFolder] = []
-    wanted = None if markets is None else [validate_market(m) for m in markets]
-    for phase in PHASES if phases is None else [_check_phase(p) for p in phases]:
-        parts = config.checkpoint_dir(phase, _MARKET_SLOT, root).parts
-        i = next(i for i, part in enumerate(parts) if _MARKET_SLOT in part)
-        parent = Path(*parts[:i]) if i else Path(".")
-        if wanted is not None:
-            for market in wanted:
-                path = config.checkpoint_dir(phase, market, root)
-                market_dir = parts[i].replace(_MARKET_SLOT, market)
-                if _real_dirs(parent / market_dir, parts[i + 1 :]):
-                    out.append(CheckpointFolder(phase, market, path))
-            continue
-        pattern = _slot_regex(parts[i])
-        try:
-            names = sorted(e.name for e in os.scandir(parent) if e.is_dir(follow_symlinks=False))
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        for name in names:
-            m = pattern.fullmatch(name)
-            found = _market_or_none(m["market"]) if m else None
-            path = Path(parent, name, *parts[i + 1 :])
-            if found is not None and _real_dirs(Path(parent, name), parts[i + 1 :]):
-                out.append(CheckpointFolder(phase, found, path))
-    return out
-
-
-def _relative_templates(config: CheckpointConfig) -> list[tuple[int, re.Pattern[str], int]]:
-    """Per phase: a regex over a folder's path relative to the root, and its number of parts."""
-    out = []
-    for phase in PHASES:
-        rel = config.checkpoint_dir(phase, _MARKET_SLOT, root=".")
-        out.append((phase, _slot_regex(rel.as_posix()), len(rel.parts)))
-    return out
-
-
-def locate_folder(
-    folder: str | os.PathLike[str], config: CheckpointConfig | None = None
-) -> tuple[Path, int, str] | None:
-    """``(root, phase, market)`` of a checkpoint folder of the layout, or ``None``.
-
-    ``models/phase1/NQ/checkpoints`` -> ``(Path("models"), 1, "NQ")`` with the default paths.
-    """
-    parts = Path(os.path.abspath(folder)).parts
-    for phase, pattern, depth in _relative_templates(config or CheckpointConfig()):
-        if len(parts) <= depth:
-            continue
-        m = pattern.fullmatch("/".join(parts[-depth:]))
-        market = _market_or_none(m["market"]) if m else None
-        if market is not None:
-            return Path(*parts[:-depth]), phase, market
-    return None
 
 
 # --------------------------------------------------------------------------- entries
@@ -294,7 +153,7 @@ class RegistryEntry:
             timesteps=int(doc["timesteps"]),
             event=str(doc["event"]),
             legacy=bool(doc.get("legacy", False)),
-            metrics={k: _finite(metrics.get(k)) for k in METRIC_FIELDS},
+            metrics={k: _finite(metrics.get(k)) for k in METRICS},
             metrics_timesteps=_int_or_none(doc.get("metrics_timesteps")),
             timestamp=doc.get("timestamp"),
             files={k: dict(v) for k, v in files.items() if isinstance(v, Mapping)},
@@ -321,7 +180,7 @@ def _build_entry(
         phase = phase if phase is not None else name.phase
     if phase is None:
         phase = _int_or_none(meta.get("phase"))
-    metrics = {k: _finite(meta.get(k, from_name.get(k))) for k in METRIC_FIELDS}
+    metrics = {k: _finite(meta.get(k, from_name.get(k))) for k in METRICS}
     files: dict[str, dict[str, Any]] = {}
     raw_files = meta.get("files")
     if isinstance(raw_files, Mapping):
@@ -356,8 +215,8 @@ def _rank(entries: Iterable[RegistryEntry], metric: str, seed: int | None) -> li
 
 
 def _check_metric(metric: object) -> str:
-    if metric not in KNOWN_METRICS:
-        raise RegistryError(f"metric must be one of {list(KNOWN_METRICS)}, got {metric!r}")
+    if metric not in METRICS:
+        raise RegistryError(f"metric must be one of {list(METRICS)}, got {metric!r}")
     assert isinstance(metric, str)
     return metric
 
@@ -384,7 +243,7 @@ class Registry:
     ) -> None:
         self.root = Path(root)
         self.config = config if config is not None else CheckpointConfig()
-        self._layout = _relative_templates(self.config)
+        self.layout = self.config.layout(self.root)
 
     def __repr__(self) -> str:
         return f"Registry({os.fspath(self.root)!r})"
@@ -421,15 +280,8 @@ class Registry:
                 continue
         raise RegistryError(f"{os.fspath(path)!r} is not under the registry root {self.root!r}")
 
-    def _where(self, rel_folder: str) -> tuple[int | None, str | None]:
-        for phase, pattern, _ in self._layout:
-            m = pattern.fullmatch(rel_folder)
-            if m is not None:
-                return phase, _market_or_none(m["market"])
-        return None, None
-
     def _scan_entry(self, info: CheckpointInfo, rel_folder: str) -> RegistryEntry:
-        phase, market = self._where(rel_folder)
+        phase, market = self.layout.where(rel_folder)
         return _build_entry(
             f"{rel_folder}/{info.path.name}" if rel_folder else info.path.name,
             info.name,
@@ -483,7 +335,7 @@ class Registry:
 
     def _scan_all(self) -> dict[str, RegistryEntry]:
         entries: dict[str, RegistryEntry] = {}
-        for folder in checkpoint_folders(self.config, self.root):
+        for folder in self.layout.folders():
             rel_folder = self.relative(folder.path)
             for info in list_checkpoints(folder.path):
                 entry = self._scan_entry(info, rel_folder)
@@ -518,7 +370,7 @@ class Registry:
             parsed = parse_name(zip_path.name)
             if parsed is None:
                 raise RegistryError(f"not a checkpoint name: {zip_path.name!r}")
-            phase, market = self._where(rel.rsplit("/", 1)[0] if "/" in rel else "")
+            phase, market = self.layout.where(rel.rsplit("/", 1)[0] if "/" in rel else "")
             if phase is None:
                 raise RegistryError(
                     f"{os.fspath(zip_path.parent)!r} is not a checkpoint folder of the layout "
@@ -584,10 +436,8 @@ class Registry:
         for rel, entry in (stored or {}).items():
             by_folder.setdefault(entry.folder, {})[rel] = entry
         out: list[RegistryEntry] = []
-        folders = checkpoint_folders(
-            self.config,
-            self.root,
-            None if phase is None else [phase],
+        folders = self.layout.folders(
+            None if phase is None else [_check_phase(phase)],
             None if market is None else [market],
         )
         for folder in folders:
@@ -642,10 +492,10 @@ def find_best(
 
 def _parse_resume_spec(spec: str) -> str:
     kind, _, metric = spec.partition(":")
-    if kind != "best" or (metric and metric not in KNOWN_METRICS):
+    if kind != "best" or (metric and metric not in METRICS):
         raise RegistryError(
             f"resume spec must be 'best' or 'best:<metric>' with a metric of "
-            f"{list(KNOWN_METRICS)}, got {spec!r}"
+            f"{list(METRICS)}, got {spec!r}"
         )
     return metric or "val_reward"
 
@@ -669,7 +519,7 @@ def find_resume_checkpoint_from_registry(
         RegistryError: a bad spec.
     """
     metric = _parse_resume_spec(spec)
-    located = locate_folder(folder, config)
+    located = locate_folder(folder, (config or CheckpointConfig()).paths)
     if located is not None:
         root, phase, market = located
         ranked = Registry(root, config).rank(phase, market, metric, seed)

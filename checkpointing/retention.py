@@ -38,19 +38,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from checkpointing.config import PHASES, CheckpointConfig, ConfigError, RetentionConfig, usage_error
-from checkpointing.naming import CheckpointNameError, validate_market
+from checkpointing.cleanup import SweepReport, delete_checkpoints, sweep
+from checkpointing.config import CheckpointConfig, RetentionConfig, resolve_config
+from checkpointing.errors import CheckpointNameError, ConfigError, usage_error
+from checkpointing.layout import PHASES
+from checkpointing.naming import validate_market
 from checkpointing.policies import AnyPolicy, RetentionPolicy, build_policy
-from checkpointing.registry import Registry, checkpoint_folders, resolve_config
-from checkpointing.store import (
-    LOCK_NAME,
-    CheckpointInfo,
-    SweepReport,
-    delete_checkpoints,
-    folder_lock,
-    list_checkpoints,
-    sweep,
-)
+from checkpointing.registry import Registry
+from checkpointing.store import LOCK_NAME, CheckpointInfo, folder_lock, list_checkpoints
 from checkpointing.summary import CheckpointRetentionManager, checkpoint_bytes, human_bytes
 
 __all__ = [
@@ -362,7 +357,7 @@ def prune_tree(
     """:func:`prune_folder` on every existing checkpoint folder of ``phases`` x ``markets``
     (default: all found) under the models ``root``; the driver's end-of-experiment pass."""
     reports = []
-    for folder in checkpoint_folders(config, root, phases, markets):
+    for folder in config.layout(root).folders(phases, markets):
         report = prune_folder(
             folder.path,
             config.retention,
@@ -468,7 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             if not root.is_dir():
                 return usage_error(f"models root {os.fspath(root)!r} does not exist (check --root)")
-            targets = [(f.path, f.market) for f in checkpoint_folders(config, root, [args.phase])]
+            targets = [(f.path, f.market) for f in config.layout(root).folders([args.phase])]
     except (CheckpointNameError, ConfigError) as exc:
         return usage_error(str(exc))
 

@@ -9,35 +9,33 @@ A checkpoint exists if and only if its ``.zip`` exists. A commit:
 
 A crash leaves either the previous state or a complete new checkpoint, plus at most some
 temporaries or companions without a zip; :func:`sweep` removes those. Nothing here ever
-unpickles a file: verification compares sizes and sha256 digests with the metadata.
+unpickles a file: verification compares sizes and sha256 digests with the metadata. Deleting
+checkpoints and sweeping leftovers is :mod:`checkpointing.cleanup`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import hashlib
 import logging
 import operator
 import os
-import re
-import secrets
-import socket
 import stat
-import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from checkpointing.metadata import (
-    MetadataError,
-    decode_metadata,
-    encode_metadata,
-    metadata_path_for,
+from checkpointing.errors import CheckpointCorruptError, MetadataError
+from checkpointing.files import (
+    file_digest,
+    fsync_dir,
     read_regular_file,
+    temp_path,
+    unlink_quietly,
+    write_durable,
 )
+from checkpointing.metadata import decode_metadata, encode_metadata, metadata_path_for
 from checkpointing.naming import (
     METADATA_SUFFIX,
     VECNORM_SUFFIX,
@@ -48,44 +46,18 @@ from checkpointing.naming import (
 
 __all__ = [
     "LOCK_NAME",
-    "CheckpointCorruptError",
     "CheckpointInfo",
-    "SweepReport",
     "commit_files",
-    "delete_checkpoint",
-    "delete_checkpoints",
-    "file_digest",
     "folder_lock",
-    "fsync_dir",
     "list_checkpoints",
-    "parse_temp_name",
-    "pid_alive",
-    "sweep",
-    "temp_name",
-    "temp_path",
     "verify_checkpoint",
 ]
 
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".checkpoint.lock"
-_TMP_RE = re.compile(
-    r"\A\.(?P<target>.+)\.(?P<host>[A-Za-z0-9-]{1,32})-(?P<pid>\d+)\.(?P<token>[0-9a-f]{8})\.tmp\Z"
-)
-_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:32] or "host"
-_CHUNK = 1024 * 1024
 _new = object.__new__
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _BY_TIMESTEPS_THEN_NAME = operator.itemgetter(0, 1)
-
-
-class CheckpointCorruptError(Exception):
-    """A checkpoint whose files do not match its metadata; the message names the file."""
-
-    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
-        self.path = Path(path)
-        self.reason = reason
-        super().__init__(f"{os.fspath(path)}: {reason}")
 
 
 class CheckpointInfo:
@@ -222,76 +194,7 @@ class CheckpointInfo:
         )
 
 
-@dataclass
-class SweepReport:
-    """What :func:`sweep` removed (or would remove, in a dry run)."""
-
-    temporaries: list[Path] = field(default_factory=list)
-    orphans: list[Path] = field(default_factory=list)
-
-    @property
-    def count(self) -> int:
-        return len(self.temporaries) + len(self.orphans)
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def temp_name(
-    target: str, *, pid: int | None = None, host: str | None = None, token: str | None = None
-) -> str:
-    """``.{target}.{host}-{pid}.{token}.tmp``: a hidden temporary that names its owner."""
-    pid = os.getpid() if pid is None else pid
-    token = secrets.token_hex(4) if token is None else token
-    return f".{target}.{host or _HOST}-{pid}.{token}.tmp"
-
-
-def parse_temp_name(name: str) -> tuple[str, str, int] | None:
-    """(target, host, pid) of a temporary's file name, else None."""
-    m = _TMP_RE.match(name)
-    return None if m is None else (m["target"], m["host"], int(m["pid"]))
-
-
-def temp_path(target: Path) -> Path:
-    """A hidden temporary beside ``target`` (see :func:`temp_name`)."""
-    return target.with_name(temp_name(target.name))
-
-
-def fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def file_digest(path: str | os.PathLike[str]) -> tuple[int, str]:
-    """(size, sha256 hex) of a file, read in chunks."""
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            h.update(chunk)
-            size += len(chunk)
-    return size, h.hexdigest()
-
-
-def write_durable(path: Path, data: bytes) -> None:
-    """Write ``data`` to a new file at ``path`` and fsync it."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _unlink_quietly(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
+# --------------------------------------------------------------------------- lock
 
 
 @contextlib.contextmanager
@@ -367,7 +270,7 @@ def commit_files(
                     log.warning("after committing %s: %s", final_zip.name, exc)
     except BaseException:
         for tmp in temporaries:
-            _unlink_quietly(tmp)
+            unlink_quietly(tmp)
         raise
     return final_zip, metadata
 
@@ -462,182 +365,3 @@ def verify_checkpoint(checkpoint: str | os.PathLike[str]) -> dict[str, Any]:
         pkl = zip_path.with_name(zip_path.name[: -len(".zip")] + VECNORM_SUFFIX)
         _check_file(pkl, files["vecnormalize"], "VecNormalize pkl")
     return meta
-
-
-# --------------------------------------------------------------------------- deletion
-
-
-def _remove_checkpoint_files(dir_fd: int, zip_name: str) -> tuple[list[str], int]:
-    """Unlink ``zip_name`` and then its companions in the folder open as ``dir_fd``.
-
-    Only regular files are removed: each name is ``lstat``-ed first (never followed), so a
-    symlink (even one out of the models root) or a folder named like a checkpoint file stays.
-    Returns the names removed and the bytes they held (from that same ``lstat``).
-    """
-    base = zip_name[: -len(".zip")]
-    removed: list[str] = []
-    freed = 0
-    for filename in (zip_name, base + VECNORM_SUFFIX, base + METADATA_SUFFIX):
-        try:
-            st = os.stat(filename, dir_fd=dir_fd, follow_symlinks=False)
-            if not stat.S_ISREG(st.st_mode):
-                continue
-            os.unlink(filename, dir_fd=dir_fd)
-        except (FileNotFoundError, IsADirectoryError):
-            continue
-        removed.append(filename)
-        freed += st.st_size
-    return removed, freed
-
-
-def _refuse_unless_zip(info: CheckpointInfo) -> None:
-    # An info made by hand could name anything; ours are "{base}.zip" (cheap check, no parse).
-    if not info.filename.endswith(".zip") or info.filename == ".zip":
-        raise ValueError(f"refusing to delete {os.fspath(info.path)!r}: not a checkpoint name")
-
-
-def delete_checkpoint(info: CheckpointInfo | str | os.PathLike[str]) -> list[Path]:
-    """Delete a checkpoint: the zip first (it stops existing), then its companions.
-
-    Returns the paths removed. Call it under :func:`folder_lock`. Only regular files are
-    removed: a symlink or folder named like the zip or a companion stays.
-    """
-    if isinstance(info, CheckpointInfo):
-        _refuse_unless_zip(info)
-        dirname, zip_name = info.dirname, info.filename
-    else:
-        dirname, zip_name = os.path.split(os.fspath(info))
-        if not zip_name.endswith(".zip") or parse_name(zip_name) is None:
-            raise ValueError(f"refusing to delete {os.fspath(info)!r}: not a checkpoint name")
-    try:
-        dir_fd = os.open(dirname or os.curdir, _DIR_FLAGS)
-    except FileNotFoundError:
-        return []
-    try:
-        removed, _ = _remove_checkpoint_files(dir_fd, zip_name)
-    finally:
-        os.close(dir_fd)
-    return [Path(os.path.join(dirname, name)) for name in removed]
-
-
-def delete_checkpoints(infos: Sequence[CheckpointInfo]) -> list[int | OSError]:
-    """Delete many checkpoints, each as :func:`delete_checkpoint` does; the bulk path.
-
-    Call it under :func:`folder_lock`. For each info, in order: the bytes its deletion freed
-    (the zip plus the companions removed), or the ``OSError`` that stopped it (the others are
-    still deleted). Each folder is opened once and files are removed by name relative to it,
-    so 10,000 checkpoints cost 30,000 ``lstat`` + ``unlink`` calls and no path building.
-
-    Raises:
-        ValueError: an info whose file name is not a ``.zip`` (nothing is deleted then).
-    """
-    for info in infos:
-        _refuse_unless_zip(info)
-    results: list[int | OSError] = []
-    fds: dict[str, int | OSError] = {}
-    try:
-        for info in infos:
-            dirname = info.dirname
-            fd = fds.get(dirname)
-            if fd is None:
-                try:
-                    fd = os.open(dirname or os.curdir, _DIR_FLAGS)
-                except FileNotFoundError:
-                    fd = -1  # nothing left to delete there
-                except OSError as exc:
-                    fd = exc
-                fds[dirname] = fd
-            if isinstance(fd, OSError):
-                results.append(fd)
-            elif fd < 0:
-                results.append(0)
-            else:
-                try:
-                    results.append(_remove_checkpoint_files(fd, info.filename)[1])
-                except OSError as exc:
-                    results.append(exc)
-    finally:
-        for fd in fds.values():
-            if isinstance(fd, int) and fd >= 0:
-                os.close(fd)
-    return results
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid runs on this host (ours counts as alive)."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def sweep(
-    folder: str | os.PathLike[str],
-    *,
-    grace_seconds: float = 3600.0,
-    dry_run: bool = False,
-    now: float | None = None,
-) -> SweepReport:
-    """Remove leftovers of interrupted commits; call it under :func:`folder_lock`.
-
-    - temporaries (``.X.{host}-{pid}.{token}.tmp``) whose writer process on this host is
-      gone, or older than ``grace_seconds`` (the only test for other hosts' temporaries, as
-      on storage shared between nodes);
-    - companions (``{base}_vecnormalize.pkl`` / ``{base}_metadata.json`` of a v2 name) whose
-      zip does not exist. Under the lock no commit is half-way, so these are orphans.
-
-    Foreign files, symlinks and folders are never touched.
-    """
-    report = SweepReport()
-    now = time.time() if now is None else now
-    try:
-        with os.scandir(folder) as it:
-            entries = list(it)
-    except FileNotFoundError:
-        return report
-    names = {e.name for e in entries}
-    for entry in entries:
-        # Cheap name checks first: a folder of 10,000 checkpoints has 30,000 entries, most of
-        # them zips and companions of live checkpoints.
-        name = entry.name
-        m = _TMP_RE.match(name) if name.startswith(".") else None
-        if m is None:
-            if name.endswith(VECNORM_SUFFIX):
-                zip_name = name[: -len(VECNORM_SUFFIX)] + ".zip"
-            elif name.endswith(METADATA_SUFFIX):
-                zip_name = name[: -len(METADATA_SUFFIX)] + ".zip"
-            else:
-                continue
-            if zip_name in names or not isinstance(parse_name(zip_name), CheckpointName):
-                continue
-        try:
-            st = entry.stat(follow_symlinks=False)
-        except FileNotFoundError:
-            continue
-        if not stat.S_ISREG(st.st_mode):
-            continue
-        if m is None:
-            report.orphans.append(Path(entry.path))
-        else:
-            owner_gone = m["host"] == _HOST and not pid_alive(int(m["pid"]))
-            if owner_gone or now - st.st_mtime > grace_seconds:
-                report.temporaries.append(Path(entry.path))
-    if not dry_run:
-        for path in [*report.temporaries, *report.orphans]:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                if exc.errno != errno.ENOENT:
-                    log.warning("could not remove leftover %s: %s", path, exc)
-    for path in report.temporaries:
-        log.info("swept temporary %s", path)
-    for path in report.orphans:
-        log.info("swept orphan companion %s", path)
-    return report

@@ -25,10 +25,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from checkpointing.config import PHASES, CheckpointConfig, ConfigError, usage_error
-from checkpointing.naming import COMPANION_SUFFIXES, CheckpointName, CheckpointNameError
+from checkpointing.config import CheckpointConfig, resolve_config
+from checkpointing.errors import CheckpointNameError, ConfigError, usage_error
+from checkpointing.layout import PHASES
+from checkpointing.naming import COMPANION_SUFFIXES, CheckpointName
 from checkpointing.policies import RankedMetric, TopK
-from checkpointing.registry import checkpoint_folders, resolve_config
 from checkpointing.store import CheckpointInfo, list_checkpoints
 
 __all__ = [
@@ -157,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         root = config.models_root(args.root)
         phases = None if args.phase is None else [args.phase]
         markets = None if args.market is None else [args.market]
-        folders = checkpoint_folders(config, root, phases, markets)
+        folders = config.layout(root).folders(phases, markets)
         if args.market is not None and args.phase is not None and not folders:
             missing = config.checkpoint_dir(args.phase, args.market, args.root)
             return usage_error(f"checkpoint folder {os.fspath(missing)!r} does not exist")

@@ -30,14 +30,8 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 import yaml
 
 from checkpointing.config import KNOWN_LLM_FIELDS
-from tuner.markets import (
-    ConfigError,
-    check_keys,
-    get_float,
-    get_int,
-    get_str,
-    require_mapping,
-)
+from checkpointing.errors import ConfigError
+from tuner.markets import check_keys, get_float, get_int, get_str, require_mapping
 
 if TYPE_CHECKING:  # numpy only in annotations: validating the advisor config stays light
     import numpy as np

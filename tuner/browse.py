@@ -41,16 +41,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from checkpointing.config import (
-    KNOWN_METRICS,
-    CheckpointConfig,
-    ConfigError,
-    load_config,
-    usage_error,
-)
-from checkpointing.naming import CheckpointNameError, parse_name, validate_market
-from checkpointing.registry import Registry, RegistryEntry, resolve_config
-from checkpointing.store import pid_alive
+from checkpointing.cleanup import pid_alive
+from checkpointing.config import CheckpointConfig, load_config, resolve_config
+from checkpointing.errors import CheckpointNameError, ConfigError, usage_error
+from checkpointing.naming import parse_name, validate_market
+from checkpointing.ranking import METRICS
+from checkpointing.registry import Registry, RegistryEntry
 
 __all__ = [
     "STATUSES",
@@ -268,8 +264,8 @@ def _read_results(path: Path) -> _Results:
         if out.first is None:
             out.first = row
         out.last = row
-        if any(isinstance(row.get(m), (int, float)) for m in KNOWN_METRICS):
-            out.metrics = {m: _finite(row.get(m)) for m in KNOWN_METRICS}
+        if any(isinstance(row.get(m), (int, float)) for m in METRICS):
+            out.metrics = {m: _finite(row.get(m)) for m in METRICS}
         phase, steps = _int(row.get("phase")), _int(row.get("timesteps"))
         if phase is not None:
             out.phase = phase
@@ -711,8 +707,8 @@ def best_checkpoints(
         BrowseError: an unknown metric, ``top`` below 1, a bad market name or a market the
             experiment does not have, a ``models_root`` that does not exist.
     """
-    if metric not in KNOWN_METRICS:
-        raise BrowseError(f"--metric must be one of {list(KNOWN_METRICS)}, got {metric!r}")
+    if metric not in METRICS:
+        raise BrowseError(f"--metric must be one of {list(METRICS)}, got {metric!r}")
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise BrowseError(f"--top must be an integer >= 1, got {top!r}")
     override = None
@@ -875,7 +871,7 @@ def format_listing(storage: Path, experiments: Sequence[Experiment]) -> str:
 _BEST_HEADERS = [
     "market",
     "#",
-    *(_SHORT[m] for m in KNOWN_METRICS),
+    *(_SHORT[m] for m in METRICS),
     *("seed", "trial", "phase", "steps", "event", "path"),
 ]
 
@@ -904,13 +900,13 @@ def format_view(view: ExperimentView) -> str:
                 t.status,
                 "-" if t.phase is None else str(t.phase),
                 "-" if t.timesteps is None else f"{t.timesteps:,}",
-                *(_num(t.metrics.get(m), _SPECS[m]) if t.metrics else "-" for m in KNOWN_METRICS),
+                *(_num(t.metrics.get(m), _SPECS[m]) if t.metrics else "-" for m in METRICS),
                 t.trial_id,
                 last,
             ]
         )
     headers = ["market", "seed", "status", "phase", "steps"]
-    headers += [_SHORT[m] for m in KNOWN_METRICS] + ["trial", "last checkpoint"]
+    headers += [_SHORT[m] for m in METRICS] + ["trial", "last checkpoint"]
     lines += _table(headers, trial_rows, right=set(range(1, 10)) - {2})
     lines += [
         "",
@@ -928,7 +924,7 @@ def format_view(view: ExperimentView) -> str:
                 [
                     market,
                     str(b.rank),
-                    *(_num(e.metric(m), _SPECS[m]) for m in KNOWN_METRICS),
+                    *(_num(e.metric(m), _SPECS[m]) for m in METRICS),
                     "?" if e.seed is None else str(e.seed),
                     b.trial_id,
                     "?" if e.phase is None else str(e.phase),
@@ -974,8 +970,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--metric",
         default="sharpe_ratio",
-        help=f"rank by this metric, higher is better: {', '.join(KNOWN_METRICS)} "
-        "(default sharpe_ratio)",
+        help=f"rank by this metric, higher is better: {', '.join(METRICS)} (default sharpe_ratio)",
     )
     p.add_argument("--market", help="only this market, e.g. NQ")
     p.add_argument("--top", type=int, default=5, help="best checkpoints per market (default 5)")
@@ -984,8 +979,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> None:
-    if args.metric not in KNOWN_METRICS:
-        raise BrowseError(f"--metric must be one of {list(KNOWN_METRICS)}, got {args.metric!r}")
+    if args.metric not in METRICS:
+        raise BrowseError(f"--metric must be one of {list(METRICS)}, got {args.metric!r}")
     if args.top < 1:
         raise BrowseError(f"--top must be >= 1, got {args.top!r}")
     if args.market is not None:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from checkpointing.config import ConfigError
+from checkpointing.errors import ConfigError
 from tuner.trainable import POINTER_FILE
 
 __all__ = ["STATE_GLOB", "TUNER_FILE", "check_resumable"]

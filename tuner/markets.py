@@ -33,8 +33,8 @@ from typing import Any
 
 import yaml
 
-from checkpointing.config import ConfigError
-from checkpointing.naming import CheckpointNameError, validate_market
+from checkpointing.errors import CheckpointNameError, ConfigError
+from checkpointing.naming import validate_market
 
 __all__ = [
     "ConfigError",

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from checkpointing.config import ConfigError, usage_error
-from checkpointing.naming import CheckpointNameError, validate_market, validate_seed
+from checkpointing.errors import CheckpointNameError, ConfigError, usage_error
+from checkpointing.naming import validate_market, validate_seed
 
 __all__ = ["RunOptions", "build_parser", "main", "parse_options"]
 

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from checkpointing.config import CheckpointConfig, ConfigError, load_config, read_yaml
+from checkpointing.config import CheckpointConfig, load_config
+from checkpointing.errors import ConfigError
+from checkpointing.validation import read_yaml
 from tuner.advisor import AdvisorConfig, parse_advisor_config
 from tuner.env_config import EnvConfig
 from tuner.markets import (

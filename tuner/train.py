@@ -25,8 +25,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from checkpointing.config import CheckpointConfig, ConfigError, usage_error
-from checkpointing.naming import CheckpointNameError, validate_market, validate_seed
+from checkpointing.config import CheckpointConfig
+from checkpointing.errors import CheckpointNameError, ConfigError, usage_error
+from checkpointing.naming import validate_market, validate_seed
 
 if TYPE_CHECKING:
     from stable_baselines3 import PPO

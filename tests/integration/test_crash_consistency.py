@@ -22,7 +22,8 @@ from checkpointing import (
     parse_checkpoint_filename,
     verify_checkpoint,
 )
-from checkpointing.store import folder_lock, sweep
+from checkpointing.cleanup import sweep
+from checkpointing.store import folder_lock
 from tests.integration.train_script import (
     COMMIT_STAGE_LEFTOVERS,
     COMMIT_STAGES,

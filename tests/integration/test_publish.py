@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from checkpointing import verify_checkpoint
-from checkpointing.store import CheckpointCorruptError, temp_name
+from checkpointing.errors import CheckpointCorruptError
+from checkpointing.files import temp_name
 from tests.integration.train_script import make_manager, make_model, make_train_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]

@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from checkpointing.store import parse_temp_name
+from checkpointing.files import parse_temp_name
 
 if TYPE_CHECKING:
     from checkpointing.config import CheckpointConfig

@@ -27,12 +27,12 @@ from pathlib import Path
 import pytest
 
 from checkpointing import (
-    CheckpointCorruptError,
     find_resume_checkpoint,
     list_checkpoints,
     load_checkpoint,
     verify_checkpoint,
 )
+from checkpointing.errors import CheckpointCorruptError
 from tests.reliability.conftest import FaultLog
 from tests.reliability.helpers import (
     CHECKPOINTS,

@@ -36,9 +36,10 @@ from checkpointing import (
     load_config,
     verify_checkpoint,
 )
+from checkpointing.files import parse_temp_name
 from checkpointing.naming import parse_name
 from checkpointing.retention import prune_folder
-from checkpointing.store import CheckpointInfo, parse_temp_name
+from checkpointing.store import CheckpointInfo
 from tests.integration.train_script import (
     COMMIT_STAGE_LEFTOVERS,
     MARKET,

@@ -30,8 +30,9 @@ from typing import Any
 import pytest
 
 from checkpointing import list_checkpoints, load_config, verify_checkpoint
+from checkpointing.files import parse_temp_name
 from checkpointing.naming import parse_name
-from checkpointing.store import CheckpointInfo, parse_temp_name
+from checkpointing.store import CheckpointInfo
 from tests.integration.train_script import (
     SKIP_WARNING,
     base_of,

@@ -32,13 +32,13 @@ from typing import Any
 import pytest
 
 from checkpointing import (
-    CheckpointCorruptError,
     CheckpointRetentionManager,
     find_resume_checkpoint,
     list_checkpoints,
     load_checkpoint,
     parse_checkpoint_filename,
 )
+from checkpointing.errors import CheckpointCorruptError
 from checkpointing.registry import find_resume_checkpoint_from_registry
 from tests.reliability.conftest import FaultLog
 from tests.reliability.helpers import (

@@ -23,7 +23,8 @@ from typing import Any
 
 import pytest
 
-from checkpointing import CheckpointNameError, DynamicCheckpointManager
+from checkpointing import DynamicCheckpointManager
+from checkpointing.errors import CheckpointNameError
 from tests.reliability.conftest import FaultLog
 from tests.reliability.helpers import call_main, run_clis, snapshot_tree, tree_changes
 from tests.tiny_config import tiny_config_dir

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
+from checkpointing.errors import ConfigError
 from tests.unit.data.handmade import make_data
 from tuner.advisor import (
     ADVISOR_METADATA_FIELDS,
@@ -33,7 +34,6 @@ from tuner.advisor import (
 )
 from tuner.env import EnvConfig, FuturesTradingEnv
 from tuner.features import FEATURE_NAMES
-from tuner.markets import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 LLM_CONFIG = ROOT / "config" / "llm_config.yaml"

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from checkpointing.config import ConfigError, load_config
+from checkpointing.config import load_config
+from checkpointing.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -92,11 +93,11 @@ BAD = [
     ),
     (
         "checkpointing:\n  phase2:\n    max_interval_multiplier: 0.5\n",
-        "checkpointing.phase2.max_interval_multiplier must be >= 1.0, got 0.5",
+        "checkpointing.phase2.max_interval_multiplier must be >= 1, got 0.5",
     ),
     (
         "checkpointing:\n  events:\n    metric_improvement_threshold: -0.1\n",
-        "checkpointing.events.metric_improvement_threshold must be >= 0.0, got -0.1",
+        "checkpointing.events.metric_improvement_threshold must be >= 0, got -0.1",
     ),
     (
         "checkpointing:\n  events:\n    monitored_metrics: [val_reward, sharpe]\n",
@@ -108,7 +109,7 @@ BAD = [
     ),
     (
         "checkpointing:\n  performance:\n    min_disk_space_gb: -5\n",
-        "checkpointing.performance.min_disk_space_gb must be >= 0.0, got -5.0",
+        "checkpointing.performance.min_disk_space_gb must be >= 0, got -5.0",
     ),
     (
         "checkpointing:\n  performance:\n    atomic_saves: false\n",
@@ -134,7 +135,7 @@ BAD = [
     ),
     (
         "checkpointing:\n  performance:\n    compress_below_free_gb: -1\n",
-        "checkpointing.performance.compress_below_free_gb must be >= 0.0, got -1.0",
+        "checkpointing.performance.compress_below_free_gb must be >= 0, got -1.0",
     ),
     (
         "checkpointing:\n  paths:\n    phase1: ./models/phase1/checkpoints/\n",
@@ -155,7 +156,7 @@ BAD = [
     ),
     (
         "checkpointing:\n  phase1:\n    boundaries: [{name: a, at_progress: 1.5}]\n",
-        "checkpointing.phase1.boundaries[0].at_progress must be <= 1.0, got 1.5",
+        "checkpointing.phase1.boundaries[0].at_progress must be > 0 and <= 1, got 1.5",
     ),
     (
         "checkpointing:\n  retention: [1, 2]\n",

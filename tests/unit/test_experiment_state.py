@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from checkpointing.config import ConfigError
+from checkpointing.errors import ConfigError
 from tuner.experiment_state import check_resumable
 
 RUNNING = "train_trial_0_market=NQ,seed=1_2026"

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from checkpointing.errors import CheckpointNameError
 from checkpointing.naming import (
     CheckpointName,
-    CheckpointNameError,
     LegacyName,
     format_checkpoint_name,
     parse_checkpoint_filename,
@@ -70,6 +70,7 @@ def test_seed_note_examples_parse() -> None:
         "val_reward": 0.112,
         "sharpe_ratio": 1.45,
         "seed": 42,
+        "run_id": None,
     }
     rty = parse_name("RTY_ts-0123456_evt-interrupt_val-+0.089_sharpe-+0.78_seed-42.zip")
     assert isinstance(rty, CheckpointName) and rty.event == "interrupt"

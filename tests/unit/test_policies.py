@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from checkpointing.config import ConfigError, RetentionConfig
+from checkpointing.config import RetentionConfig
+from checkpointing.errors import ConfigError
 from checkpointing.naming import format_checkpoint_name, parse_name
 from checkpointing.policies import (
     AnyPolicy,

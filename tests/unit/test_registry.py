@@ -11,21 +11,21 @@ from pathlib import Path
 
 import pytest
 
+from checkpointing.cleanup import delete_checkpoint
 from checkpointing.config import CheckpointConfig, RetentionConfig
+from checkpointing.errors import CheckpointNameError, RegistryError
+from checkpointing.layout import locate_folder
 from checkpointing.loading import find_resume_checkpoint
 from checkpointing.metadata import build_metadata
-from checkpointing.naming import CheckpointName, CheckpointNameError
+from checkpointing.naming import CheckpointName
 from checkpointing.policies import TopK
 from checkpointing.registry import (
     Registry,
-    RegistryError,
-    checkpoint_folders,
     find_best,
     find_resume_checkpoint_from_registry,
-    locate_folder,
 )
 from checkpointing.retention import prune_folder
-from checkpointing.store import commit_files, delete_checkpoint, list_checkpoints
+from checkpointing.store import commit_files, list_checkpoints
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONFIG = CheckpointConfig()
@@ -291,12 +291,12 @@ def test_forget_without_a_registry_creates_none(tmp_path: Path) -> None:
 def test_layout_helpers(root: Path) -> None:
     (root / "phase1" / "bad_name").mkdir()
     (root / "phase1" / "YM").mkdir()  # no checkpoints/ below: not a folder of the layout
-    assert [(f.phase, f.market) for f in checkpoint_folders(CONFIG, root)] == [
+    assert [(f.phase, f.market) for f in CONFIG.layout(root).folders()] == [
         (1, "ES"),
         (1, "NQ"),
         (2, "NQ"),
     ]
-    assert [f.market for f in checkpoint_folders(CONFIG, root, [1], ["NQ", "YM"])] == ["NQ"]
+    assert [f.market for f in CONFIG.layout(root).folders([1], ["NQ", "YM"])] == ["NQ"]
     assert locate_folder(CONFIG.checkpoint_dir(3, "6E", root)) == (root, 3, "6E")
     assert locate_folder(root / "phase1") is None
 

@@ -15,12 +15,13 @@ from pathlib import Path
 import pytest
 
 from checkpointing.config import CheckpointConfig, RetentionConfig
+from checkpointing.files import temp_name
 from checkpointing.metadata import build_metadata
 from checkpointing.naming import CheckpointName
 from checkpointing.policies import LatestPeriodic, build_policy
 from checkpointing.registry import Registry
 from checkpointing.retention import plan, prune_folder, prune_tree
-from checkpointing.store import commit_files, folder_lock, list_checkpoints, temp_name
+from checkpointing.store import commit_files, folder_lock, list_checkpoints
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONFIG = CheckpointConfig()

@@ -12,18 +12,16 @@ from pathlib import Path
 
 import pytest
 
+from checkpointing.cleanup import delete_checkpoint, delete_checkpoints, sweep
+from checkpointing.errors import CheckpointCorruptError
+from checkpointing.files import temp_name
 from checkpointing.metadata import read_checkpoint_metadata, write_checkpoint_metadata
 from checkpointing.naming import format_checkpoint_name
 from checkpointing.store import (
-    CheckpointCorruptError,
     CheckpointInfo,
     commit_files,
-    delete_checkpoint,
-    delete_checkpoints,
     folder_lock,
     list_checkpoints,
-    sweep,
-    temp_name,
     verify_checkpoint,
 )
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from checkpointing import retention
-from checkpointing.config import CheckpointConfig, ConfigError
+from checkpointing.config import CheckpointConfig
+from checkpointing.errors import ConfigError
 from checkpointing.metadata import build_metadata
 from checkpointing.naming import CheckpointName
 from checkpointing.store import commit_files
