@@ -34,9 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench._report import Figure, add_json_argument, write_figures  # noqa: E402
-from tuner.env import EnvConfig, FuturesTradingEnv, MarketData  # noqa: E402
-from tuner.evaluation import make_vec_env  # noqa: E402
-from tuner.markets import get_market, load_markets  # noqa: E402
+from tuner.trading.env import EnvConfig, FuturesTradingEnv, MarketData  # noqa: E402
+from tuner.trading.evaluation import make_vec_env  # noqa: E402
+from tuner.trading.markets import get_market, load_markets  # noqa: E402
 
 MARKET = "NQ"
 SINGLE_STEPS = 30_000

@@ -78,7 +78,7 @@ from checkpointing import (  # noqa: E402
 )
 from checkpointing.callback import default_evaluator  # noqa: E402
 from checkpointing.config import COMPRESSION_MODES, CheckpointConfig, PhaseSchedule  # noqa: E402
-from tuner.train import _retention_hooks  # noqa: E402  (the trainer's registry + retention)
+from tuner.training.trainer import retention_hooks  # noqa: E402  (the registry + retention)
 
 
 @dataclass(frozen=True)
@@ -189,7 +189,7 @@ def run_once(mode: str, policy: Policy, args: argparse.Namespace, work: Path) ->
             seed=SEED,
             models_root=work,
             target_timesteps=total,
-            **_retention_hooks(cfg, work),
+            **retention_hooks(cfg, work),
         )
         callback = MetricTrackingEvalCallback(
             manager,
@@ -311,7 +311,7 @@ def per_step(sizes: list[int], calls: int, work: Path) -> list[tuple[str, float]
                 market=MARKET,
                 seed=SEED,
                 models_root=root,
-                **_retention_hooks(cfg, root),
+                **retention_hooks(cfg, root),
             )
             callback = MetricTrackingEvalCallback(
                 manager, make_eval_env(5), handle_signals=False, stop_requested=poll

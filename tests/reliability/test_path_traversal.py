@@ -10,7 +10,7 @@ travel through argv, so NUL (and the other culprits, cheaply) also go through th
 - the message on stderr names the culprit;
 - no file or folder was created anywhere under the test's tmp dir (nor at an absolute culprit).
 
-In-process, ``tuner.run.run`` (which starts Ray) and ``tuner.train.train_phase`` (which
+In-process, ``tuner.run.run_experiment`` (which starts Ray) and ``tuner.train.train_phase`` (which
 trains) are replaced by tripwires: reaching one means validation let the culprit through.
 """
 
@@ -61,7 +61,7 @@ def tripwires(monkeypatch: pytest.MonkeyPatch) -> None:
 
         return wire
 
-    monkeypatch.setattr(tuner.run, "run", reached("tuner.run.run (Ray)"))
+    monkeypatch.setattr(tuner.run, "run_experiment", reached("tuner.run.run_experiment (Ray)"))
     monkeypatch.setattr(tuner.train, "train_phase", reached("tuner.train.train_phase"))
 
 

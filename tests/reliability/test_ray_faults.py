@@ -537,7 +537,7 @@ def test_a_damaged_experiment_state_is_refused_by_resume_naming_the_file(
     def no_ray(*args: object) -> int:
         raise AssertionError("--resume went on to start Ray")
 
-    monkeypatch.setattr(tuner.run, "run", no_ray)
+    monkeypatch.setattr(tuner.run, "run_experiment", no_ray)
     with fault_log.tries("damaged Tune experiment state on --resume") as t:
         scenario.need("kill")
         cases = []

@@ -1,4 +1,4 @@
-"""Phase-3 advisors, their config and how the env fuses their advice (tuner/advisor.py)."""
+"""Phase-3 advisors, their config and how the env fuses their advice (tuner/trading/advisor.py)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import yaml
 
 from checkpointing.errors import ConfigError
 from tests.unit.data.handmade import make_data
-from tuner.advisor import (
+from tuner.trading.advisor import (
     ADVISOR_METADATA_FIELDS,
     Advice,
     Advisor,
@@ -32,8 +32,8 @@ from tuner.advisor import (
     load_advisor_config,
     parse_advice,
 )
-from tuner.env import EnvConfig, FuturesTradingEnv
-from tuner.features import FEATURE_NAMES
+from tuner.trading.env import EnvConfig, FuturesTradingEnv
+from tuner.trading.features import FEATURE_NAMES
 
 ROOT = Path(__file__).resolve().parents[2]
 LLM_CONFIG = ROOT / "config" / "llm_config.yaml"

@@ -64,5 +64,7 @@ def test_a_bad_argument_is_refused_before_anything_heavy_loads() -> None:
 
 
 def test_validating_every_config_loads_no_heavy_package() -> None:
-    result = _loaded_after("from tuner.settings import load_settings\nload_settings('config')")
+    result = _loaded_after(
+        "from tuner.training.settings import load_settings\nload_settings('config')"
+    )
     assert result["loaded"] == []

@@ -1,4 +1,4 @@
-"""Synthetic bars, the OHLCV file loader and the split (tuner/data.py)."""
+"""Synthetic bars, the OHLCV file loader and the split (tuner/trading/data.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tuner.data import (
+from tuner.trading.data import (
     Bars,
     DataError,
     estimate_bars_per_year,
@@ -23,7 +23,7 @@ from tuner.data import (
     load_ohlcv,
     split_ranges,
 )
-from tuner.markets import SplitSpec, load_markets
+from tuner.trading.markets import SplitSpec, load_markets
 
 ROOT = Path(__file__).resolve().parents[2]
 MARKETS = load_markets(ROOT / "config" / "markets.yaml")
@@ -55,7 +55,7 @@ def test_seed_and_market_both_change_the_bars() -> None:
 def test_synthetic_bars_do_not_depend_on_python_hash_randomization() -> None:
     code = (
         "import zlib, numpy as np;"
-        "from tuner.markets import load_markets; from tuner.data import load_bars;"
+        "from tuner.trading.markets import load_markets; from tuner.trading.data import load_bars;"
         "b = load_bars(load_markets('config/markets.yaml')['CL'], seed=3);"
         "print(zlib.crc32(np.ascontiguousarray(b.close).tobytes()))"
     )
@@ -278,7 +278,7 @@ def test_missing_columns_and_files(tmp_path: Path) -> None:
 def test_market_with_missing_file_names_the_config_key(tmp_path: Path) -> None:
     from dataclasses import replace
 
-    from tuner.markets import FileSource
+    from tuner.trading.markets import FileSource
 
     spec = replace(
         MARKETS["NQ"], data=FileSource(path=tmp_path / "nq.csv", configured="data/nq.csv")

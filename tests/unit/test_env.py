@@ -1,4 +1,4 @@
-"""The trading environment and its features (tuner/env.py, tuner/features.py)."""
+"""The trading environment and its features (tuner/trading/env.py, tuner/trading/features.py)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 from tests.unit.data.handmade import make_bars, make_data, make_spec
-from tuner.data import Bars
-from tuner.env import EnvConfig, FuturesTradingEnv, MarketData
-from tuner.features import FEATURE_NAMES, compute_features
-from tuner.markets import ConfigError, load_markets
+from tuner.trading.data import Bars
+from tuner.trading.env import EnvConfig, FuturesTradingEnv, MarketData
+from tuner.trading.features import FEATURE_NAMES, compute_features
+from tuner.trading.markets import ConfigError, load_markets
 
 ROOT = Path(__file__).resolve().parents[2]
 MARKETS = load_markets(ROOT / "config" / "markets.yaml")

@@ -1,4 +1,4 @@
-"""Env factories and the evaluation of a policy on validation data (tuner/evaluation.py)."""
+"""Env factories and the evaluation of a policy on validation data (tuner/trading/evaluation.py)."""
 
 from __future__ import annotations
 
@@ -14,16 +14,16 @@ import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-from tuner.advisor import ADVISOR_METADATA_FIELDS, AdvisorCounters
-from tuner.data import generate_synthetic
-from tuner.env import EnvConfig, EpisodeStats, MarketData
-from tuner.evaluation import (
+from tuner.trading.advisor import ADVISOR_METADATA_FIELDS, AdvisorCounters
+from tuner.trading.data import generate_synthetic
+from tuner.trading.env import EnvConfig, EpisodeStats, MarketData
+from tuner.trading.evaluation import (
     TRADING_METRICS,
     evaluate_trading,
     make_vec_env,
     summarize_episodes,
 )
-from tuner.markets import load_markets
+from tuner.trading.markets import load_markets
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = load_markets(ROOT / "config" / "markets.yaml")["ES"]

@@ -1,4 +1,4 @@
-"""``tuner.experiment_state.check_resumable``: a Tune experiment folder made by hand (the real
+"""``tuner.driver.resume_check.check_resumable``: a Tune experiment folder made by hand (the real
 thing, damaged by real faults, is in ``tests/reliability/test_ray_faults.py``)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from checkpointing.errors import ConfigError
-from tuner.experiment_state import check_resumable
+from tuner.driver.resume_check import check_resumable
 
 RUNNING = "train_trial_0_market=NQ,seed=1_2026"
 DONE = "train_trial_1_market=ES,seed=1_2026"

@@ -1,4 +1,4 @@
-"""Loading and validating config/markets.yaml (tuner/markets.py)."""
+"""Loading and validating config/markets.yaml (tuner/trading/markets.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tuner.markets import (
+from tuner.trading.markets import (
     ConfigError,
     FileSource,
     SyntheticSource,

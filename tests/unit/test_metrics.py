@@ -1,4 +1,4 @@
-"""Trading metrics against hand-computed cases (tuner/metrics.py)."""
+"""Trading metrics against hand-computed cases (tuner/trading/metrics.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tuner import metrics
+from tuner.trading import metrics
 
 # Equity 100 -> 110 -> 99 -> 108.9: returns +10 %, -10 %, +10 %.
 # mean = 1/30 = 0.0333333; deviations 1/15, -2/15, 1/15; sample variance (1+4+1)/225/2 = 1/75;

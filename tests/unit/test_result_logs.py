@@ -1,4 +1,4 @@
-"""``tuner.result_logs``: a crashed trial's retry keeps the rows its killed worker reported.
+"""``tuner.driver.result_logs``: a crashed trial's retry keeps the rows its killed worker reported.
 
 Tune's own logger classes, driven through the calls Tune makes (start, results, end after a
 failure, start of the retry), on a trial whose staging folder and storage path are real
@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow.fs
 import pytest
 
-from tuner.result_logs import CsvResults, JsonResults, result_loggers
+from tuner.driver.result_logs import CsvResults, JsonResults, result_loggers
 
 
 class Storage:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tuner.data import Bars
-from tuner.env import MarketData
-from tuner.markets import FileSource, MarketSpec, SplitSpec
+from tuner.trading.data import Bars
+from tuner.trading.env import MarketData
+from tuner.trading.markets import FileSource, MarketSpec, SplitSpec
 
 # 20 points per price unit: tick 0.25 worth $5 (like NQ).
 TICK_SIZE, TICK_VALUE, POINT_VALUE = 0.25, 5.0, 20.0

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from tuner.markets import FileSource, MarketSpec, SplitSpec, SyntheticSource
+from tuner.trading.markets import FileSource, MarketSpec, SplitSpec, SyntheticSource
 
 if TYPE_CHECKING:
     import pandas as pd  # imported where files are read: synthetic data needs none of it

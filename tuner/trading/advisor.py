@@ -2,7 +2,7 @@
 
 An advisor sees the market state and the RL policy's proposed target position and returns an
 :class:`Advice` (a target position or none, a confidence, a veto flag), or ``None`` to
-abstain. :class:`tuner.env.FuturesTradingEnv` consults it every ``consult_every`` steps in
+abstain. :class:`tuner.trading.env.FuturesTradingEnv` consults it every ``consult_every`` steps in
 phase 3, lets confident advice override the RL action, applies confident vetoes (no new or
 larger positions; exits stay allowed) and counts everything in :class:`AdvisorCounters`,
 whose :meth:`AdvisorCounters.metadata` gives the phase-3 checkpoint metadata fields.
@@ -31,7 +31,7 @@ import yaml
 
 from checkpointing.config import KNOWN_LLM_FIELDS
 from checkpointing.errors import ConfigError
-from tuner.markets import check_keys, get_float, get_int, get_str, require_mapping
+from tuner.trading.markets import check_keys, get_float, get_int, get_str, require_mapping
 
 if TYPE_CHECKING:  # numpy only in annotations: validating the advisor config stays light
     import numpy as np

@@ -83,8 +83,8 @@ def train_trial(config: dict[str, Any]) -> None:
 
     from checkpointing import TrainingInterrupted, find_resume_checkpoint
     from checkpointing.naming import parse_name
-    from tuner.settings import load_settings
     from tuner.train import PhaseJob, train_phase
+    from tuner.training.settings import load_settings
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     market, seed = str(config["market"]), int(config["seed"])

@@ -9,7 +9,7 @@ Spaces (identical in every phase, so each phase continues from the previous mode
 * action: ``Discrete(2 * max_position + 1)``; action ``a`` means target position
   ``a - max_position`` contracts (``max_position`` = ``EnvConfig.max_position``, default 3);
 * observation: ``Box(-10, 10, (len(FEATURE_NAMES) + 4,), float32)``: the market features of
-  bar ``t`` (:mod:`tuner.features`) then the position state: position / max_position, open
+  bar ``t`` (:mod:`tuner.trading.features`) then the position state: position / max_position, open
   profit in ATRs, time in the position (``n / (n + 20)`` for ``n`` bars), drawdown in percent
   of the initial capital (all clipped to [-10, 10]).
 
@@ -24,7 +24,7 @@ Phases:
    episode's maximum drawdown (deepest fall of equity below its running peak) grows costs
    ``drawdown_penalty`` dollars of reward, so over an episode the penalty adds up to
    ``drawdown_penalty * max drawdown`` (a fall that only repeats an earlier depth is free).
-3. hybrid: phase 2 plus an advisor (:mod:`tuner.advisor`) consulted every
+3. hybrid: phase 2 plus an advisor (:mod:`tuner.trading.advisor`) consulted every
    ``consult_every`` steps, whose confident advice overrides the RL target and whose
    confident veto blocks new or larger positions.
 
@@ -52,11 +52,11 @@ from gymnasium import spaces
 from gymnasium.utils import seeding
 from numpy.typing import NDArray
 
-from tuner.advisor import Advice, Advisor, AdvisorCounters, MarketState, RuleAdvisor
-from tuner.data import SPLIT_NAMES, Bars, SplitRanges, load_bars, split_ranges
-from tuner.env_config import EnvConfig
-from tuner.features import FEATURE_CLIP, FeatureSet, compute_features
-from tuner.markets import MarketSpec
+from tuner.trading.advisor import Advice, Advisor, AdvisorCounters, MarketState, RuleAdvisor
+from tuner.trading.data import SPLIT_NAMES, Bars, SplitRanges, load_bars, split_ranges
+from tuner.trading.env_config import EnvConfig
+from tuner.trading.features import FEATURE_CLIP, FeatureSet, compute_features
+from tuner.trading.markets import MarketSpec
 
 __all__ = [
     "N_POSITION_FEATURES",
@@ -105,7 +105,7 @@ class MarketData:
 
     @classmethod
     def load(cls, spec: MarketSpec, *, data_seed: int | None = None) -> MarketData:
-        """Load the market's bars (:func:`tuner.data.load_bars`) and prepare them.
+        """Load the market's bars (:func:`tuner.trading.data.load_bars`) and prepare them.
 
         Args:
             spec: The market.
@@ -116,7 +116,7 @@ class MarketData:
 
 @dataclass(frozen=True, eq=False)
 class EpisodeStats:
-    """What one episode did, for :mod:`tuner.metrics`.
+    """What one episode did, for :mod:`tuner.trading.metrics`.
 
     Attributes:
         total_reward: Sum of the rewards.
@@ -154,7 +154,7 @@ class FuturesTradingEnv(gym.Env[NDArray[np.float32], np.int64]):
         config: Settings; defaults to :class:`EnvConfig`.
         evaluation: Walk the split deterministically instead of random episode starts.
         seed: Seeds the episode-start RNG (``reset(seed=...)`` reseeds it).
-        advisor: Phase 3 advisor; defaults to :class:`tuner.advisor.RuleAdvisor`.
+        advisor: Phase 3 advisor; defaults to :class:`tuner.trading.advisor.RuleAdvisor`.
         window_offset: Evaluation: index of this env's first window (for several eval envs).
         window_stride: Evaluation: windows to skip between episodes (number of eval envs).
 

@@ -26,9 +26,9 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
-from tuner import metrics
-from tuner.advisor import Advisor, AdvisorConfig, build_advisor
-from tuner.env import EnvConfig, EpisodeStats, FuturesTradingEnv, MarketData
+from tuner.trading import metrics
+from tuner.trading.advisor import Advisor, AdvisorConfig, build_advisor
+from tuner.trading.env import EnvConfig, EpisodeStats, FuturesTradingEnv, MarketData
 
 __all__ = [
     "TRADING_METRICS",
@@ -243,7 +243,7 @@ def _greedy_policy(model: BaseAlgorithm) -> Any:
 
 
 def summarize_episodes(episodes: Sequence[EpisodeStats]) -> dict[str, float]:
-    """Combine evaluation episodes into the trading metrics (:mod:`tuner.metrics`).
+    """Combine evaluation episodes into the trading metrics (:mod:`tuner.trading.metrics`).
 
     * ``val_reward``: mean total reward per episode;
     * ``sharpe_ratio``: of the per-bar returns of all episodes together;

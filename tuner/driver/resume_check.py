@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from checkpointing.errors import ConfigError
-from tuner.trainable import POINTER_FILE
+from tuner.driver.trainable import POINTER_FILE
 
 __all__ = ["STATE_GLOB", "TUNER_FILE", "check_resumable"]
 

@@ -16,9 +16,10 @@ from typing import Any
 from checkpointing.config import CheckpointConfig, load_config
 from checkpointing.errors import ConfigError
 from checkpointing.validation import read_yaml
-from tuner.advisor import AdvisorConfig, parse_advisor_config
-from tuner.env_config import EnvConfig
-from tuner.markets import (
+from tuner.cli import check_path_argument
+from tuner.trading.advisor import AdvisorConfig, parse_advisor_config
+from tuner.trading.env_config import EnvConfig
+from tuner.trading.markets import (
     MarketSpec,
     check_keys,
     get_float,
@@ -225,18 +226,6 @@ class Settings:
     markets: Mapping[str, MarketSpec]
     training: TrainingConfig
     advisor: AdvisorConfig
-
-
-def check_path_argument(value: str | os.PathLike[str], what: str, *, folder: bool = False) -> Path:
-    """Refuse NUL and empty paths from the command line before anything touches the disk;
-    with ``folder``, also a path that exists and is not a folder."""
-    text = os.fspath(value)
-    if not text or "\x00" in text:
-        raise ConfigError(f"{what} must be a non-empty path without NUL, got {text!r}")
-    path = Path(text)
-    if folder and path.exists() and not path.is_dir():
-        raise ConfigError(f"{what} must be a folder, but {text!r} is a file")
-    return path
 
 
 def load_settings(config_dir: str | os.PathLike[str] = "config") -> Settings:

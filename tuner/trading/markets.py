@@ -75,7 +75,7 @@ class SplitSpec:
 
 @dataclass(frozen=True)
 class SyntheticSource:
-    """Parameters of the seeded regime-switching price generator (see ``tuner.data``).
+    """Parameters of the seeded regime-switching price generator (see ``tuner.trading.data``).
 
     Attributes:
         start_price: First close, in price units.
@@ -377,7 +377,7 @@ def _parse_data(
     )
 
 
-# --- validation helpers (shared with tuner.advisor) ---------------------------------------
+# --- validation helpers (shared with tuner.trading.advisor) ---------------------------------------
 
 
 def require_mapping(value: object, where: str) -> Mapping[str, Any]:

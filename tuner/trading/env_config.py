@@ -1,7 +1,8 @@
 """Environment settings: the validated ``training.env`` section, without the environment.
 
-Kept apart from :mod:`tuner.env` so that validating a config (``tuner.settings``) needs
-neither gymnasium nor pandas; :mod:`tuner.env` re-exports :class:`EnvConfig`.
+Kept apart from :mod:`tuner.trading.env` so that validating a config
+(:mod:`tuner.training.settings`) needs neither gymnasium nor pandas; :mod:`tuner.trading.env`
+re-exports :class:`EnvConfig`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
-from tuner.markets import ConfigError, check_keys, get_float, get_int, require_mapping
+from tuner.trading.markets import ConfigError, check_keys, get_float, get_int, require_mapping
 
 __all__ = ["EnvConfig"]
 

@@ -1,0 +1,37 @@
+"""What the command lines share: the run flags of ``tuner.train`` and ``tuner.run``, and the
+checks of path arguments made before anything touches the disk."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from checkpointing.errors import ConfigError
+
+__all__ = ["add_run_arguments", "check_path_argument"]
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags ``tuner.train`` and ``tuner.run`` share: phases, length, configs, models root."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--phase", type=int, help="the phase to train: 1, 2 or 3 (default 1)")
+    group.add_argument("--phases", help="a curriculum, e.g. 1,2,3")
+    parser.add_argument("--timesteps", type=int, help="steps per phase (default: training.yaml)")
+    parser.add_argument(
+        "--base-interval", type=int, help="checkpoint base interval (default: checkpoint config)"
+    )
+    parser.add_argument("--config-dir", default="config", help="folder of the YAML configs")
+    parser.add_argument("--models-root", help="where checkpoints go (default: paths.root)")
+
+
+def check_path_argument(value: str | os.PathLike[str], what: str, *, folder: bool = False) -> Path:
+    """Refuse NUL and empty paths from the command line before anything touches the disk;
+    with ``folder``, also a path that exists and is not a folder."""
+    text = os.fspath(value)
+    if not text or "\x00" in text:
+        raise ConfigError(f"{what} must be a non-empty path without NUL, got {text!r}")
+    path = Path(text)
+    if folder and path.exists() and not path.is_dir():
+        raise ConfigError(f"{what} must be a folder, but {text!r} is a file")
+    return path

@@ -1,0 +1,521 @@
+"""Experiments and trials as Tune's files describe them, for the browser.
+
+Reads what ``python -m tuner.run`` left on disk, without starting (or importing) Ray: Tune's
+experiment folders under the storage path (``<storage>/<experiment>/`` with one folder per
+trial holding ``params.json`` and ``result.json``, one JSON result per line, and the
+experiment's ``experiment_state-*.json``) and the checkpoint registry of the models root each
+trial wrote to (``models_root`` in its ``params.json``).
+
+Without ``--experiment`` it lists the experiments it finds. With one, it shows per trial the
+latest reported result and its status, then the best checkpoints per market by ``--metric``.
+
+Trial status, from the files: ``finished`` (the last result says ``finished``),
+``interrupted`` (the last result says ``interrupted``, or the trial stopped without finishing
+or failing), ``running`` (its worker process is alive on this machine, or for a remote worker,
+its results changed in the last 10 minutes), ``errored`` (Tune left ``error.txt`` /
+``error.pkl`` in the trial folder), ``pending`` (nothing reported yet).
+
+Candidates for the best checkpoints: every committed checkpoint of the experiment's phases and
+markets under its models root whose seed is the seed of one of its trials and which that trial
+wrote, i.e. saved (metadata ``timestamp``) between the trial's start and its last activity
+(running trials: until now). Runs sharing a models root and a (market, seed) write the same
+folders, and with the same seed and config even the same file names, so time is what tells
+them apart; checkpoints of other runs are counted but not ranked. NaN never ranks; ties go
+to more timesteps, then the smaller file name. Nothing is written or deleted anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from checkpointing.cleanup import pid_alive
+from checkpointing.naming import parse_name
+from checkpointing.ranking import METRICS
+
+__all__ = ["BrowseError", "Experiment", "TrialInfo", "find_experiments", "load_experiment"]
+
+log = logging.getLogger(__name__)
+
+STATUSES = ("running", "finished", "interrupted", "errored", "pending")
+ERROR_FILES = ("error.txt", "error.pkl")
+STATE_GLOB = "experiment_state-*.json"
+# A checkpoint belongs to a trial if saved within [start - BEFORE, last activity + AFTER]:
+# room for clocks read in different places and for a save committed after the last report.
+WINDOW_BEFORE_S = 5.0
+WINDOW_AFTER_S = 10.0
+REMOTE_RUNNING_S = 600.0  # a remote trial whose results changed this recently is running
+_SHORT = {"val_reward": "val_reward", "sharpe_ratio": "sharpe", "win_rate": "win_rate"}
+_SHORT.update({"max_drawdown": "max_dd", "total_return": "total_ret"})
+
+
+class BrowseError(ValueError):
+    """Bad input to the browser: a missing storage path, an unknown experiment, metric or
+    market. The message names the culprit; the CLI prints it and exits with code 2."""
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def _finite(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    out = float(value)
+    return out if math.isfinite(out) else None
+
+
+def _int(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
+
+
+def _read_json(path: Path) -> Any:
+    """The JSON document at ``path``, or ``None`` if it is missing or does not parse."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _iso(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _local(epoch: float | None) -> str:
+    if epoch is None:
+        return "-"
+    return datetime.fromtimestamp(epoch).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _epoch_of(timestamp: str | None) -> float | None:
+    if not timestamp:
+        return None
+    try:
+        moment = datetime.fromisoformat(timestamp)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _clean(value: Any) -> Any:
+    """NaN/inf -> None and paths -> str, so the output is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return os.fspath(value)
+    if isinstance(value, Mapping):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------- trials
+
+
+@dataclass(frozen=True)
+class TrialInfo:
+    """One Tune trial as its files describe it.
+
+    ``metrics`` are those of the latest result that carried metrics (an interrupt report
+    carries none); ``timesteps`` is the most any result reported; ``checkpoint`` is the file
+    name of our checkpoint in the last result that named one. ``started`` and
+    ``last_activity`` are Unix times (or ``None``).
+    """
+
+    trial_id: str
+    folder: Path
+    market: str | None
+    seed: int | None
+    phases: tuple[int, ...]
+    models_root: Path | None
+    config_dir: Path | None
+    status: str
+    tune_status: str | None = None
+    num_failures: int = 0
+    results: int = 0
+    phase: int | None = None
+    timesteps: int | None = None
+    metrics: Mapping[str, float | None] = field(default_factory=dict)
+    checkpoint: str | None = None
+    started: float | None = None
+    last_activity: float | None = None
+    error_file: Path | None = None
+
+    def owns(self, saved_at: float | None) -> bool:
+        """Whether a checkpoint of this trial's market and seed, saved at ``saved_at`` (Unix
+        time), is this trial's: saved while the trial ran. (Not by name: the same seed and
+        config give the same names, so a later run may have replaced the file.)"""
+        if saved_at is None or self.started is None:
+            return False
+        if saved_at < self.started - WINDOW_BEFORE_S:
+            return False
+        if self.status == "running" or self.last_activity is None:
+            return True
+        return saved_at <= self.last_activity + WINDOW_AFTER_S
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "trial_id": self.trial_id,
+            "folder": os.fspath(self.folder),
+            "market": self.market,
+            "seed": self.seed,
+            "phases": list(self.phases),
+            "status": self.status,
+            "tune_status": self.tune_status,
+            "num_failures": self.num_failures,
+            "results": self.results,
+            "phase": self.phase,
+            "timesteps": self.timesteps,
+            "metrics": dict(self.metrics),
+            "checkpoint": self.checkpoint,
+            "models_root": None if self.models_root is None else os.fspath(self.models_root),
+            "config_dir": None if self.config_dir is None else os.fspath(self.config_dir),
+            "started": _iso(self.started),
+            "last_activity": _iso(self.last_activity),
+            "error_file": None if self.error_file is None else os.fspath(self.error_file),
+        }
+
+
+@dataclass
+class _Results:
+    """What one pass over a trial's ``result.json`` yields."""
+
+    count: int = 0
+    first: dict[str, Any] | None = None
+    last: dict[str, Any] | None = None
+    metrics: dict[str, float | None] = field(default_factory=dict)
+    phase: int | None = None
+    timesteps: int | None = None
+    checkpoint: str | None = None
+    last_time: float | None = None
+
+
+def _checkpoint_name(value: object) -> str | None:
+    """Our checkpoint's file name from a reported ``checkpoint`` (a name or a path)."""
+    if not isinstance(value, str) or not value:
+        return None
+    name = value.replace("\\", "/").rsplit("/", 1)[-1]
+    return name if parse_name(name) is not None else None
+
+
+def _read_results(path: Path) -> _Results:
+    out = _Results()
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            lines = list(fh)
+    except OSError:
+        return out
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:  # a line cut short by a crash
+            continue
+        if not isinstance(row, dict):
+            continue
+        out.count += 1
+        if out.first is None:
+            out.first = row
+        out.last = row
+        if any(isinstance(row.get(m), (int, float)) for m in METRICS):
+            out.metrics = {m: _finite(row.get(m)) for m in METRICS}
+        phase, steps = _int(row.get("phase")), _int(row.get("timesteps"))
+        if phase is not None:
+            out.phase = phase
+        if steps is not None:
+            out.timesteps = steps if out.timesteps is None else max(out.timesteps, steps)
+        name = _checkpoint_name(row.get("checkpoint"))
+        if name is not None:
+            out.checkpoint = name
+        stamp = _finite(row.get("timestamp"))
+        if stamp is not None:
+            out.last_time = stamp if out.last_time is None else max(out.last_time, stamp)
+    return out
+
+
+def _trial_status(
+    results: _Results, error_file: Path | None, tune_status: str | None, result_mtime: float | None
+) -> str:
+    last = results.last
+    failed = error_file is not None or tune_status == "ERROR"
+    if last is None:
+        return "errored" if failed else "pending"
+    if last.get("finished") is True:
+        return "finished"
+    if last.get("interrupted") is True:
+        return "interrupted"
+    pid, host = _int(last.get("pid")), last.get("hostname")
+    if pid is not None and host == socket.gethostname():
+        if pid_alive(pid):
+            return "running"
+    elif result_mtime is not None and time.time() - result_mtime < REMOTE_RUNNING_S:
+        return "running"
+    return "errored" if failed else "interrupted"
+
+
+def _state_trials(experiment_dir: Path) -> dict[str, dict[str, Any]]:
+    """Per trial folder name: Tune's record of the trial in the newest experiment state file
+    (``config``, ``status``, ``trial_id``, ``start_time``, ``num_failures``). Tune's own
+    format: anything unexpected is ignored and the trial folders are used alone."""
+    states = sorted(experiment_dir.glob(STATE_GLOB), key=lambda p: (_mtime(p) or 0.0, p.name))
+    if not states:
+        return {}
+    doc = _read_json(states[-1])
+    out: dict[str, dict[str, Any]] = {}
+    try:
+        for item in doc["trial_data"]:
+            trial = json.loads(item[0])
+            runtime = json.loads(item[1]) if len(item) > 1 else {}
+            folder = trial.get("relative_logdir")
+            if not isinstance(folder, str) or not folder or "/" in folder or folder == "..":
+                continue
+            out[folder] = {
+                "config": trial.get("config") if isinstance(trial.get("config"), dict) else {},
+                "status": trial.get("status") if isinstance(trial.get("status"), str) else None,
+                "trial_id": trial.get("trial_id"),
+                "start_time": _finite(runtime.get("start_time")),
+                "num_failures": _int(runtime.get("num_failures")) or 0,
+            }
+    except (TypeError, KeyError, IndexError, ValueError, AttributeError):
+        log.debug("%s: unexpected experiment state format", experiment_dir)
+        return {}
+    return out
+
+
+def _path_or_none(value: object) -> Path | None:
+    return Path(value) if isinstance(value, str) and value and "\x00" not in value else None
+
+
+def _load_trial(folder: Path, state: Mapping[str, Any] | None) -> TrialInfo:
+    state = state or {}
+    params = _read_json(folder / "params.json")
+    results = _read_results(folder / "result.json")
+    config: dict[str, Any] = {}
+    for source in (
+        state.get("config"),
+        (results.first or {}).get("config"),
+        params,
+    ):
+        if isinstance(source, dict):
+            config.update(source)
+    market = config.get("market")
+    seed = _int(config.get("seed"))
+    phases = config.get("phases")
+    phase_list = (
+        tuple(p for p in (_int(x) for x in phases or ()) if p is not None)
+        if isinstance(phases, list)
+        else ()
+    )
+    error_file = next((folder / n for n in ERROR_FILES if (folder / n).is_file()), None)
+    result_mtime = _mtime(folder / "result.json")
+    tune_status = state.get("status")
+    status = _trial_status(results, error_file, tune_status, result_mtime)
+
+    starts = [state.get("start_time")]
+    first = results.first or {}
+    first_time, first_total = _finite(first.get("timestamp")), _finite(first.get("time_total_s"))
+    if first_time is not None:
+        starts.append(first_time - (first_total or 0.0))
+    started = min((s for s in starts if s is not None), default=None)
+    # From the results' own timestamps, not file times (a copied result.json looks new).
+    activity = [results.last_time]
+    if error_file is not None:
+        activity.append(_mtime(error_file))
+    last_activity = max((a for a in activity if a is not None), default=None)
+
+    trial_id = state.get("trial_id") or first.get("trial_id") or folder.name
+    return TrialInfo(
+        trial_id=str(trial_id),
+        folder=folder,
+        market=market if isinstance(market, str) else None,
+        seed=seed,
+        phases=phase_list,
+        models_root=_path_or_none(config.get("models_root")),
+        config_dir=_path_or_none(config.get("config_dir")),
+        status=status,
+        tune_status=tune_status,
+        num_failures=int(state.get("num_failures") or 0),
+        results=results.count,
+        phase=results.phase,
+        timesteps=results.timesteps,
+        metrics=results.metrics,
+        checkpoint=results.checkpoint,
+        started=started,
+        last_activity=last_activity,
+        error_file=error_file,
+    )
+
+
+# --------------------------------------------------------------------------- experiments
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One Tune experiment folder and its trials (ordered by market, seed, trial id)."""
+
+    name: str
+    path: Path
+    trials: tuple[TrialInfo, ...]
+    state_updated: float | None = None
+
+    @property
+    def markets(self) -> list[str]:
+        return sorted({t.market for t in self.trials if t.market})
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted({t.seed for t in self.trials if t.seed is not None})
+
+    @property
+    def phases(self) -> list[int]:
+        return sorted({p for t in self.trials for p in t.phases})
+
+    @property
+    def status_counts(self) -> dict[str, int]:
+        """Trials per status, in :data:`STATUSES` order, statuses with no trial left out."""
+        counts = {s: sum(t.status == s for t in self.trials) for s in STATUSES}
+        return {s: n for s, n in counts.items() if n}
+
+    @property
+    def last_update(self) -> float | None:
+        times = [t.last_activity for t in self.trials] + [self.state_updated]
+        return max((x for x in times if x is not None), default=None)
+
+    @property
+    def models_roots(self) -> list[Path]:
+        return sorted({t.models_root for t in self.trials if t.models_root is not None})
+
+    def overview(self) -> dict[str, Any]:
+        """The listing row: name, trials, markets, seeds, phases, status counts, last update."""
+        return {
+            "name": self.name,
+            "path": os.fspath(self.path),
+            "trials": len(self.trials),
+            "markets": self.markets,
+            "seeds": self.seeds,
+            "phases": self.phases,
+            "status": self.status_counts,
+            "last_update": _iso(self.last_update),
+            "models_roots": [os.fspath(p) for p in self.models_roots],
+        }
+
+
+def _is_experiment(folder: Path) -> bool:
+    if any(folder.glob(STATE_GLOB)) or (folder / "tuner.pkl").is_file():
+        return True
+    try:
+        children = list(os.scandir(folder))
+    except OSError:
+        return False
+    return any(
+        c.is_dir(follow_symlinks=False)
+        and (Path(c.path, "params.json").is_file() or Path(c.path, "result.json").is_file())
+        for c in children
+    )
+
+
+def _storage(storage_path: str | os.PathLike[str]) -> Path:
+    text = os.fspath(storage_path)
+    if not text or "\x00" in text:
+        raise BrowseError(f"--storage-path must be a non-empty path, got {text!r}")
+    path = Path(text)
+    if not path.is_dir():
+        raise BrowseError(
+            f"storage path {text!r} does not exist or is not a folder (the --storage-path "
+            "given to python -m tuner.run; default 'ray_results')"
+        )
+    if any(path.glob(STATE_GLOB)):
+        raise BrowseError(
+            f"{text!r} is an experiment folder, not a storage path: use --storage-path "
+            f"{os.fspath(path.parent)!r} --experiment {path.name!r}"
+        )
+    return path.resolve()
+
+
+def _experiment_names(storage: Path) -> list[str]:
+    try:
+        entries = sorted(os.scandir(storage), key=lambda e: e.name)
+    except OSError as exc:
+        raise BrowseError(f"cannot read storage path {os.fspath(storage)!r}: {exc}") from None
+    return [
+        e.name
+        for e in entries
+        if not e.name.startswith(".")
+        and e.is_dir(follow_symlinks=False)
+        and _is_experiment(Path(e.path))
+    ]
+
+
+def _read_experiment(folder: Path) -> Experiment:
+    state = _state_trials(folder)
+    trial_dirs = set(state)
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False) and any(
+                Path(entry.path, f).is_file() for f in ("params.json", "result.json")
+            ):
+                trial_dirs.add(entry.name)
+    trials = [_load_trial(folder / d, state.get(d)) for d in trial_dirs]
+    trials.sort(key=lambda t: (t.market or "", t.seed if t.seed is not None else 0, t.trial_id))
+    state_files = [_mtime(p) for p in folder.glob(STATE_GLOB)]
+    return Experiment(
+        name=folder.name,
+        path=folder,
+        trials=tuple(trials),
+        state_updated=max((t for t in state_files if t is not None), default=None),
+    )
+
+
+def load_experiment(storage_path: str | os.PathLike[str], name: str) -> Experiment:
+    """Read experiment ``name`` under ``storage_path`` (finished, interrupted or running).
+
+    Raises:
+        BrowseError: the storage path or the experiment does not exist.
+    """
+    storage = _storage(storage_path)
+    names = _experiment_names(storage)
+    if name not in names:
+        known = ", ".join(names) if names else "none"
+        raise BrowseError(
+            f"no experiment {name!r} in {os.fspath(storage)!r} (experiments: {known})"
+        )
+    return _read_experiment(storage / name)
+
+
+def find_experiments(storage_path: str | os.PathLike[str]) -> list[Experiment]:
+    """Every experiment under ``storage_path``, most recently updated first.
+
+    Raises:
+        BrowseError: the storage path does not exist.
+    """
+    storage = _storage(storage_path)
+    found = [_read_experiment(storage / n) for n in _experiment_names(storage)]
+    found.sort(key=lambda e: (-(e.last_update or 0.0), e.name))
+    return found

@@ -1,0 +1,140 @@
+"""The driver's options: the command line of ``tuner.run`` checked against the configs.
+
+Everything is validated before Ray starts; a mistake raises an error naming it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from checkpointing.errors import ConfigError
+from checkpointing.naming import validate_market, validate_seed
+from tuner.cli import check_path_argument
+
+__all__ = ["RunOptions", "options_from_args"]
+
+_EXPERIMENT_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_]|[.-](?=[A-Za-z0-9_]))*\Z", re.ASCII)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    markets: tuple[str, ...]
+    seeds: tuple[int, ...]
+    phases: tuple[int, ...]
+    timesteps: int | None
+    base_interval: int | None
+    config_dir: Path
+    models_root: Path
+    storage_path: Path
+    name: str
+    cpus_per_trial: float
+    max_concurrent: int | None
+    max_failures: int
+    resume: bool
+    address: str | None
+    num_cpus: int | None
+
+    @property
+    def experiment_dir(self) -> Path:
+        return self.storage_path / self.name
+
+
+def _split(text: str, what: str) -> list[str]:
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if not items:
+        raise ConfigError(f"--{what} needs at least one value, got {text!r}")
+    if len(set(items)) != len(items):
+        raise ConfigError(f"--{what} lists a value twice: {text!r}")
+    return items
+
+
+def options_from_args(args: argparse.Namespace) -> tuple[RunOptions, Any]:
+    """Validate the parsed command line and every config, before Ray starts.
+
+    Returns the options and the loaded settings. Raises ConfigError / CheckpointNameError /
+    DataError naming the culprit.
+    """
+    from tuner.training.job import PhaseJob, parse_phases, prepare
+    from tuner.training.settings import load_settings
+
+    markets = [validate_market(m) for m in _split(args.markets, "markets")]
+    seeds: list[int] = []
+    for text in _split(args.seeds, "seeds"):
+        try:
+            value = int(text)
+        except ValueError:
+            raise ConfigError(f"--seeds must be integers, got {text!r}") from None
+        seeds.append(validate_seed(value))
+    phases = parse_phases(args.phases) if args.phases else parse_phases(str(args.phase or 1))
+    if args.timesteps is not None and args.timesteps < 1:
+        raise ConfigError(f"--timesteps must be >= 1, got {args.timesteps!r}")
+    if args.cpus_per_trial <= 0:
+        raise ConfigError(f"--cpus-per-trial must be > 0, got {args.cpus_per_trial!r}")
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        raise ConfigError(f"--max-concurrent must be >= 1, got {args.max_concurrent!r}")
+    if args.max_failures < 0:
+        raise ConfigError(f"--max-failures must be >= 0, got {args.max_failures!r}")
+    if args.num_cpus is not None and args.num_cpus < 1:
+        raise ConfigError(f"--num-cpus must be >= 1, got {args.num_cpus!r}")
+    if args.num_cpus is not None and (args.address or os.environ.get("RAY_ADDRESS")):
+        raise ConfigError(
+            "--num-cpus applies to a Ray started here; a cluster (--address or RAY_ADDRESS) "
+            "has its own CPUs"
+        )
+
+    settings = load_settings(args.config_dir)
+    models_root = (
+        check_path_argument(args.models_root, "--models-root", folder=True)
+        if args.models_root is not None
+        else Path(settings.checkpoint.paths.root)
+    )
+    storage = check_path_argument(args.storage_path, "--storage-path", folder=True)
+    name = args.name or (
+        f"{'-'.join(markets)}_s{'-'.join(map(str, seeds))}_p{''.join(map(str, phases))}"
+    )
+    if not _EXPERIMENT_RE.match(name) or len(name) > 120:
+        raise ConfigError(
+            f"--name must be letters, digits, '_' and inner '.'/'-' (at most 120), got {name!r}"
+        )
+    for market in markets:  # market names known, data loadable: nothing is written yet
+        for phase in phases:
+            prepare(PhaseJob(market, seeds[0], phase, args.timesteps, args.base_interval), settings)
+
+    opts = RunOptions(
+        markets=tuple(markets),
+        seeds=tuple(seeds),
+        phases=tuple(phases),
+        timesteps=args.timesteps,
+        base_interval=args.base_interval,
+        config_dir=settings.config_dir.resolve(),
+        models_root=models_root.resolve(),
+        storage_path=storage.resolve(),
+        name=name,
+        cpus_per_trial=args.cpus_per_trial,
+        max_concurrent=args.max_concurrent,
+        max_failures=args.max_failures,
+        resume=args.resume,
+        address=args.address,
+        num_cpus=args.num_cpus,
+    )
+    state = opts.experiment_dir / "tuner.pkl"
+    if opts.resume and not state.exists():
+        raise ConfigError(
+            f"--resume: no experiment {name!r} in {os.fspath(opts.storage_path)} (nothing to "
+            "resume; run without --resume to start it)"
+        )
+    if opts.resume:  # Tune would restart every trial from scratch on a damaged state
+        from tuner.driver.resume_check import check_resumable
+
+        check_resumable(opts.experiment_dir, opts.models_root)
+    if not opts.resume and opts.experiment_dir.exists():
+        raise ConfigError(
+            f"experiment {name!r} already exists in {os.fspath(opts.storage_path)}: add "
+            "--resume to continue it, or choose another --name"
+        )
+    return opts, settings
