@@ -50,7 +50,7 @@ _WHERE = {
     "TrainingInterrupted": "callback",
     "learn_with_checkpoints": "callback",
     "LoadedCheckpoint": "loading",
-    "find_resume_checkpoint": "loading",
+    "find_resume_checkpoint": "selection",
     "load_checkpoint": "loading",
     "CheckpointRetentionManager": "summary",
 }
@@ -63,7 +63,7 @@ if TYPE_CHECKING:
     )
     from checkpointing.config import CheckpointConfig, load_config
     from checkpointing.errors import CheckpointCorruptError, CheckpointNameError, ConfigError
-    from checkpointing.loading import LoadedCheckpoint, find_resume_checkpoint, load_checkpoint
+    from checkpointing.loading import LoadedCheckpoint, load_checkpoint
     from checkpointing.manager import DynamicCheckpointManager
     from checkpointing.metadata import read_checkpoint_metadata, write_checkpoint_metadata
     from checkpointing.naming import (
@@ -71,6 +71,7 @@ if TYPE_CHECKING:
         format_checkpoint_name,
         parse_checkpoint_filename,
     )
+    from checkpointing.selection import find_resume_checkpoint
     from checkpointing.store import list_checkpoints, verify_checkpoint
     from checkpointing.summary import CheckpointRetentionManager
 

@@ -11,7 +11,6 @@ import argparse
 import logging
 import sys
 from dataclasses import replace
-from pathlib import Path
 
 __all__ = ["main"]
 
@@ -98,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {info.path.name}")
     best = find_resume_checkpoint(manager.folder, "best:val_reward", seed=args.seed)
     print(f"best by val_reward: {best}")
-    print(f"best model:  {Path(manager.phase_root) / 'best_model.zip'}")
-    print(f"final model: {Path(manager.phase_root) / 'phase1_foundational_final.zip'}")
+    print(f"best model:  {manager.market_dir / 'best_model.zip'}")
+    print(f"final model: {manager.run_dir / 'phase1_foundational_final.zip'}")
     return 0
 
 

@@ -5,13 +5,12 @@ before anything is unpickled, then unpickles the VecNormalize and the zip's clou
 entries with :mod:`checkpointing.safe_pickle` (which refuses any global a checkpoint never
 needs, so a forged file cannot run code even when its metadata matches) and returns the model
 and its VecNormalize.
-:func:`find_resume_checkpoint` picks the newest (or best) checkpoint that verifies.
+:func:`checkpointing.selection.find_resume_checkpoint` picks which checkpoint to load.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import pickle
 from collections.abc import Callable
@@ -21,22 +20,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from checkpointing.errors import CheckpointCorruptError
 from checkpointing.metadata import read_checkpoint_metadata
-from checkpointing.naming import VECNORM_SUFFIX, CheckpointName, LegacyName, parse_name
-from checkpointing.ranking import METRICS
+from checkpointing.naming import VECNORM_SUFFIX, CheckpointName, parse_name
 from checkpointing.safe_pickle import UnsafePickleError, safe_loads, safe_zip_objects
-from checkpointing.store import CheckpointInfo, list_checkpoints, verify_checkpoint
+from checkpointing.store import verify_checkpoint
 
 if TYPE_CHECKING:
     from stable_baselines3.common.base_class import BaseAlgorithm
     from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
-__all__ = [
-    "LoadedCheckpoint",
-    "find_resume_checkpoint",
-    "load_checkpoint",
-    "parse_resume_spec",
-    "vecnormalize_path_for",
-]
+__all__ = ["LoadedCheckpoint", "load_checkpoint", "vecnormalize_path_for"]
 
 log = logging.getLogger(__name__)
 
@@ -162,95 +154,3 @@ def _safely(path: Path, load: Callable[[], T]) -> T:
         raise CheckpointCorruptError(path, str(exc)) from None
     except Exception as exc:  # a malformed pickle raises anything from EOFError up
         raise CheckpointCorruptError(path, f"cannot unpickle: {type(exc).__name__}: {exc}") from exc
-
-
-def parse_resume_spec(spec: str) -> tuple[str, str | None]:
-    """``latest`` -> ("latest", None); ``best:sharpe_ratio`` -> ("best", "sharpe_ratio");
-    ``phase_end`` -> ("phase_end", None). Raises ValueError otherwise."""
-    if spec in ("latest", "phase_end"):
-        return spec, None
-    if spec.startswith("best:"):
-        metric = spec[len("best:") :]
-        if metric not in METRICS:
-            raise ValueError(
-                f"unknown metric {metric!r} in {spec!r}; choose one of {', '.join(METRICS)}"
-            )
-        return "best", metric
-    raise ValueError(f"resume spec must be 'latest', 'phase_end' or 'best:<metric>', got {spec!r}")
-
-
-def checkpoints_of(folder: Path, seed: int | None, market: str | None) -> list[CheckpointInfo]:
-    """The committed checkpoints in ``folder`` of ``seed`` and ``market`` (None: any), oldest
-    first."""
-    out = []
-    for info in list_checkpoints(folder, include_legacy=False):
-        name = info.name
-        if isinstance(name, LegacyName):
-            continue
-        if seed is not None and name.seed != seed:
-            continue
-        if market is not None and name.market != market:
-            continue
-        out.append(info)
-    return out
-
-
-def find_resume_checkpoint(
-    folder: str | os.PathLike[str],
-    spec: str = "latest",
-    *,
-    seed: int | None = None,
-    market: str | None = None,
-) -> Path | None:
-    """The checkpoint to resume from, skipping any that fails verification.
-
-    ``latest``: highest timesteps (``interrupt`` and ``phase_end`` first on ties);
-    ``phase_end``: the newest ``phase_end``; ``best:<metric>``: highest value of the metric
-    in the verified metadata (NaN never ranks; ties go to more timesteps, then to the smaller
-    file name, as in the registry and retention). Returns None when nothing qualifies.
-    """
-    kind, metric = parse_resume_spec(spec)
-    infos = checkpoints_of(Path(folder), seed, market)
-    if kind == "phase_end":
-        infos = [
-            i for i in infos if isinstance(i.name, CheckpointName) and i.name.event == "phase_end"
-        ]
-    if kind in ("latest", "phase_end"):
-        rank = {"interrupt": 0, "phase_end": 0}
-        ordered = sorted(
-            infos,
-            key=lambda i: (
-                i.timesteps,
-                -rank.get(i.name.event if isinstance(i.name, CheckpointName) else "", 1),
-                i.mtime,
-            ),
-            reverse=True,
-        )
-        for info in ordered:
-            try:
-                verify_checkpoint(info.path)
-            except CheckpointCorruptError as exc:
-                log.warning("skipping checkpoint that fails verification: %s", exc)
-                continue
-            return info.path
-        return None
-    assert metric is not None
-    scored: list[tuple[float, int, str, Path]] = []
-    for info in infos:
-        try:
-            meta = verify_checkpoint(info.path)
-        except CheckpointCorruptError as exc:
-            log.warning("skipping checkpoint that fails verification: %s", exc)
-            continue
-        try:
-            value = float(meta.get(metric, math.nan))
-        except (TypeError, ValueError):
-            continue
-        if math.isnan(value):
-            continue
-        scored.append((value, info.timesteps, info.path.name, info.path))
-    if not scored:
-        return None
-    # Best value, then more timesteps, then the smaller file name (registry.best and
-    # retention's top-K break ties the same way).
-    return min(scored, key=lambda s: (-s[0], -s[1], s[2]))[3]

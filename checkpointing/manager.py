@@ -1,13 +1,13 @@
 """DynamicCheckpointManager: decides, names, writes and tracks the checkpoints of one run.
 
-One manager serves one (phase, market, seed) run. It owns the adaptive schedule, the best
+One manager serves one run: one training of one (phase, market, seed), named by its run id,
+which every checkpoint name and metadata carries. It owns the adaptive schedule, the best
 tracker, the disk guard and the background writer; the SB3 callback
 (:class:`checkpointing.callback.MetricTrackingEvalCallback`) only tells it what happened.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import functools
 import logging
@@ -23,20 +23,22 @@ from typing import TYPE_CHECKING, Any
 from checkpointing.cleanup import sweep
 from checkpointing.config import CheckpointConfig, load_config
 from checkpointing.errors import ConfigError
-from checkpointing.files import fsync_dir, link_or_copy, temp_path, write_durable
-from checkpointing.loading import checkpoints_of
-from checkpointing.metadata import build_metadata, encode_metadata
+from checkpointing.files import link_or_copy
+from checkpointing.loading import vecnormalize_path_for
+from checkpointing.metadata import build_metadata
 from checkpointing.naming import (
     BOUNDARY_PREFIX,
     LEGACY_FINAL_NAMES,
-    METADATA_SUFFIX,
-    VECNORM_SUFFIX,
     CheckpointName,
+    new_run_id,
     validate_market,
+    validate_run_id,
     validate_seed,
 )
+from checkpointing.publish import publish
 from checkpointing.ranking import METRICS
 from checkpointing.schedule import AdaptiveSchedule
+from checkpointing.selection import checkpoints_of
 from checkpointing.snapshot import ModelSnapshot, take_snapshot
 from checkpointing.store import commit_files
 from checkpointing.triggers import BestTracker
@@ -52,6 +54,9 @@ log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
 BEST_MODEL = "best_model"
+# The run's own metadata fields besides run_id (a Tune trial's experiment and trial id, the
+# checkpoint a run started from).
+RUN_FIELDS = ("experiment", "trial_id", "started_from", "started_from_run")
 
 
 @dataclass
@@ -86,7 +91,7 @@ class _State:
 
 
 class DynamicCheckpointManager:
-    """Saves the checkpoints of one (phase, market, seed) run into its own folder.
+    """Saves the checkpoints of one run of (phase, market, seed) into the market's folder.
 
     Args:
         config: a :class:`CheckpointConfig`, a path to a YAML file, or None for
@@ -94,6 +99,12 @@ class DynamicCheckpointManager:
         phase: 1, 2 or 3.
         market: market name (letters, digits, inner ``.``/``-``).
         seed: the run's seed.
+        run_id: the run's id (letters, digits, inner ``.``/``-``); None makes a new one
+            (``manager.run_id``). To continue a run, pass its id (see
+            :func:`checkpointing.selection.run_to_continue`).
+        run_info: more about the run for every checkpoint's metadata: ``experiment`` and
+            ``trial_id`` of a Tune trial, ``started_from`` (the checkpoint it started from)
+            and ``started_from_run``.
         models_root: moves ``paths.root`` (e.g. ``./models``) elsewhere.
         target_timesteps: overrides the phase's ``target_timesteps`` (the schedule's 100%).
         async_saves: overrides ``performance.async_saves``.
@@ -114,6 +125,8 @@ class DynamicCheckpointManager:
         phase: int,
         market: str,
         seed: int,
+        run_id: str | None = None,
+        run_info: Mapping[str, Any] | None = None,
         models_root: str | os.PathLike[str] | None = None,
         target_timesteps: int | None = None,
         async_saves: bool | None = None,
@@ -122,6 +135,11 @@ class DynamicCheckpointManager:
     ) -> None:
         self.market = validate_market(market)
         self.seed = validate_seed(seed)
+        self.run_id = new_run_id() if run_id is None else validate_run_id(run_id)
+        unknown = set(run_info or {}) - set(RUN_FIELDS)
+        if unknown:
+            raise ValueError(f"run_info: unknown fields {sorted(unknown)}; known: {RUN_FIELDS}")
+        self.run_info = {k: v for k, v in dict(run_info or {}).items() if v is not None}
         self.config = config if isinstance(config, CheckpointConfig) else load_config(config)
         schedule = self.config.phase(phase)
         if target_timesteps is not None:
@@ -132,9 +150,11 @@ class DynamicCheckpointManager:
             schedule = replace(schedule, target_timesteps=target_timesteps)
         self.phase = phase
         self.phase_schedule = schedule
-        self.models_root = self.config.models_root(models_root)
-        self.folder = self.config.checkpoint_dir(phase, market, models_root)
-        self.phase_root = self.config.phase_root(phase, market, models_root)
+        layout = self.config.layout(models_root)
+        self.models_root = layout.root
+        self.folder = layout.checkpoint_dir(phase, market)
+        self.market_dir = layout.market_dir(phase, market)
+        self.run_dir = layout.run_dir(phase, market, self.run_id)
         self.schedule = AdaptiveSchedule(schedule)
         events = self.config.events
         self.tracker = BestTracker(
@@ -185,6 +205,11 @@ class DynamicCheckpointManager:
             )
         return due
 
+    def start_at(self, timesteps: int) -> None:
+        """Continue the schedule from ``timesteps`` without a saved state (a checkpoint that
+        carries none, e.g. v1): the next periodic save is one interval after it."""
+        self.state.next_save_step = self.schedule.next_after(timesteps)
+
     def record_evaluation(self, metrics: Mapping[str, float], timesteps: int) -> list[str]:
         """Remember an evaluation; return the monitored metrics that improved enough."""
         clean = {k: float(v) for k, v in metrics.items() if _is_number(v)}
@@ -205,6 +230,7 @@ class DynamicCheckpointManager:
             "phase": self.phase,
             "market": self.market,
             "seed": self.seed,
+            "run_id": self.run_id,
             "target_timesteps": self.target_timesteps,
             "next_save_step": s.next_save_step,
             "saves": s.saves,
@@ -317,7 +343,8 @@ class DynamicCheckpointManager:
         val = clean_metrics.get("val_reward", math.nan)
         sharpe = clean_metrics.get("sharpe_ratio", math.nan)
         checkpoint_names = [
-            CheckpointName(self.market, timesteps, name, val, sharpe, self.seed) for name in names
+            CheckpointName(self.market, timesteps, name, val, sharpe, self.seed, self.run_id)
+            for name in names
         ]
         self.state.last_checkpoint = checkpoint_names[0].filename
         callback_state = self.state_dict()
@@ -340,6 +367,7 @@ class DynamicCheckpointManager:
                 llm=llm if self.phase == 3 or llm else None,
                 improved_metrics=list(improved) if cname.event == "best" else [],
                 callback_state=callback_state,
+                extra=self.run_info,
             )
             for cname in checkpoint_names
         ]
@@ -419,80 +447,13 @@ class DynamicCheckpointManager:
                 log.info("saved %s", path)
         assert first is not None
         if math.isfinite(val_reward) and val_reward > self.state.best_val_reward:
-            # Compared again with best_model_metadata.json on disk: other runs share it.
-            self._publish(first, BEST_MODEL, only_if_better=True)
+            # Compared again with best_model_metadata.json on disk: the market's other runs
+            # share it.
+            publish(first, self.market_dir, BEST_MODEL, only_if_better=True)
             with self._state_lock:
                 self.state.best_val_reward = val_reward
         if "phase_end" in outcome.events:
-            self._publish(first, LEGACY_FINAL_NAMES[self.phase], only_if_better=False)
-
-    # ------------------------------------------------------------------ phase-root copies
-
-    def _publish(self, checkpoint: Path, stem: str, *, only_if_better: bool) -> None:
-        """Copy a committed checkpoint to ``{phase_root}/{stem}.zip`` (+ pkl + metadata).
-
-        ``best_model`` is replaced only by a higher val_reward, whichever run wrote it; the
-        legacy final model is replaced by each phase end. Companions first, zip last.
-        """
-        from checkpointing.errors import CheckpointCorruptError
-        from checkpointing.metadata import read_checkpoint_metadata
-        from checkpointing.store import folder_lock, verify_checkpoint
-
-        root = self.phase_root
-        root.mkdir(parents=True, exist_ok=True)
-        meta = read_checkpoint_metadata(checkpoint) or {}
-        with folder_lock(root):
-            # Temporaries of a publish killed half-way (hard links: they pin disk space).
-            sweep(root)
-            target_meta = root / (stem + METADATA_SUFFIX)
-            if only_if_better and target_meta.exists():
-                try:
-                    # A copy left torn by a crash between renames fails verification and
-                    # counts as absent, so the next improvement repairs it.
-                    current = verify_checkpoint(root / f"{stem}.zip")
-                    current_val = float(current.get("val_reward", math.nan))
-                except (CheckpointCorruptError, OSError, ValueError, TypeError):
-                    current_val = math.nan
-                new_val = float(meta.get("val_reward", math.nan))
-                if math.isfinite(current_val) and not new_val > current_val:
-                    return
-            base = checkpoint.name[: -len(".zip")]
-            pkl = checkpoint.with_name(base + VECNORM_SUFFIX)
-            published = dict(meta)
-            files = {
-                k: dict(v) for k, v in dict(meta.get("files") or {}).items() if isinstance(v, dict)
-            }
-            if "zip" in files:
-                files["zip"]["name"] = f"{stem}.zip"
-            if "vecnormalize" in files:
-                files["vecnormalize"]["name"] = stem + VECNORM_SUFFIX
-            published["files"] = files
-            published["source_checkpoint"] = os.path.relpath(checkpoint, root)
-            published.pop("source", None)
-            pairs = []
-            if pkl.exists():
-                pairs.append((pkl, root / (stem + VECNORM_SUFFIX)))
-            temps = []
-            try:
-                for src, dst in pairs:
-                    tmp = temp_path(dst)
-                    temps.append(tmp)
-                    link_or_copy(src, tmp)
-                    os.replace(tmp, dst)
-                tmp_meta = temp_path(target_meta)
-                temps.append(tmp_meta)
-                write_durable(tmp_meta, encode_metadata(published))
-                os.replace(tmp_meta, target_meta)
-                tmp_zip = temp_path(root / f"{stem}.zip")
-                temps.append(tmp_zip)
-                link_or_copy(checkpoint, tmp_zip)
-                os.replace(tmp_zip, root / f"{stem}.zip")
-                fsync_dir(root)
-            finally:
-                for tmp in temps:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(tmp)
-        log.info("updated %s from %s", root / f"{stem}.zip", checkpoint.name)
+            publish(first, self.run_dir, LEGACY_FINAL_NAMES[self.phase], only_if_better=False)
 
     # ------------------------------------------------------------------ disk
 
@@ -521,23 +482,31 @@ class DynamicCheckpointManager:
         return int(psutil.disk_usage(os.fspath(probe)).free)
 
     def _newest_saved_bytes(self) -> int | None:
-        """The size of the newest checkpoint of this market and seed already in the folder
-        (most often the one a resumed run started from), as the guess for the first save of
-        this run; None when there is none. Closer than the model's guess, which leaves room
-        for an uncompressed zip."""
+        """The size of this run's newest checkpoint already in the folder (a resumed run),
+        else of the checkpoint the run started from, as the guess for the run's first save;
+        None when there is neither. Closer than the model's guess, which leaves room for an
+        uncompressed zip."""
         try:
-            mine = checkpoints_of(self.folder, self.seed, self.market)  # oldest first
+            mine = checkpoints_of(self.folder, self.seed, self.market, self.run_id)
         except OSError:  # an unreadable folder: guess from the model instead
-            return None
-        if not mine or not mine[-1].size:  # none, or gone since the listing
+            mine = []
+        if mine:
+            zip_path = mine[-1].path  # oldest first
+        elif "started_from" in self.run_info:
+            zip_path = self.models_root / str(self.run_info["started_from"])
+        else:
             return None
         try:
-            pkl = mine[-1].vecnormalize_path.stat().st_size
+            size = zip_path.stat().st_size
+        except OSError:  # gone since the listing
+            return None
+        try:
+            pkl = vecnormalize_path_for(zip_path).stat().st_size
         except FileNotFoundError:  # saved without VecNormalize
             pkl = 0
         except OSError:
             return None
-        return mine[-1].size + pkl + _METADATA_ROOM
+        return size + pkl + _METADATA_ROOM
 
     def _disk_shortage(self) -> str | None:
         """None when there is room for one more checkpoint above the configured minimum."""

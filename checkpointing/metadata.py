@@ -1,7 +1,9 @@
 """Checkpoint metadata: the JSON companion ``{base}_metadata.json``.
 
 The document is flat, as in the seed note (standard, metrics, runtime and phase-3 advisor
-fields side by side), plus ``schema_version``, ``metrics_timesteps``, the size and sha256 of
+fields side by side), plus ``run_id`` (the run that wrote it; with ``experiment`` and
+``trial_id`` for a Tune trial, ``started_from`` and ``started_from_run`` for a run started from
+another's checkpoint), ``schema_version``, ``metrics_timesteps``, the size and sha256 of
 the zip and the ``.pkl`` (``files``), the metrics that triggered a ``best`` save
 (``improved_metrics``) and the callback's own state (``callback_state``).
 
@@ -78,6 +80,7 @@ def build_metadata(
         "market": name.market,
         "timesteps": name.timesteps,
         "seed": name.seed,
+        "run_id": name.run_id,
         "event_tag": name.event,
         "timestamp": utc_timestamp(),
     }

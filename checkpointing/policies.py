@@ -3,7 +3,7 @@
 A policy answers one question for every checkpoint of a folder: *do you keep it, and why?*
 Its one method, ``decide(infos) -> list[str | None]``, returns a reason (``kept_by``) for each
 checkpoint it keeps and ``None`` for the others. Policies look only at the parsed name
-(timesteps, event, val_reward, sharpe_ratio, seed) and, where a rule needs it, the zip's mtime
+(timesteps, event, val_reward, sharpe_ratio, seed, run) and, where a rule needs it, the zip's mtime
 (one ``lstat`` on first use); they never open a file. A folder can hold 10,000 checkpoints,
 planned at every prune: prefer ``info.name`` and ``info.filename`` to ``info.path``.
 :class:`AnyPolicy` is their union::
@@ -13,9 +13,11 @@ planned at every prune: prefer ``info.name`` and ``info.filename`` to ``info.pat
 
 :func:`build_policy` makes the default union from ``checkpointing.retention`` in the config:
 
-- the last ``keep_last_n`` ``periodic`` checkpoints of each run (market, seed), by timesteps;
-- the top ``keep_top_k_by_sharpe`` by Sharpe and ``keep_top_k_by_reward`` by val_reward over
-  the folder (NaN never ranks; ties go to more timesteps, then to the smaller file name);
+- the last ``keep_last_n`` ``periodic`` checkpoints of each run, by timesteps;
+- the top ``keep_top_k_by_sharpe`` models by Sharpe and ``keep_top_k_by_reward`` by val_reward
+  of each run, by the ranking rule of :mod:`checkpointing.ranking` (NaN never ranks; ties go to
+  more timesteps, then to the smaller file name; a model saved under two events is one model,
+  and both files are kept);
 - every event named in ``preserve_events`` (``phase_boundary`` matches ``phase_boundary_*``),
   except ``interrupt``, which means :class:`KeepInterruptsUntilPhaseEnd`.
 
@@ -28,14 +30,16 @@ A user adds a rule from code (``build_policy(cfg, extra=[MyPolicy()])``: any obj
         - keep_events: [best]               # every `best` checkpoint
         - keep_every_n_timesteps: 500000    # one checkpoint per 500K steps of each run
 
-Legacy v1 checkpoints (only listed with ``include_legacy``) count as ``periodic`` checkpoints of
-one run of their own with no metrics.
+Every rule works **per run** (market, seed, run id): many runs share a folder (reruns, other
+configurations, a search), and one run's saves never push another run's checkpoints out. v2
+names without a run id form the legacy run of their market and seed; legacy v1 checkpoints
+(only listed with ``include_legacy``) count as ``periodic`` checkpoints of one run of their own
+with no metrics.
 """
 
 from __future__ import annotations
 
 import difflib
-import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -46,8 +50,10 @@ from checkpointing.naming import (
     BOUNDARY_PREFIX,
     EVENT_KINDS,
     CheckpointName,
+    LegacyName,
     validate_event,
 )
+from checkpointing.ranking import rank
 from checkpointing.store import CheckpointInfo
 
 __all__ = [
@@ -67,10 +73,9 @@ __all__ = [
 
 RankedMetric = Literal["sharpe_ratio", "val_reward"]
 _RANKED_METRICS: tuple[RankedMetric, ...] = ("sharpe_ratio", "val_reward")
-_NAN = math.nan
 
 # A run inside one folder; legacy v1 checkpoints (no market, no seed) form one run of their own.
-RunKey = tuple[str | None, int | None]
+RunKey = tuple[str | None, int | None, str | None]
 
 
 class RetentionPolicy(Protocol):
@@ -89,30 +94,32 @@ class RetentionPolicy(Protocol):
 
 # The run of a legacy v1 checkpoint. The loops below run over every checkpoint of a folder
 # (10,000 of them, at every prune): each reads ``info.name`` once and avoids helper calls.
-_LEGACY_RUN: RunKey = (None, None)
+_LEGACY_RUN: RunKey = (None, None, None)
 
 
-def _best(
-    members: list[int],
-    scores: Sequence[float],
-    k: int,
-    infos: Sequence[CheckpointInfo],
-    larger_name_wins: bool,
-) -> list[int]:
-    """The ``k`` of ``members`` (indices into ``infos``) with the highest ``scores``.
+def _run_of(name: CheckpointName | LegacyName) -> RunKey:
+    if isinstance(name, CheckpointName):
+        return (name.market, name.seed, name.run_id)
+    return _LEGACY_RUN
 
-    Ties go to more timesteps, then to the larger (or smaller) file name. Only the members
-    at or above the k-th score are sorted: a folder can hold 10,000 checkpoints.
-    """
+
+def _by_run(infos: Sequence[CheckpointInfo]) -> dict[RunKey, list[int]]:
+    groups: dict[RunKey, list[int]] = defaultdict(list)
+    for i, info in enumerate(infos):
+        groups[_run_of(info.name)].append(i)
+    return groups
+
+
+def _latest(members: list[int], k: int, infos: Sequence[CheckpointInfo]) -> list[int]:
+    """The ``k`` of ``members`` (indices into ``infos``) with the most timesteps; ties go to
+    the larger file name. Only the members at or above the k-th are sorted."""
     if k <= 0 or not members:
         return []
-    # The k-th best score. sorted() is C code, and linear on the (usual) ascending timesteps.
-    cutoff = sorted(scores, reverse=True)[min(k, len(scores)) - 1]
-    ties = [(s, i) for s, i in zip(scores, members, strict=True) if s >= cutoff]
-    # Two stable sorts: by file name, then by (score, timesteps), best first.
-    ties.sort(key=lambda t: infos[t[1]].filename, reverse=larger_name_wins)
-    ties.sort(key=lambda t: (-t[0], -infos[t[1]].timesteps))
-    return [i for _, i in ties[:k]]
+    # The k-th most timesteps. sorted() is C code, and linear on (usual) ascending timesteps.
+    cutoff = sorted((infos[i].timesteps for i in members), reverse=True)[min(k, len(members)) - 1]
+    ties = [i for i in members if infos[i].timesteps >= cutoff]
+    ties.sort(key=lambda i: (infos[i].timesteps, infos[i].filename), reverse=True)
+    return ties[:k]
 
 
 def _check_count(value: object, what: str, minimum: int) -> None:
@@ -125,7 +132,7 @@ def _check_count(value: object, what: str, minimum: int) -> None:
 
 @dataclass(frozen=True)
 class LatestPeriodic:
-    """Keep the last ``n`` ``periodic`` checkpoints of each run (market, seed) by timesteps.
+    """Keep the last ``n`` ``periodic`` checkpoints of each run by timesteps.
 
     Ties in timesteps go to the larger file name. Reason: ``last_{n}_periodic``.
     """
@@ -145,22 +152,23 @@ class LatestPeriodic:
             if not isinstance(name, CheckpointName):
                 groups[_LEGACY_RUN].append(i)  # legacy v1: periodic, a run of their own
             elif name.event == "periodic":
-                groups[(name.market, name.seed)].append(i)
+                groups[(name.market, name.seed, name.run_id)].append(i)
         reason = f"last_{self.n}_periodic"
         for members in groups.values():
-            timesteps = [infos[i].timesteps for i in members]
-            for i in _best(members, timesteps, self.n, infos, larger_name_wins=True):
+            for i in _latest(members, self.n, infos):
                 out[i] = reason
         return out
 
 
 @dataclass(frozen=True)
 class TopK:
-    """Keep the ``k`` best checkpoints of the folder by ``metric`` (any event, any seed).
+    """Keep the ``k`` best models of each run by ``metric`` (any event).
 
     ``metric`` is one the name carries: ``sharpe_ratio`` or ``val_reward`` (higher is better).
-    NaN never ranks. Ties go to more timesteps, then to the smaller file name, so the choice is
-    the same on every run. Reason: ``top_{k}_{metric}``.
+    Ranked by :func:`checkpointing.ranking.rank`: NaN never ranks, ties go to more timesteps,
+    then to the smaller file name, so the choice is the same on every run; a model saved under
+    two events (a ``best`` and its ``periodic`` twin) takes one place and both files are kept.
+    Reason: ``top_{k}_{metric}``.
     """
 
     metric: RankedMetric
@@ -179,15 +187,20 @@ class TopK:
         if self.k == 0:
             return out
         metric = self.metric
-        values = [
-            getattr(name, metric) if isinstance(name := info.name, CheckpointName) else _NAN
-            for info in infos
-        ]
-        ranked = [i for i, value in enumerate(values) if value == value]  # NaN never ranks
         reason = f"top_{self.k}_{self.metric}"
-        scores = [values[i] for i in ranked]
-        for i in _best(ranked, scores, self.k, infos, larger_name_wins=False):
-            out[i] = reason
+        for run, members in _by_run(infos).items():
+            if run is _LEGACY_RUN:
+                continue  # v1 names carry no metrics
+            candidates = []
+            for i in members:
+                name = infos[i].name
+                assert isinstance(name, CheckpointName)
+                value = getattr(name, metric)
+                if value == value:  # NaN never ranks: skip the work for it
+                    candidates.append((value, name.timesteps, infos[i].filename, name.model, i))
+            for ranked in rank(candidates, self.k):
+                for i in ranked.items:
+                    out[i] = reason
         return out
 
 
@@ -231,15 +244,14 @@ class PreserveEvents:
 
 @dataclass(frozen=True)
 class KeepInterruptsUntilPhaseEnd:
-    """Keep each ``interrupt`` checkpoint until a later run of it ends with ``phase_end``.
+    """Keep each ``interrupt`` checkpoint until its run, resumed, ends with ``phase_end``.
 
-    "Later run of it": a ``phase_end`` checkpoint in the same folder (so the same phase) with
-    the same market and seed, whose timesteps are >= the interrupt's **and** whose zip is at
-    least as new (mtime) as the interrupt's. Both must hold: the timesteps say the run got past
-    the interruption (a resumed run continues counting), the mtime says it happened afterwards
-    (a phase_end of an older, finished run does not release a newer interrupt). When in doubt
-    (e.g. copied files with shuffled mtimes) the interrupt is kept. Reason:
-    ``interrupt_unresolved``.
+    Its run ends: a ``phase_end`` checkpoint of the same run (market, seed, run id) in the same
+    folder, whose timesteps are >= the interrupt's **and** whose zip is at least as new (mtime)
+    as the interrupt's: the timesteps say the run got past the interruption (a resumed run
+    continues counting), the mtime that it happened afterwards. Another run's phase_end never
+    releases an interrupt. When in doubt (e.g. copied files with shuffled mtimes) the
+    interrupt is kept. Reason: ``interrupt_unresolved``.
     """
 
     def decide(self, infos: Sequence[CheckpointInfo]) -> list[str | None]:
@@ -253,12 +265,12 @@ class KeepInterruptsUntilPhaseEnd:
         ends: dict[RunKey, list[tuple[int, float]]] = defaultdict(list)
         for _, info, name in ours:
             if name.event == "phase_end":  # mtime: one lstat, only for these few
-                ends[(name.market, name.seed)].append((name.timesteps, info.mtime))
+                ends[(name.market, name.seed, name.run_id)].append((name.timesteps, info.mtime))
         out: list[str | None] = [None] * len(infos)
         for i, info, name in ours:
             if name.event != "interrupt":
                 continue
-            run_ends = ends.get((name.market, name.seed), ())
+            run_ends = ends.get((name.market, name.seed, name.run_id), ())
             resolved = any(ts >= name.timesteps and mtime >= info.mtime for ts, mtime in run_ends)
             out[i] = None if resolved else "interrupt_unresolved"
         return out
@@ -285,7 +297,7 @@ class KeepEveryNTimesteps:
         for i, info in enumerate(infos):
             name = info.name
             timesteps = name.timesteps
-            run = (name.market, name.seed) if isinstance(name, CheckpointName) else _LEGACY_RUN
+            run = _run_of(name)
             key = (run, timesteps // n)
             candidate = (timesteps, info.filename, i)
             if key not in first or candidate < first[key]:

@@ -5,7 +5,8 @@ registry, ``--resume-from best:<metric>``, the driver's summary and the browser,
 always agree. The rule:
 
 - every metric of :data:`METRICS` is better when higher (``max_drawdown`` is a fraction <= 0);
-- a NaN (not measured) never ranks;
+- a NaN (not measured) never ranks, and neither does an ``interrupt`` checkpoint: it carries
+  the metrics of the evaluation before it, measured on an earlier model than the one it holds;
 - ties go to more timesteps, then to the smaller file name, so the order is the same on
   every machine and every run;
 - a model counts once, however many events it was saved under: a ``best`` save and its
@@ -33,6 +34,7 @@ __all__ = ["METRICS", "Candidate", "Ranked", "check_metric", "rank"]
 METRICS = ("val_reward", "sharpe_ratio", "win_rate", "max_drawdown", "total_return")
 
 T = TypeVar("T")
+_INTERRUPT = "_evt-interrupt_"
 Candidate = tuple[float, int, str, Hashable, T]
 
 
@@ -60,7 +62,8 @@ def check_metric(metric: object, what: str = "metric") -> str:
 
 def rank(candidates: Iterable[Candidate[T]], k: int | None = None) -> list[Ranked[T]]:
     """The models of ``candidates`` best first (see the module's rule); at most ``k``."""
-    scored = [c for c in candidates if c[0] == c[0]]  # NaN never ranks
+    # NaN never ranks; nor does an interrupt (its metrics were measured on an earlier model).
+    scored = [c for c in candidates if c[0] == c[0] and _INTERRUPT not in c[2]]
     scored.sort(key=lambda c: (-c[0], -c[1], c[2]))
     groups: dict[Hashable, list[Candidate[T]]] = {}
     for candidate in scored:

@@ -28,24 +28,23 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from checkpointing.config import DEFAULT_CONFIG_PATH, CheckpointConfig, resolve_config
 from checkpointing.errors import (
-    CheckpointCorruptError,
     ConfigError,
     RegistryError,
     usage_error,
 )
 from checkpointing.files import fsync_dir, temp_path
-from checkpointing.layout import PHASES, locate_folder
+from checkpointing.layout import PHASES
 from checkpointing.metadata import read_checkpoint_metadata, utc_timestamp
 from checkpointing.naming import CheckpointName, LegacyName, parse_name, validate_market
-from checkpointing.ranking import METRICS
-from checkpointing.store import CheckpointInfo, list_checkpoints, verify_checkpoint
+from checkpointing.ranking import METRICS, Ranked, rank
+from checkpointing.store import CheckpointInfo, list_checkpoints
 
 __all__ = [
     "REGISTRY_LOCK_NAME",
@@ -54,8 +53,8 @@ __all__ = [
     "Registry",
     "RegistryEntry",
     "find_best",
-    "find_resume_checkpoint_from_registry",
     "main",
+    "rank_entries",
 ]
 
 log = logging.getLogger(__name__)
@@ -90,6 +89,7 @@ def _int_or_none(value: object) -> int | None:
 class RegistryEntry:
     """One indexed checkpoint. ``path`` is relative to the registry root, ``/``-separated.
 
+    ``run_id`` is the run that wrote it (None: the legacy run of its market and seed).
     ``metrics`` maps each of ``val_reward``, ``sharpe_ratio``, ``win_rate``, ``max_drawdown``,
     ``total_return`` to a float, or ``None`` when not measured. ``files`` has ``zip`` and
     (when present) ``vecnormalize``, each with ``size`` and ``sha256`` (``None`` if unknown).
@@ -112,6 +112,20 @@ class RegistryEntry:
         return self.path.rsplit("/", 1)[-1]
 
     @property
+    def run_id(self) -> str | None:
+        """The run that wrote it, from its name (None: a legacy run)."""
+        parsed = parse_name(self.name)
+        return parsed.run_id if isinstance(parsed, CheckpointName) else None
+
+    @property
+    def model(self) -> str:
+        """Equal for the entries of one model saved under several events (see
+        :attr:`checkpointing.naming.CheckpointName.model`), in its folder."""
+        parsed = parse_name(self.name)
+        name = parsed.model if isinstance(parsed, CheckpointName) else self.name
+        return f"{self.folder}/{name}"
+
+    @property
     def folder(self) -> str:
         """The checkpoint folder, relative to the root."""
         return self.path.rsplit("/", 1)[0] if "/" in self.path else ""
@@ -130,6 +144,7 @@ class RegistryEntry:
             "phase": self.phase,
             "market": self.market,
             "seed": self.seed,
+            "run_id": self.run_id,
             "timesteps": self.timesteps,
             "event": self.event,
             "legacy": self.legacy,
@@ -205,13 +220,21 @@ def _build_entry(
     )
 
 
-def _rank(entries: Iterable[RegistryEntry], metric: str, seed: int | None) -> list[RegistryEntry]:
-    """Best first by ``metric``; NaN never ranks; ties: more timesteps, then smaller name."""
-    ranked = [
-        e for e in entries if (seed is None or e.seed == seed) and not math.isnan(e.metric(metric))
-    ]
-    ranked.sort(key=lambda e: (-e.metric(metric), -e.timesteps, e.name))
-    return ranked
+def rank_entries(
+    entries: Iterable[RegistryEntry],
+    metric: str,
+    *,
+    seed: int | None = None,
+    runs: Collection[str | None] | None = None,
+) -> list[Ranked[RegistryEntry]]:
+    """The models of ``entries`` best first by ``metric`` (:func:`checkpointing.ranking.rank`),
+    only those of ``seed`` and of the run ids in ``runs`` (None: every seed, every run; the
+    legacy run is ``None`` in ``runs``)."""
+    return rank(
+        (e.metric(metric), e.timesteps, e.name, e.model, e)
+        for e in entries
+        if (seed is None or e.seed == seed) and (runs is None or e.run_id in runs)
+    )
 
 
 def _check_metric(metric: object) -> str:
@@ -454,20 +477,34 @@ class Registry:
         return out
 
     def rank(
-        self, phase: int, market: str, metric: str, seed: int | None = None
-    ) -> list[RegistryEntry]:
-        """The checkpoints of one folder, best first by ``metric`` (NaN never ranks; ties:
-        more timesteps, then smaller name)."""
+        self,
+        phase: int,
+        market: str,
+        metric: str,
+        seed: int | None = None,
+        *,
+        runs: Collection[str | None] | None = None,
+    ) -> list[Ranked[RegistryEntry]]:
+        """The models of one folder best first by ``metric`` (the rule of
+        :mod:`checkpointing.ranking`), of ``seed`` and ``runs`` (None: all)."""
         _check_phase(phase)
         validate_market(market)
-        return _rank(self.entries(phase, market), _check_metric(metric), seed)
+        return rank_entries(
+            self.entries(phase, market), _check_metric(metric), seed=seed, runs=runs
+        )
 
     def find_best(
-        self, phase: int, market: str, metric: str, seed: int | None = None
+        self,
+        phase: int,
+        market: str,
+        metric: str,
+        seed: int | None = None,
+        *,
+        runs: Collection[str | None] | None = None,
     ) -> RegistryEntry | None:
         """The best checkpoint of one folder by ``metric``, or ``None``."""
-        ranked = self.rank(phase, market, metric, seed)
-        return ranked[0] if ranked else None
+        ranked = self.rank(phase, market, metric, seed, runs=runs)
+        return ranked[0].item if ranked else None
 
 
 def find_best(
@@ -477,67 +514,19 @@ def find_best(
     metric: str,
     seed: int | None = None,
     *,
+    runs: Collection[str | None] | None = None,
     config: CheckpointConfig | None = None,
 ) -> RegistryEntry | None:
     """The best checkpoint of ``{root}/phase{N}/{market}`` by ``metric`` (any of
     ``val_reward``, ``sharpe_ratio``, ``win_rate``, ``max_drawdown``, ``total_return``; higher
-    is better), optionally of one ``seed``. Use ``entry.absolute(root)`` for its path.
+    is better), optionally of one ``seed`` and of the run ids in ``runs`` (None: every run).
+    Use ``entry.absolute(root)`` for its path.
 
     Raises:
         RegistryError: a bad phase or metric.
         CheckpointNameError: a bad market name.
     """
-    return Registry(root, config).find_best(phase, market, metric, seed)
-
-
-def _parse_resume_spec(spec: str) -> str:
-    kind, _, metric = spec.partition(":")
-    if kind != "best" or (metric and metric not in METRICS):
-        raise RegistryError(
-            f"resume spec must be 'best' or 'best:<metric>' with a metric of "
-            f"{list(METRICS)}, got {spec!r}"
-        )
-    return metric or "val_reward"
-
-
-def find_resume_checkpoint_from_registry(
-    folder: str | os.PathLike[str],
-    spec: str = "best:sharpe_ratio",
-    *,
-    seed: int | None = None,
-    config: CheckpointConfig | None = None,
-    verify: bool = True,
-) -> Path | None:
-    """The zip to resume from for ``spec`` (``best:<metric>``; ``best`` is ``best:val_reward``).
-
-    ``folder`` is a checkpoint folder; when it fits the layout of ``config`` the registry of
-    its root is used (with its stale-folder fallback), otherwise the folder is scanned. With
-    ``verify`` the candidates are tried best first and the first whose files match their
-    sha256 digests is returned (failures are logged and skipped). ``None``: nothing ranks.
-
-    Raises:
-        RegistryError: a bad spec.
-    """
-    metric = _parse_resume_spec(spec)
-    located = locate_folder(folder, (config or CheckpointConfig()).paths)
-    if located is not None:
-        root, phase, market = located
-        ranked = Registry(root, config).rank(phase, market, metric, seed)
-        paths = [e.absolute(root) for e in ranked]
-    else:
-        registry = Registry(folder, config)
-        scanned = [registry._scan_entry(info, "") for info in list_checkpoints(folder)]
-        paths = [e.absolute(folder) for e in _rank(scanned, metric, seed)]
-    for path in paths:
-        if not verify:
-            return path
-        try:
-            verify_checkpoint(path)
-        except CheckpointCorruptError as exc:
-            log.warning("not resuming from %s: %s", path, exc)
-            continue
-        return path
-    return None
+    return Registry(root, config).find_best(phase, market, metric, seed, runs=runs)
 
 
 # --------------------------------------------------------------------------- CLI

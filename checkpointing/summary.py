@@ -29,7 +29,8 @@ from checkpointing.config import CheckpointConfig, resolve_config
 from checkpointing.errors import CheckpointNameError, ConfigError, usage_error
 from checkpointing.layout import PHASES
 from checkpointing.naming import COMPANION_SUFFIXES, CheckpointName
-from checkpointing.policies import RankedMetric, TopK
+from checkpointing.policies import RankedMetric
+from checkpointing.ranking import rank
 from checkpointing.store import CheckpointInfo, list_checkpoints
 
 __all__ = [
@@ -69,18 +70,25 @@ def human_bytes(n: int) -> str:
 
 
 def _best(infos: Sequence[CheckpointInfo], metric: RankedMetric) -> dict[str, Any] | None:
-    # The same ranking as retention's top-K: NaN never ranks, ties to more timesteps.
-    for info, reason in zip(infos, TopK(metric, 1).decide(infos), strict=True):
-        if reason is not None:
-            assert isinstance(info.name, CheckpointName)  # legacy names carry no metrics
-            return {
-                "value": getattr(info.name, metric),
-                "timesteps": info.timesteps,
-                "path": os.fspath(info.path),
-                "event": info.name.event,
-                "seed": info.name.seed,
-            }
-    return None
+    """The best checkpoint of the folder by a metric its names carry, by the ranking rule."""
+    ranked = rank(
+        (getattr(name, metric), name.timesteps, info.filename, name.model, info)
+        for info in infos
+        if isinstance(name := info.name, CheckpointName)  # legacy names carry no metrics
+    )
+    if not ranked:
+        return None
+    info = ranked[0].item
+    name = info.name
+    assert isinstance(name, CheckpointName)
+    return {
+        "value": getattr(name, metric),
+        "timesteps": info.timesteps,
+        "path": os.fspath(info.path),
+        "event": name.event,
+        "seed": name.seed,
+        "run_id": name.run_id,
+    }
 
 
 def summarize_folder(folder: str | os.PathLike[str]) -> dict[str, Any]:
@@ -88,14 +96,17 @@ def summarize_folder(folder: str | os.PathLike[str]) -> dict[str, Any]:
 
     Keys: ``folder``; ``total_count``; ``best_sharpe`` and ``best_reward`` (``value``,
     ``timesteps``, ``path``, ``event``, ``seed``; ``None`` when nothing has that metric);
-    ``by_event`` (count per event, legacy v1 checkpoints under ``legacy``); ``seeds``;
+    ``by_event`` (count per event, legacy v1 checkpoints under ``legacy``); ``seeds``; ``runs``
+    (how many runs, a seed's checkpoints without a run id counting as one);
     ``bytes`` (zips plus companions). A missing folder summarizes as empty.
     """
     infos = list_checkpoints(folder)
     events: Counter[str] = Counter(
         info.name.event if isinstance(info.name, CheckpointName) else "legacy" for info in infos
     )
-    seeds = sorted({info.name.seed for info in infos if isinstance(info.name, CheckpointName)})
+    names = [info.name for info in infos if isinstance(info.name, CheckpointName)]
+    seeds = sorted({name.seed for name in names})
+    runs = len({(name.seed, name.run_id) for name in names})
     return {
         "folder": os.fspath(folder),
         "total_count": len(infos),
@@ -103,6 +114,7 @@ def summarize_folder(folder: str | os.PathLike[str]) -> dict[str, Any]:
         "best_reward": _best(infos, "val_reward"),
         "by_event": dict(sorted(events.items())),
         "seeds": seeds,
+        "runs": runs,
         "bytes": sum(checkpoint_bytes(info) for info in infos),
     }
 
@@ -173,11 +185,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not rows:
         print(f"no checkpoint folders under {os.fspath(Path(root))!r}")
         return 0
-    header = ("phase", "market", "count", "best sharpe", "best reward", "size", "events")
+    header = ("phase", "market", "runs", "count", "best sharpe", "best reward", "size", "events")
     table = [
         (
             str(r["phase"]),
             r["market"],
+            str(r["runs"]),
             str(r["total_count"]),
             _fmt_best(r["best_sharpe"], 2),
             _fmt_best(r["best_reward"], 3),

@@ -1,27 +1,14 @@
 """The result browser: ``python -m tuner.browse [--experiment NAME] [--metric M] ...``.
 
 Reads what ``python -m tuner.run`` left on disk, without starting (or importing) Ray: Tune's
-experiment folders under the storage path (``<storage>/<experiment>/`` with one folder per
-trial holding ``params.json`` and ``result.json``, one JSON result per line, and the
-experiment's ``experiment_state-*.json``) and the checkpoint registry of the models root each
-trial wrote to (``models_root`` in its ``params.json``).
+experiment folders under the storage path and the checkpoint registry of the models root each
+trial wrote to. Without ``--experiment`` it lists the experiments it finds. With one, it shows
+per trial its run, latest reported result and status, then the best checkpoints of the
+experiment's runs per market and phase by ``--metric`` (``--all-runs``: of every run in those
+folders), ranked by the same rule as the driver's summary. Nothing is written anywhere.
 
-Without ``--experiment`` it lists the experiments it finds. With one, it shows per trial the
-latest reported result and its status, then the best checkpoints per market by ``--metric``.
-
-Trial status, from the files: ``finished`` (the last result says ``finished``),
-``interrupted`` (the last result says ``interrupted``, or the trial stopped without finishing
-or failing), ``running`` (its worker process is alive on this machine, or for a remote worker,
-its results changed in the last 10 minutes), ``errored`` (Tune left ``error.txt`` /
-``error.pkl`` in the trial folder), ``pending`` (nothing reported yet).
-
-Candidates for the best checkpoints: every committed checkpoint of the experiment's phases and
-markets under its models root whose seed is the seed of one of its trials and which that trial
-wrote, i.e. saved (metadata ``timestamp``) between the trial's start and its last activity
-(running trials: until now). Runs sharing a models root and a (market, seed) write the same
-folders, and with the same seed and config even the same file names, so time is what tells
-them apart; checkpoints of other runs are counted but not ranked. NaN never ranks; ties go
-to more timesteps, then the smaller file name. Nothing is written or deleted anywhere.
+The command line only: :mod:`tuner.driver.experiments` reads, :mod:`tuner.driver.bests` ranks,
+:mod:`tuner.driver.browse_view` formats.
 """
 
 from __future__ import annotations
@@ -47,8 +34,6 @@ from tuner.driver.experiments import (
 )
 
 __all__ = ["build_parser", "main"]
-
-# --------------------------------------------------------------------------- CLI
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,7 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"rank by this metric, higher is better: {', '.join(METRICS)} (default sharpe_ratio)",
     )
     p.add_argument("--market", help="only this market, e.g. NQ")
-    p.add_argument("--top", type=int, default=5, help="best checkpoints per market (default 5)")
+    p.add_argument(
+        "--top", type=int, default=5, help="best checkpoints per market and phase (default 5)"
+    )
+    p.add_argument(
+        "--all-runs",
+        action="store_true",
+        help="rank every run in the experiment's checkpoint folders (reruns, other "
+        "experiments, tuner.train), not only the experiment's own",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     return p
 
@@ -114,6 +107,7 @@ def _run(args: argparse.Namespace) -> None:
         top=args.top,
         markets=None if args.market is None else [args.market],
         models_root=args.models_root,
+        all_runs=args.all_runs,
     )
     if args.json:
         print(json.dumps(view.to_json(), indent=2, allow_nan=False))

@@ -15,15 +15,21 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from checkpointing.errors import CheckpointNameError, ConfigError, usage_error
 from tuner.cli import add_run_arguments, check_path_argument
 from tuner.training.job import PhaseJob, PhaseResult, parse_phases, prepare, tag
-from tuner.training.trainer import train_phase
+from tuner.training.trainer import retention_pass, train_phase
+
+if TYPE_CHECKING:
+    from tuner.training.settings import Settings
 
 __all__ = ["build_parser", "main"]
 
@@ -35,22 +41,127 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m tuner.train",
         description="Train one (market, seed) through one phase or the curriculum, no Ray.",
     )
-    parser.add_argument("--market", required=True, help="market name from markets.yaml, e.g. NQ")
-    parser.add_argument("--seed", type=int, default=42, help="training seed (default 42)")
+    parser.add_argument(
+        "--market", help="market name from markets.yaml, e.g. NQ (with --continue: from P)"
+    )
+    parser.add_argument(
+        "--seed", type=int, help="training seed (default 42; with --continue: from P)"
+    )
     add_run_arguments(parser)
+    parser.add_argument(
+        "--run-id",
+        help="the run's id (default: a new one, printed at the start); with --resume-from, "
+        "the run to resume",
+    )
     parser.add_argument(
         "--continue",
         dest="continue_",
         action="store_true",
-        help="continue from --model-path (with its companion VecNormalize)",
+        help="continue from --model-path P (its market, seed and phase, its VecNormalize)",
     )
     parser.add_argument("--model-path", help="checkpoint zip to continue from")
     parser.add_argument(
-        "--resume-from", help="pick a checkpoint: latest, phase_end or best:<metric>"
+        "--resume-from",
+        help="pick a checkpoint: latest, phase_end or best:<metric> (of --run-id, else of "
+        "the run written to last)",
+    )
+    parser.add_argument(
+        "--any-run",
+        action="store_true",
+        help="with --resume-from: pick across every run of the market and seed",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--quiet", action="store_true", help="only the final lines")
     return parser
+
+
+def _jobs(args: argparse.Namespace, settings: Settings) -> list[PhaseJob]:
+    """The phase jobs of the command line, each checked (nothing is written)."""
+    from checkpointing.selection import parse_resume_spec
+    from tuner.training.start import continue_target
+
+    if args.continue_ != (args.model_path is not None):
+        raise ConfigError("--continue and --model-path go together")
+    if args.model_path and args.resume_from:
+        raise ConfigError("use either --continue --model-path or --resume-from, not both")
+    if args.resume_from:
+        parse_resume_spec(args.resume_from)
+    if args.threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {args.threads!r}")
+    phases = parse_phases(args.phases) if args.phases else [args.phase] if args.phase else []
+    market, seed = args.market, args.seed
+    model_path = None
+    if args.model_path is not None:
+        model_path = check_path_argument(args.model_path, "--model-path")
+        if not model_path.is_file():
+            raise ConfigError(f"--model-path: no such checkpoint {args.model_path!r}")
+        market, seed, phase = continue_target(
+            model_path, market, seed, phases[0] if phases else None
+        )
+        phases = phases or [phase]
+    if market is None:
+        raise ConfigError("--market is required (e.g. --market NQ)")
+    models_root = (
+        check_path_argument(args.models_root, "--models-root", folder=True)
+        if args.models_root is not None
+        else None
+    )
+    jobs = [
+        PhaseJob(
+            market=market,
+            seed=42 if seed is None else seed,
+            phase=phase,
+            timesteps=args.timesteps,
+            base_interval=args.base_interval,
+            models_root=models_root,
+            model_path=model_path if i == 0 else None,
+            resume_from=args.resume_from if i == 0 else None,
+            run_id=args.run_id,
+            any_run=args.any_run and i == 0,
+            torch_threads=args.threads,
+            quiet=args.quiet,
+        )
+        for i, phase in enumerate(phases or [1])
+    ]
+    for job in jobs:
+        prepare(job, settings)  # every phase checked before the first one trains
+    return jobs
+
+
+def _resume_line(
+    args: argparse.Namespace, job: PhaseJob, rest: list[int], run_id: str | None
+) -> str:
+    """The command that continues an interrupted run (the run written to last when its id
+    is unknown: no interrupt checkpoint could be saved)."""
+    extra = f" --run-id {run_id}" if run_id else ""
+    if args.models_root:
+        extra += f" --models-root {args.models_root}"
+    if args.config_dir != "config":
+        extra += f" --config-dir {args.config_dir}"
+    if args.timesteps:
+        extra += f" --timesteps {args.timesteps}"
+    if args.base_interval:
+        extra += f" --base-interval {args.base_interval}"
+    return (
+        f"resume with: python -m tuner.train --market {job.market} --seed {job.seed} "
+        f"--phases {','.join(map(str, rest))} --resume-from latest{extra}"
+    )
+
+
+def _done_lines(job: PhaseJob, result: PhaseResult) -> list[str]:
+    metrics = "  ".join(
+        f"{k}={v:+.3f}"
+        for k, v in result.metrics.items()
+        if k in ("val_reward", "sharpe_ratio", "win_rate") and not math.isnan(v)
+    )
+    lines = [
+        f"{tag(job)}: done at {result.timesteps:,} steps in {result.elapsed_seconds:.0f}s"
+        + (f"  {metrics}" if metrics else ""),
+        f"checkpoints: {result.folder}/ (run {result.run_id})",
+    ]
+    if result.phase_end is not None:
+        lines.append(f"phase_end:   {result.phase_end}")
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -58,84 +169,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     from checkpointing import TrainingInterrupted
-    from checkpointing.loading import parse_resume_spec
+    from checkpointing.errors import CheckpointCorruptError
+    from checkpointing.naming import CheckpointName, parse_name
     from tuner.trading.data import DataError
     from tuner.training.settings import load_settings
 
     try:
-        phases = parse_phases(args.phases) if args.phases else [args.phase or 1]
-        if args.continue_ != (args.model_path is not None):
-            raise ConfigError("--continue and --model-path go together")
-        if args.model_path and args.resume_from:
-            raise ConfigError("use either --continue --model-path or --resume-from, not both")
-        if args.resume_from:
-            parse_resume_spec(args.resume_from)
-        if args.threads < 1:
-            raise ConfigError(f"--threads must be >= 1, got {args.threads!r}")
         settings = load_settings(args.config_dir)
-        models_root = (
-            check_path_argument(args.models_root, "--models-root", folder=True)
-            if args.models_root is not None
-            else None
-        )
-        model_path = (
-            check_path_argument(args.model_path, "--model-path")
-            if args.model_path is not None
-            else None
-        )
-        jobs = [
-            PhaseJob(
-                market=args.market,
-                seed=args.seed,
-                phase=phase,
-                timesteps=args.timesteps,
-                base_interval=args.base_interval,
-                models_root=models_root,
-                model_path=model_path if i == 0 else None,
-                resume_from=args.resume_from if i == 0 else None,
-                torch_threads=args.threads,
-                quiet=args.quiet,
-            )
-            for i, phase in enumerate(phases)
-        ]
-        for job in jobs:
-            prepare(job, settings)  # every phase checked before the first one trains
+        jobs = _jobs(args, settings)
     except (ConfigError, CheckpointNameError, DataError, ValueError) as exc:
         return usage_error(exc)
 
     def say(line: str) -> None:
         print(line, flush=True)
 
-    results: list[PhaseResult] = []
-    for job in jobs:
+    phases, market = [job.phase for job in jobs], jobs[0].market
+    code = 0
+    run_id = jobs[0].run_id
+    for i, job in enumerate(jobs):
+        if run_id is not None:  # the curriculum goes on as the run its first phase chose
+            job = dataclasses.replace(job, run_id=run_id)
         try:
             result = train_phase(job, settings, report=say)
         except TrainingInterrupted as exc:
-            print(f"{tag(job)}: {exc}", flush=True)
-            root = f" --models-root {args.models_root}" if args.models_root else ""
-            rest = ",".join(str(j.phase) for j in jobs[jobs.index(job) :])
-            print(
-                f"resume with: python -m tuner.train --market {job.market} --seed {job.seed} "
-                f"--phases {rest} --resume-from latest{root}",
-                flush=True,
-            )
-            return exc.exit_code
-        except (ConfigError, CheckpointNameError, DataError) as exc:
+            say(f"{tag(job)}: {exc}")
+            saved = parse_name(Path(exc.checkpoint).name) if exc.checkpoint else None
+            saved_run = saved.run_id if isinstance(saved, CheckpointName) else None
+            say(_resume_line(args, job, phases[i:], saved_run or job.run_id))
+            code = exc.exit_code
+            break
+        except (ConfigError, CheckpointNameError, DataError, CheckpointCorruptError) as exc:
             return usage_error(exc)
-        results.append(result)
-        metrics = "  ".join(
-            f"{k}={v:+.3f}"
-            for k, v in result.metrics.items()
-            if k in ("val_reward", "sharpe_ratio", "win_rate") and not math.isnan(v)
-        )
-        say(
-            f"{tag(job)}: done at {result.timesteps:,} steps in {result.elapsed_seconds:.0f}s"
-            + (f"  {metrics}" if metrics else "")
-        )
-        say(f"checkpoints: {result.folder}/")
-        if result.phase_end is not None:
-            say(f"phase_end:   {result.phase_end}")
-    return 0
+        run_id = result.run_id
+        for line in _done_lines(job, result):
+            say(line)
+    say(retention_pass(settings.checkpoint, jobs[0].models_root, phases, [market]))
+    return code
 
 
 if __name__ == "__main__":

@@ -111,7 +111,7 @@ def test_async_save_equals_sync_save_and_sb3_save_while_training_goes_on(
     venv.close()
 
 
-def test_a_run_leaves_best_model_and_the_legacy_final_model_at_the_phase_root(
+def test_a_run_leaves_best_model_per_market_and_the_legacy_final_model_per_run(
     config_file: Path, models_root: Path, keep_signal_handlers: None
 ) -> None:
     model = make_model(make_train_env())
@@ -120,7 +120,8 @@ def test_a_run_leaves_best_model_and_the_legacy_final_model_at_the_phase_root(
     learn_with_checkpoints(model, 1500, make_callback(manager))
     manager.close()
 
-    root = manager.phase_root
+    root = manager.market_dir  # models/phase1/NQ: nothing shared with another market
+    assert root == manager.folder.parent
     infos = list_checkpoints(manager.folder)
     metas = {i.path: read_checkpoint_metadata(i.path) for i in infos}
 
@@ -139,8 +140,10 @@ def test_a_run_leaves_best_model_and_the_legacy_final_model_at_the_phase_root(
     assert_same_stats(best_stats, source_stats)
     assert read_checkpoint_metadata(best_zip)["val_reward"] == top
 
-    # The legacy final model is the phase_end checkpoint, byte for byte.
-    final_zip = root / "phase1_foundational_final.zip"
+    # The legacy final model is the run's phase_end checkpoint, byte for byte, in the run's
+    # own folder: another run's phase end never replaces it.
+    assert manager.run_dir == root / "runs" / manager.run_id
+    final_zip = manager.run_dir / "phase1_foundational_final.zip"
     (phase_end,) = [i for i in infos if i.name.event == "phase_end"]
     assert phase_end.timesteps == model.num_timesteps
     assert _sha(final_zip) == _sha(phase_end.path)
@@ -165,6 +168,9 @@ def test_best_model_and_final_model_load_with_load_checkpoint(
     assert manager.save(model, venv, "phase_end", metrics={"val_reward": 0.5}).result().ok
     manager.close()
 
-    for name, steps in (("best_model.zip", 100), ("phase1_foundational_final.zip", 200)):
-        loaded = load_checkpoint(manager.phase_root / name, make_raw_env())
+    for path, steps in (
+        (manager.market_dir / "best_model.zip", 100),
+        (manager.run_dir / "phase1_foundational_final.zip", 200),
+    ):
+        loaded = load_checkpoint(path, make_raw_env())
         assert loaded.verified and loaded.model.num_timesteps == steps

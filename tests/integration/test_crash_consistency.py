@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from checkpointing import (
-    find_resume_checkpoint,
     learn_with_checkpoints,
     list_checkpoints,
     load_checkpoint,
@@ -23,6 +22,7 @@ from checkpointing import (
     verify_checkpoint,
 )
 from checkpointing.cleanup import sweep
+from checkpointing.selection import find_resume_checkpoint
 from checkpointing.store import folder_lock
 from tests.integration.train_script import (
     COMMIT_STAGE_LEFTOVERS,

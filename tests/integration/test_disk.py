@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -104,7 +105,7 @@ def test_disk_guard_skips_saves_on_a_full_tmpfs_and_keeps_older_checkpoints(
     assert outcome is not None and outcome.skipped is None
     if outcome.error is None:
         assert [i.timesteps for i in infos if _events(i) == "phase_end"] == [model.num_timesteps]
-        assert (manager.phase_root / "phase1_foundational_final.zip").is_file()
+        assert (manager.run_dir / "phase1_foundational_final.zip").is_file()
     else:
         assert isinstance(outcome.error, OSError) and outcome.error.errno == errno.ENOSPC
 
@@ -130,12 +131,27 @@ def test_a_resumed_run_on_a_nearly_full_disk_saves_when_one_checkpoint_fits(
     assert asked < room < guess, (asked, guess)
     fill(small_tmpfs, floor + room)
 
-    second = make_manager(config, small_tmpfs)  # a new run in the same folder
-    outcome = second.save(model, None, "periodic", wait=True).result()
-    second.close()
-    assert outcome.skipped is None and outcome.ok, outcome
-    (path,) = outcome.paths
-    assert verify_checkpoint(path)["timesteps"] == model.num_timesteps
+    # A new run from scratch has no checkpoint of its own: the model's guess does not fit.
+    fresh = make_manager(config, small_tmpfs)
+    skipped = fresh.save(model, None, "periodic", wait=True).result()
+    fresh.close()
+    assert skipped.skipped is not None and "low disk space" in skipped.skipped, skipped
+
+    # The first run resumed: sized by its own newest checkpoint, the save fits. So does a new
+    # run started from that checkpoint (sized by it).
+    started = {"started_from": os.path.relpath(newest.path, small_tmpfs)}
+    for second in (
+        make_manager(config, small_tmpfs, run_id=first.run_id),
+        make_manager(config, small_tmpfs, run_info=started),
+    ):
+        model.num_timesteps += 1  # another name than the run's saves so far
+        outcome = second.save(model, None, "periodic", wait=True).result()
+        second.close()
+        assert outcome.skipped is None and outcome.ok, outcome
+        (path,) = outcome.paths
+        assert verify_checkpoint(path)["timesteps"] == model.num_timesteps
+        assert verify_checkpoint(path)["run_id"] == second.run_id
+        path.unlink()  # room for the next one
     for info in saved:  # the older checkpoints are untouched
         verify_checkpoint(info.path)
 
@@ -221,5 +237,5 @@ def test_best_model_after_a_failed_save_is_the_best_checkpoint_on_disk(
     manager.close()
     assert [o.result().ok for o in outcomes] == [True, False, True]
 
-    best = read_checkpoint_metadata(manager.phase_root / "best_model.zip")
+    best = read_checkpoint_metadata(manager.market_dir / "best_model.zip")
     assert best is not None and best["val_reward"] == 2.0

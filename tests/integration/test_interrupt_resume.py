@@ -20,12 +20,12 @@ from stable_baselines3 import PPO
 
 from checkpointing import (
     TrainingInterrupted,
-    find_resume_checkpoint,
     learn_with_checkpoints,
     list_checkpoints,
     load_checkpoint,
     verify_checkpoint,
 )
+from checkpointing.selection import find_resume_checkpoint
 from checkpointing.triggers import improved_enough
 from tests.integration.train_script import (
     MARKET,

@@ -39,7 +39,7 @@ def test_a_torn_best_model_is_repaired_by_the_next_improvement_and_stale_temps_g
     try:
         model.num_timesteps = 100
         assert manager.save(model, venv, "periodic", metrics={"val_reward": 1.0}).result().ok
-        root = manager.phase_root
+        root = manager.market_dir
         best = root / "best_model.zip"
         assert verify_checkpoint(best)["val_reward"] == 1.0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -87,6 +88,8 @@ def test_same_seed_same_metrics_and_names(tmp_path: Path, config_dir: Path) -> N
                     "NQ",
                     "--seed",
                     "3",
+                    "--run-id",
+                    "same-run",
                     "--timesteps",
                     "1200",
                     "--quiet",
@@ -101,6 +104,7 @@ def test_same_seed_same_metrics_and_names(tmp_path: Path, config_dir: Path) -> N
     a = names(tmp_path / "a/phase1/NQ/checkpoints")
     b = names(tmp_path / "b/phase1/NQ/checkpoints")
     assert a == b and len(a) >= 2
+    assert all(name.endswith("_seed-3_run-same-run.zip") for name in a)
     last_a = read_checkpoint_metadata(tmp_path / "a/phase1/NQ/checkpoints" / a[-1])
     last_b = read_checkpoint_metadata(tmp_path / "b/phase1/NQ/checkpoints" / b[-1])
     assert last_a is not None and last_b is not None
@@ -132,9 +136,19 @@ def test_curriculum_chains_phases_and_carries_vecnormalize(
     )
     out = capsys.readouterr().out
     assert code == 0
-    assert "ES seed 7 phase 2: starting from phase 1 phase_end" in out
-    assert "ES seed 7 phase 3: starting from phase 2 phase_end" in out
-    assert "checkpoints: " + str(root / "phase3_hybrid/ES/checkpoints") in out
+    (run_id,) = re.findall(r"ES seed 7 phase 1: run (\S+) \(new\), from scratch", out)
+    # Every phase is the same run, each starting from the previous phase's phase_end.
+    assert re.search(
+        rf"ES seed 7 phase 2: run {run_id}, from \S+_run-{run_id}\.zip "
+        r"\(phase 1 phase_end\)",
+        out,
+    ), out
+    assert re.search(
+        rf"ES seed 7 phase 3: run {run_id}, from \S+_run-{run_id}\.zip "
+        r"\(phase 2 phase_end\)",
+        out,
+    ), out
+    assert f"checkpoints: {root / 'phase3_hybrid/ES/checkpoints'}/ (run {run_id})" in out
 
     def stats(folder: Path, event: str) -> tuple[float, Path]:
         info = next(i for i in list_checkpoints(folder) if i.name.event == event)  # type: ignore[union-attr]
@@ -149,10 +163,12 @@ def test_curriculum_chains_phases_and_carries_vecnormalize(
     )
     assert meta3 is not None and meta3["phase"] == 3
     assert {"reasoning_usage_rate", "rl_llm_agreement_rate", "risk_veto_count"} <= meta3.keys()
-    assert (root / "phase1/phase1_foundational_final.zip").exists()
-    assert (root / "phase2/phase2_position_mgmt_final.zip").exists()
-    assert (root / "phase3_hybrid/phase3_hybrid_final.zip").exists()
-    assert (root / "phase2/best_model.zip").exists()
+    # The legacy final model of each phase in the run's own folder, best_model per market.
+    assert (root / f"phase1/ES/runs/{run_id}/phase1_foundational_final.zip").exists()
+    assert (root / f"phase2/ES/runs/{run_id}/phase2_position_mgmt_final.zip").exists()
+    assert (root / f"phase3_hybrid/ES/runs/{run_id}/phase3_hybrid_final.zip").exists()
+    assert (root / "phase2/ES/best_model.zip").exists()
+    assert not list(root.glob("phase*/*.zip"))  # nothing at a path shared by two markets
     assert end1.exists()
 
 
@@ -174,22 +190,31 @@ def test_continue_from_model_path_and_resume_from_best(
     folder = root / "phase1/NQ/checkpoints"
     periodic = [i for i in list_checkpoints(folder) if i.name.event == "periodic"]  # type: ignore[union-attr]
     start = periodic[0]
-    before = set(names(folder))
+    first_run = start.name.run_id  # type: ignore[union-attr]
+    before = {i.path.name: i.path.read_bytes() for i in list_checkpoints(folder)}
     capsys.readouterr()
-    # The seed note's resume: --continue --model-path, VecNormalize from the companion.
-    assert (
-        main([*common, "--timesteps", "2000", "--continue", "--model-path", str(start.path)]) == 0
-    )
+    # The seed note's resume: --continue --model-path, VecNormalize from the companion. The
+    # market and seed come from the checkpoint; an older checkpoint of a run starts a new run.
+    cont = ["--config-dir", str(config_dir), "--models-root", str(root)]
+    assert main([*cont, "--timesteps", "2000", "--continue", "--model-path", str(start.path)]) == 0
     out = capsys.readouterr().out
-    assert f"starting from --model-path {start.path.name}" in out
+    (new_run,) = re.findall(
+        rf"NQ seed 5 phase 1: run (\S+) \(new\), from {re.escape(start.path.name)} of run "
+        rf"{first_run} \(--model-path\)",
+        out,
+    )
+    assert new_run != first_run
+    for name, data in before.items():  # the first run's files are untouched
+        assert (folder / name).read_bytes() == data
     meta = json.loads(start.metadata_path.read_text())
     state = meta["callback_state"]
     added = [i for i in list_checkpoints(folder) if i.path.name not in before]
     assert added, "continuing should add checkpoints"
+    assert {i.name.run_id for i in added} == {new_run}  # type: ignore[union-attr]
     # The restored callback state: the next periodic save is where the first run planned it.
     assert min(i.timesteps for i in added) >= state["next_save_step"]
     assert max(i.timesteps for i in added) >= 2000
 
     capsys.readouterr()
     assert main([*common, "--timesteps", "2500", "--resume-from", "best:sharpe_ratio"]) == 0
-    assert "starting from best:sharpe_ratio" in capsys.readouterr().out
+    assert "(best:sharpe_ratio)" in capsys.readouterr().out

@@ -23,13 +23,9 @@ import pytest
 import torch
 from stable_baselines3.common.save_util import load_from_zip_file
 
-from checkpointing import (
-    find_resume_checkpoint,
-    list_checkpoints,
-    load_checkpoint,
-    verify_checkpoint,
-)
+from checkpointing import list_checkpoints, load_checkpoint, verify_checkpoint
 from checkpointing.errors import CheckpointCorruptError
+from checkpointing.selection import find_resume_checkpoint
 from tests.integration.train_script import make_manager, make_model, make_raw_env, make_train_env
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -273,13 +273,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         load_config,
     )
     from checkpointing.retention import prune_folder
+    from checkpointing.selection import run_to_continue
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     torch.set_num_threads(1)
 
     config = load_config(args.config)
     pruner = (lambda folder: prune_folder(folder, config.retention)) if args.prune else None
-    manager = make_manager(config, args.models_root, pruner=pruner)
+    # Resuming from a run's newest checkpoint continues that run (its id, its files).
+    folder = config.checkpoint_dir(PHASE, MARKET, args.models_root)
+    run = run_to_continue(folder, MARKET, SEED, args.resume_from)
+    manager = make_manager(config, args.models_root, pruner=pruner, run_id=run.run_id)
     if args.kill_at_replace is not None:
         _install_kill_switch(manager.folder, args.kill_at_replace, args.kill_after_replace)
     if args.resume_from:

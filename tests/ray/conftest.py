@@ -22,8 +22,9 @@ from typing import Any
 import psutil
 import pytest
 
-from checkpointing import find_resume_checkpoint, list_checkpoints
+from checkpointing import list_checkpoints
 from checkpointing.naming import CheckpointName, parse_name
+from checkpointing.selection import find_resume_checkpoint
 from tests.tiny_config import PROJECT_ROOT, tiny_config_dir
 
 

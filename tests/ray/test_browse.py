@@ -1,20 +1,31 @@
-"""``python -m tuner.browse`` on real experiments of ``python -m tuner.run``.
+"""Runs that never mix: two ``tuner.run`` experiments and a ``tuner.train`` run in one models
+root, and ``python -m tuner.browse`` on them.
 
-The module builds two experiments once, with a real Ray on loopback: ``done`` (NQ, ES x seeds
-42, 7, 2,000 steps, finished) and ``intr`` (the same markets and seeds, 30,000 steps, stopped
-with SIGINT while the seed-42 trials run, so the seed-7 trials never start). Both write to
-one models root, as runs with the default ``./models`` do, so each experiment's best
-checkpoints must leave out the other's. Expected results are computed from the checkpoint
-files themselves (names and metadata) and the wall-clock time each driver ran.
+The module builds one models root once, with a real Ray on loopback, as a user who runs the
+same markets and seeds again would:
+
+- ``long``: NQ, ES x seeds 42, 7, 36,000 steps, finished; the worker of its NQ seed-42 trial is
+  SIGKILLed mid-run and Tune retries the trial;
+- ``short``: the same markets and seeds, 30,000 steps (fewer than ``long``), stopped with
+  SIGINT while its seed-42 trials run (the seed-7 trials never start), then ``--resume``d to
+  the end;
+- ``solo``: ``tuner.train --market NQ --seed 42``, 6,000 steps, stopped with SIGINT and resumed
+  with the command it printed.
+
+Every resume, retry, retention pass, summary and browser view must keep to its own run: a run
+never resumes from, prunes or overwrites another's checkpoints, and the summary and the browser
+name the same best checkpoints. Expected results come from the checkpoint files themselves.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -29,29 +40,21 @@ from typing import Any
 import pytest
 
 from checkpointing.metadata import read_checkpoint_metadata
+from checkpointing.naming import CheckpointName
 from checkpointing.store import list_checkpoints
-from tests.ray.conftest import Driver, driver_env
-from tests.tiny_config import tiny_config_dir
+from tests.ray.conftest import Crash, Driver, crash_trial, driver_env, trial_results
+from tests.tiny_config import PROJECT_ROOT, tiny_config_dir
 from tuner.browse import main
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 MARKETS = ("ES", "NQ")
 SEEDS = (7, 42)
+LONG, SHORT, SOLO = 36_000, 30_000, 6_000
+KEEP_LAST_N = 8  # the shipped retention: last 8 periodic of each run
 
 
-# --------------------------------------------------------------------------- the experiments
-
-
-@dataclass(frozen=True)
-class Run:
-    """One driver run: its experiment name and the wall-clock span it ran in."""
-
-    name: str
-    started: float
-    ended: float
-    exit_code: int
-    output: str
+# --------------------------------------------------------------------------- the root
 
 
 @dataclass(frozen=True)
@@ -59,9 +62,19 @@ class Built:
     workdir: Path
     storage: Path
     models: Path
-    done: Run
-    intr: Run
-    while_running: dict[str, Any]  # the browser's JSON on `intr` just before the SIGINT
+    long_out: str
+    short_out: str
+    resume_out: str
+    crash: Crash
+    interrupts: dict[str, CheckpointName]  # short's, per market, from its SIGINT
+    solo_run: str
+    solo_interrupt: CheckpointName
+    solo_out: str
+    solo_resumed_out: str
+    while_running: dict[str, Any]  # the browser's JSON on `short` just before the SIGINT
+    after_sigint: dict[str, Any]  # ... and just after it
+    long_files: dict[str, str]  # every file of `long`'s runs when it ended -> sha256
+    short_files: dict[str, str]  # every file of `short`'s runs when it ended
 
 
 def _browse_quietly(storage: Path, *args: str) -> Any:
@@ -72,58 +85,164 @@ def _browse_quietly(storage: Path, *args: str) -> Any:
     return json.loads(out.getvalue())
 
 
-def _new_checkpoints(models: Path, market: str, since: float) -> int:
-    folder = models / "phase1" / market / "checkpoints"
-    return sum(1 for info in list_checkpoints(folder) if info.mtime >= since)
+def _checkpoints(models: Path, market: str) -> list[Any]:
+    return list_checkpoints(models / "phase1" / market / "checkpoints")
+
+
+def _name(info: Any) -> CheckpointName:
+    assert isinstance(info.name, CheckpointName)
+    return info.name
+
+
+def _files_of(models: Path, runs: set[str]) -> dict[str, str]:
+    """Every checkpoint file (zip and companions) of ``runs`` under ``models``, and its sha256."""
+    out = {}
+    for market in MARKETS:
+        for info in _checkpoints(models, market):
+            if _name(info).run_id in runs:
+                for path in (info.path, info.vecnormalize_path, info.metadata_path):
+                    out[os.fspath(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def _runs_of(storage: Path, experiment: str) -> set[str]:
+    rows = trial_results(storage / experiment)
+    return {r[-1]["run_id"] for r in rows.values()}
+
+
+def _interrupt_short(short: Driver, models: Path, storage: Path) -> dict[str, Any]:
+    """Wait for `short`'s seed-42 trials to save and report, then return the browser's view."""
+    deadline = time.monotonic() + 240
+
+    def saved(market: str) -> int:
+        return sum(
+            1 for i in _checkpoints(models, market) if (_name(i).run_id or "").startswith("short-")
+        )
+
+    while True:
+        if short.proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"`short` never ran to be interrupted:\n{short.output[-3000:]}")
+        if all(saved(m) >= 2 for m in MARKETS):
+            view = _browse_quietly(storage, "--experiment", "short", "--json")
+            if all(t["status"] == "running" for t in view["trial_rows"] if t["seed"] == 42):
+                return view  # a trial's first result may lag its first checkpoint
+        time.sleep(0.2)
+
+
+def _solo(workdir: Path, args: list[str]) -> tuple[subprocess.Popen[str], list[str]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tuner.train", *args],
+        cwd=workdir,
+        env=driver_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    return proc, []
+
+
+def _interrupted_solo(workdir: Path, models: Path, args: list[str]) -> tuple[str, str, str]:
+    """Run ``tuner.train`` until its run has 3 checkpoints, SIGINT it; returns its run id,
+    its output and the resume command it printed."""
+    proc, lines = _solo(workdir, args)
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        lines.append(first)
+        match = re.search(r"phase 1: run (\S+) \(new\), from scratch", first)
+        assert match, first
+        run_id = match[1]
+        deadline = time.monotonic() + 120
+        while sum(1 for i in _checkpoints(models, "NQ") if _name(i).run_id == run_id) < 3:
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    output = "".join(lines) + out
+    assert proc.returncode == 130, output
+    resume = next(line for line in output.splitlines() if line.startswith("resume with: "))
+    return run_id, output, resume[len("resume with: ") :]
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
-    workdir = tmp_path_factory.mktemp("browse")
+    workdir = tmp_path_factory.mktemp("runs")
     config_dir = tiny_config_dir(workdir / "config")
     storage, models = workdir / "ray_results", workdir / "models"
     common = [
-        "--markets",
-        "NQ,ES",
-        "--seeds",
-        "42,7",
-        "--config-dir",
-        str(config_dir),
-        "--models-root",
-        str(models),
-        "--storage-path",
-        str(storage),
-        "--num-cpus",
-        "2",  # two trials at a time: the seed-7 trials of `intr` are still pending at SIGINT
+        *("--markets", "NQ,ES", "--seeds", "42,7"),
+        *("--config-dir", str(config_dir), "--models-root", str(models)),
+        *("--storage-path", str(storage)),
+        # Two trials at a time: the seed-7 trials of `short` are still pending at its SIGINT.
+        *("--num-cpus", "2"),
     ]
     drivers: list[Driver] = []
     try:
-        done = Driver([*common, "--timesteps", "2000", "--name", "done"], workdir, "done.log")
-        drivers.append(done)
-        code = done.wait(300)
-        done_run = Run("done", done.started, time.time(), code, done.output)
-        assert code == 0, done.output
+        long = Driver([*common, "--timesteps", str(LONG), "--name", "long"], workdir, "long.log")
+        drivers.append(long)
+        crash = crash_trial(long, models / "phase1/NQ/checkpoints", "NQ", 42, saves=3)
+        assert long.wait(600) == 0, long.output[-3000:]
+        long_files = _files_of(models, _runs_of(storage, "long"))
 
-        intr = Driver([*common, "--timesteps", "30000", "--name", "intr"], workdir, "intr.log")
-        drivers.append(intr)
-        deadline = time.monotonic() + 180
-        while any(_new_checkpoints(models, m, intr.started) < 3 for m in MARKETS):
-            if intr.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"no checkpoints from `intr` to interrupt:\n{intr.output}")
-            time.sleep(0.5)
-        while_running = _browse_quietly(storage, "--experiment", "intr", "--json")
-        while not all(
-            t["status"] == "running" for t in while_running["trial_rows"] if t["seed"] == 42
-        ):  # a trial's first result may lag its first checkpoint
-            if intr.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"`intr` never showed as running: {while_running}")
-            time.sleep(0.5)
-            while_running = _browse_quietly(storage, "--experiment", "intr", "--json")
-        intr.signal(signal.SIGINT)  # the driver alone, as Ctrl+C would
-        code = intr.wait(180)
-        intr_run = Run("intr", intr.started, time.time(), code, intr.output)
-        assert code == 128 + signal.SIGINT, intr.output
-        yield Built(workdir, storage, models, done_run, intr_run, while_running)
+        short_args = [*common, "--timesteps", str(SHORT), "--name", "short"]
+        short = Driver(short_args, workdir, "short.log")
+        drivers.append(short)
+        while_running = _interrupt_short(short, models, storage)
+        short.signal(signal.SIGINT)  # the driver alone, as Ctrl+C would
+        assert short.wait(240) == 128 + signal.SIGINT, short.output[-3000:]
+        after_sigint = _browse_quietly(storage, "--experiment", "short", "--json", "--top", "100")
+        interrupts = {
+            m: _name(i)
+            for m in MARKETS
+            for i in _checkpoints(models, m)
+            if _name(i).event == "interrupt" and (_name(i).run_id or "").startswith("short-")
+        }
+        resumed = Driver([*short_args, "--resume"], workdir, "resume.log")
+        drivers.append(resumed)
+        assert resumed.wait(600) == 0, resumed.output[-3000:]
+        short_files = _files_of(models, _runs_of(storage, "short"))
+
+        solo_args = ["--market", "NQ", "--seed", "42", "--timesteps", str(SOLO)]
+        solo_args += ["--config-dir", str(config_dir), "--models-root", str(models)]
+        solo_run, solo_out, resume = _interrupted_solo(workdir, models, solo_args)
+        (solo_interrupt,) = [
+            _name(i)
+            for i in _checkpoints(models, "NQ")
+            if _name(i).run_id == solo_run and _name(i).event == "interrupt"
+        ]
+        again = subprocess.run(
+            [sys.executable, *resume.split()[1:]],
+            cwd=workdir,
+            env=driver_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert again.returncode == 0, again.stdout + again.stderr
+        yield Built(
+            workdir,
+            storage,
+            models,
+            long.output,
+            short.output,
+            resumed.output,
+            crash,
+            interrupts,
+            solo_run,
+            solo_interrupt,
+            solo_out,
+            again.stdout,
+            while_running,
+            after_sigint,
+            long_files,
+            short_files,
+        )
     finally:
         for d in drivers:
             d.kill()
@@ -158,35 +277,164 @@ def browse_json(built: Built, capsys: pytest.CaptureFixture[str], *args: str) ->
     return json.loads(out)
 
 
-def _saved_at(meta: dict[str, Any]) -> float:
-    return datetime.fromisoformat(meta["timestamp"]).timestamp()
-
-
 def expected_best(
-    models: Path, run: Run, market: str, metric: str, top: int
+    models: Path, runs: set[str | None], market: str, metric: str, top: int
 ) -> list[tuple[str, float]]:
-    """(path, value) of the best checkpoints of ``market`` written while ``run`` ran, from
-    the files: every checkpoint of the folder, its metadata, ranked by ``metric`` (NaN never
-    ranks; ties: more timesteps, then the smaller name)."""
+    """(path, value) of the best models of ``runs`` in ``market``'s folder, from the files: the
+    metric in each checkpoint's metadata, best first (NaN never ranks; ties: more timesteps,
+    then the smaller name), a model saved under several events once (its smallest name)."""
     rows = []
-    for info in list_checkpoints(models / "phase1" / market / "checkpoints"):
+    for info in _checkpoints(models, market):
         meta = read_checkpoint_metadata(info.path)
         assert meta is not None
-        if meta["seed"] not in SEEDS or not run.started <= _saved_at(meta) <= run.ended:
-            continue
-        value = float(meta[metric])
-        if math.isnan(value):
+        if meta["run_id"] not in runs or math.isnan(value := float(meta[metric])):
             continue
         rows.append((-value, -info.timesteps, info.path.name, os.fspath(info.path)))
     rows.sort()
-    return [(path, -neg) for neg, _, _, path in rows[:top]]
+    out: list[tuple[str, float]] = []
+    models_seen: set[str] = set()
+    for neg, _, name, path in rows:
+        model = re.sub(r"_evt-[a-z_0-9]+?_val-", "_val-", name)
+        if model not in models_seen:
+            models_seen.add(model)
+            out.append((path, -neg))
+    return out[:top]
 
 
-def _run(built: Built, name: str) -> Run:
-    return built.done if name == "done" else built.intr
+def runs_of(built: Built, experiment: str) -> set[str | None]:
+    return set(_runs_of(built.storage, experiment))
 
 
-# --------------------------------------------------------------------------- tests
+# --------------------------------------------------------------------------- runs never mix
+
+
+def test_every_checkpoint_names_its_run_and_every_run_is_one_trial_or_the_solo_run(
+    built: Built,
+) -> None:
+    trials = {
+        r[-1]["run_id"]: (r[-1]["market"], r[-1]["seed"])
+        for exp in ("long", "short")
+        for r in trial_results(built.storage / exp).values()
+    }
+    assert len(trials) == 8  # 2 experiments x 2 markets x 2 seeds, a run each
+    for market in MARKETS:
+        for info in _checkpoints(built.models, market):
+            name = _name(info)
+            meta = read_checkpoint_metadata(info.path)
+            assert meta is not None and meta["run_id"] == name.run_id
+            if name.run_id == built.solo_run:
+                assert (market, name.seed) == ("NQ", 42) and "experiment" not in meta
+                continue
+            assert trials[name.run_id] == (market, name.seed), info.path.name
+            experiment, trial_id = meta["experiment"], meta["trial_id"]
+            assert name.run_id == f"{experiment}-{trial_id.replace('_', '-')}"
+
+
+def test_a_later_run_never_touches_an_earlier_runs_files(built: Built) -> None:
+    """Neither `short` nor `solo` (saves, their retention passes, the driver's) overwrote or
+    deleted a file of `long`'s runs; `solo` none of `short`'s."""
+    assert built.long_files and built.short_files
+    assert _files_of(built.models, _runs_of(built.storage, "long")) == built.long_files
+    assert _files_of(built.models, _runs_of(built.storage, "short")) == built.short_files
+
+
+def test_a_retried_trial_continues_its_own_run(built: Built) -> None:
+    rows = trial_results(built.storage / "long")["NQ/42"]
+    run_id = rows[-1]["run_id"]
+    after = [r for r in rows if r["pid"] != built.crash.pid]
+    assert built.crash.pid in {r["pid"] for r in rows} and after
+    # From the newest checkpoint of its run that verified after the crash, not from zero.
+    assert built.crash.saved > 0 and int(after[0]["timesteps"]) > built.crash.saved
+    steps = [int(r["timesteps"]) for r in after]
+    assert steps == sorted(steps) and rows[-1]["finished"] is True
+    assert {r["run_id"] for r in rows} == {run_id}
+    assert "[retry]  NQ seed 42" in built.long_out
+
+
+def test_a_resumed_experiment_continues_each_trial_from_its_own_interrupt(built: Built) -> None:
+    results = trial_results(built.storage / "short")
+    for market, interrupt in built.interrupts.items():
+        rows = results[f"{market}/42"]
+        assert interrupt.run_id == rows[-1]["run_id"]
+        resumed = [r for r in rows if r.get("pid") != rows[0]["pid"]]
+        # It went on from its interrupt, below `long`'s checkpoints of the same seed (36,000
+        # steps) that a resume across runs would have taken.
+        assert resumed and min(int(r["timesteps"]) for r in resumed) > interrupt.timesteps
+        assert rows[-1]["finished"] is True and SHORT <= int(rows[-1]["timesteps"]) < LONG
+    summary = json.loads((built.models / "summaries" / "short.json").read_text())
+    assert {r["status"] for r in summary["trials"]} == {"finished"}
+
+
+def test_tuner_train_resumes_its_own_run_not_the_newest_of_the_folder(built: Built) -> None:
+    run, interrupt = built.solo_run, built.solo_interrupt
+    assert f"--resume-from latest --run-id {run}" in built.solo_out
+    assert f"run {run}, continued from {interrupt.filename} (latest)" in built.solo_resumed_out
+    (end,) = [
+        _name(i)
+        for i in _checkpoints(built.models, "NQ")
+        if _name(i).run_id == run and _name(i).event == "phase_end"
+    ]
+    assert interrupt.timesteps < end.timesteps < LONG // 2
+    assert f"checkpoints: {built.models / 'phase1/NQ/checkpoints'}/ (run {run})" in (
+        built.solo_resumed_out
+    )
+
+
+def test_retention_keeps_each_runs_own_history(built: Built) -> None:
+    """After every pass (in the runs, the drivers', solo's): each trial's last 8 periodic
+    saves (as its results named them) are on disk, with its phase_end; no interrupt is left
+    (each run ended with phase_end after its interrupt), and nothing else of a run's."""
+    present = {i.filename for m in MARKETS for i in _checkpoints(built.models, m)}
+    for experiment in ("long", "short"):
+        for rows in trial_results(built.storage / experiment).values():
+            periodic = list(
+                dict.fromkeys(
+                    r["checkpoint"] for r in rows if "_evt-periodic_" in (r.get("checkpoint") or "")
+                )
+            )
+            assert len(periodic) > KEEP_LAST_N  # enough saves for retention to matter
+            missing = [n for n in periodic[-KEEP_LAST_N:] if n not in present]
+            assert missing == [], f"{experiment}: lost {missing}"
+            assert rows[-1]["checkpoint"] in present  # its phase_end
+    for market in MARKETS:
+        by_run: dict[str | None, list[CheckpointName]] = {}
+        for info in _checkpoints(built.models, market):
+            by_run.setdefault(_name(info).run_id, []).append(_name(info))
+        assert len(by_run) == (5 if market == "NQ" else 4)
+        for run, names in by_run.items():
+            events = [n.event for n in names]
+            assert events.count("phase_end") == 1 and "interrupt" not in events, run
+    assert built.interrupts and built.solo_interrupt.event == "interrupt"
+
+
+@pytest.mark.parametrize("experiment", ["long", "short"])
+@pytest.mark.parametrize("metric", ["sharpe_ratio", "val_reward"])
+def test_summary_and_browse_name_the_same_bests(
+    built: Built, capsys: pytest.CaptureFixture[str], experiment: str, metric: str
+) -> None:
+    summary = json.loads((built.models / "summaries" / f"{experiment}.json").read_text())
+    doc = browse_json(built, capsys, "--experiment", experiment, "--metric", metric, "--top", "1")
+    runs = runs_of(built, experiment)
+    for market in MARKETS:
+        (from_browse,) = doc["best"][market]
+        (from_summary,) = [b for b in summary["markets"][market]["best"] if b["metric"] == metric]
+        assert from_summary["path"] == from_browse["path"]
+        assert from_summary["value"] == from_browse["value"]
+        assert [(from_browse["path"], from_browse["value"])] == expected_best(
+            built.models, runs, market, metric, 1
+        )
+    for row in summary["trials"]:  # each trial's best is its own run's best
+        best = row["best"][metric]
+        assert best["run_id"] == row["run_id"] and best["path"].endswith(
+            f"_run-{row['run_id']}.zip"
+        )
+        mine = {row["run_id"]}
+        assert [(best["path"], best["value"])] == expected_best(
+            built.models, mine, row["market"], metric, 1
+        )
+
+
+# --------------------------------------------------------------------------- the browser
 
 
 def test_lists_the_experiments_when_none_is_named(
@@ -195,83 +443,109 @@ def test_lists_the_experiments_when_none_is_named(
     doc = browse_json(built, capsys)
     assert doc["storage_path"] == os.fspath(built.storage.resolve())
     by_name = {e["name"]: e for e in doc["experiments"]}
-    assert set(by_name) == {"done", "intr"}
+    assert set(by_name) == {"long", "short"}
     for e in by_name.values():
         assert e["trials"] == 4
         assert e["markets"] == ["ES", "NQ"]
         assert e["seeds"] == [7, 42]
         assert e["phases"] == [1]
         assert e["models_roots"] == [os.fspath(built.models.resolve())]
+        assert e["status"] == {"finished": 4}
         assert datetime.fromisoformat(e["last_update"]).timestamp() <= time.time()
-    assert by_name["done"]["status"] == {"finished": 4}
-    assert by_name["intr"]["status"] == {"interrupted": 2, "pending": 2}
     # Most recently updated first.
-    assert [e["name"] for e in doc["experiments"]] == ["intr", "done"]
+    assert [e["name"] for e in doc["experiments"]] == ["short", "long"]
 
     code, out, err = browse(built, capsys)
     assert code == 0, err
-    lines = out.splitlines()
-    done_line = next(line for line in lines if line.startswith("done "))
-    intr_line = next(line for line in lines if line.startswith("intr "))
-    assert "finished 4" in done_line and "ES,NQ" in done_line and "7,42" in done_line
-    assert "interrupted 2, pending 2" in intr_line
+    line = next(line for line in out.splitlines() if line.startswith("long "))
+    assert "finished 4" in line and "ES,NQ" in line and "7,42" in line
 
     assert browse_json(built, capsys, "--market", "CL")["experiments"] == []
 
 
-@pytest.mark.parametrize("experiment", ["done", "intr"])
-@pytest.mark.parametrize("metric", ["sharpe_ratio", "val_reward"])
+@pytest.mark.parametrize("experiment", ["long", "short"])
 def test_best_checkpoints_per_market_match_the_files(
-    built: Built, capsys: pytest.CaptureFixture[str], experiment: str, metric: str
+    built: Built, capsys: pytest.CaptureFixture[str], experiment: str
 ) -> None:
-    doc = browse_json(built, capsys, "--experiment", experiment, "--metric", metric)
-    assert doc["metric"] == metric and doc["top"] == 5
+    doc = browse_json(built, capsys, "--experiment", experiment)
+    assert doc["metric"] == "sharpe_ratio" and doc["top"] == 5
     assert set(doc["best"]) == set(MARKETS)
-    trial_ids = {(t["market"], t["seed"]): t["trial_id"] for t in doc["trial_rows"]}
+    trials = {t["run_id"]: t for t in doc["trial_rows"]}
+    assert set(trials) == runs_of(built, experiment)
     for market in MARKETS:
         rows = doc["best"][market]
-        expected = expected_best(built.models, _run(built, experiment), market, metric, 5)
-        assert expected, f"no checkpoints of {market} from {experiment}"
-        assert [(r["path"], r["value"]) for r in rows] == expected
+        expected = expected_best(built.models, set(trials), market, "sharpe_ratio", 5)
+        assert expected and [(r["path"], r["value"]) for r in rows] == expected
         for rank, r in enumerate(rows, 1):
             meta = read_checkpoint_metadata(r["path"])
             assert meta is not None
-            assert r["rank"] == rank and r["market"] == market and r["metric"] == metric
-            assert (r["seed"], r["timesteps"], r["event"]) == (
+            assert (r["rank"], r["market"], r["phase"]) == (rank, market, 1)
+            assert (r["seed"], r["run_id"], r["timesteps"], r["event"]) == (
                 meta["seed"],
+                meta["run_id"],
                 meta["timesteps"],
                 meta["event_tag"],
             )
+            assert r["event"] in r["events"]
             for name in ("val_reward", "sharpe_ratio", "win_rate"):
                 value = r["metrics"][name]
                 assert value == meta[name] if value is not None else math.isnan(meta[name])
-            assert r["trial_id"] == trial_ids[(market, r["seed"])]
-        # The other experiment wrote checkpoints of the same markets and seeds here too.
+            assert r["trial_id"] == trials[r["run_id"]]["trial_id"]
+        # The other experiment (and for NQ the solo run) saved in the same folders.
         assert doc["other_runs_skipped"][market] > 0
+
+
+def test_a_model_saved_as_best_and_periodic_takes_one_place(
+    built: Built, capsys: pytest.CaptureFixture[str]
+) -> None:
+    doc = browse_json(built, capsys, "--experiment", "long", "--top", "100")
+    for market in MARKETS:
+        rows = doc["best"][market]
+        models = [(r["run_id"], r["timesteps"]) for r in rows]
+        assert len(models) == len(set(models))  # one row per model
+        twins = [r for r in rows if len(r["events"]) > 1]
+        for r in twins:
+            assert r["event"] == r["events"][0] and r["name"].find("_evt-best_") > 0
+    assert any(len(r["events"]) > 1 for m in MARKETS for r in doc["best"][m])
+
+
+def test_all_runs_ranks_every_run_in_the_folders(
+    built: Built, capsys: pytest.CaptureFixture[str]
+) -> None:
+    doc = browse_json(built, capsys, "--experiment", "short", "--all-runs", "--top", "3")
+    everyone = runs_of(built, "long") | runs_of(built, "short") | {built.solo_run}
+    for market in MARKETS:
+        rows = doc["best"][market]
+        expected = expected_best(built.models, everyone, market, "sharpe_ratio", 3)
+        assert [(r["path"], r["value"]) for r in rows] == expected
+        for r in rows:  # a run outside the experiment has no trial of it
+            assert (r["trial_id"] is None) == (r["run_id"] not in runs_of(built, "short"))
+    code, out, err = browse(built, capsys, "--experiment", "short", "--all-runs")
+    assert code == 0 and "of every run in its folders" in out, err
 
 
 def test_text_table_shows_the_best_checkpoints(
     built: Built, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, err = browse(built, capsys, "--experiment", "done", "--metric", "val_reward")
+    code, out, err = browse(built, capsys, "--experiment", "long", "--metric", "val_reward")
     assert code == 0, err
-    assert "best checkpoints by val_reward" in out
+    assert "best checkpoints by val_reward" in out and "--all-runs ranks them too" in out
     for market in MARKETS:
-        path, _ = expected_best(built.models, built.done, market, "val_reward", 1)[0]
+        path, _ = expected_best(built.models, runs_of(built, "long"), market, "val_reward", 1)[0]
         line = next(line for line in out.splitlines() if line.endswith(path))
-        assert line.split()[:2] == [market, "1"]
+        assert line.split()[:3] == [market, "1", "1"]
 
 
 def test_market_top_and_json(built: Built, capsys: pytest.CaptureFixture[str]) -> None:
-    doc = browse_json(built, capsys, "--experiment", "intr", "--market", "NQ", "--top", "2")
+    doc = browse_json(built, capsys, "--experiment", "short", "--market", "NQ", "--top", "2")
     assert doc["selected_markets"] == ["NQ"]
     assert list(doc["best"]) == ["NQ"]
     assert [(r["path"], r["value"]) for r in doc["best"]["NQ"]] == expected_best(
-        built.models, built.intr, "NQ", "sharpe_ratio", 2
+        built.models, runs_of(built, "short"), "NQ", "sharpe_ratio", 2
     )
     assert {t["market"] for t in doc["trial_rows"]} == {"NQ"}
 
-    code, out, err = browse(built, capsys, "--experiment", "intr", "--market", "NQ")
+    code, out, err = browse(built, capsys, "--experiment", "short", "--market", "NQ")
     assert code == 0, err
     assert "/ES/" not in out and "ES_ts-" not in out
 
@@ -279,81 +553,47 @@ def test_market_top_and_json(built: Built, capsys: pytest.CaptureFixture[str]) -
 def test_finished_trials_show_their_final_result(
     built: Built, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    doc = browse_json(built, capsys, "--experiment", "done")
-    summary = json.loads((built.models / "summaries" / "done.json").read_text())
+    doc = browse_json(built, capsys, "--experiment", "long")
+    summary = json.loads((built.models / "summaries" / "long.json").read_text())
     final = {(r["market"], r["seed"]): r for r in summary["trials"]}
     assert len(doc["trial_rows"]) == 4
     for t in doc["trial_rows"]:
         assert t["status"] == "finished"
-        assert t["phase"] == 1 and t["timesteps"] >= 2000
-        assert "_evt-phase_end_" in t["checkpoint"]
+        assert t["phase"] == 1 and t["timesteps"] >= LONG
+        assert "_evt-phase_end_" in t["checkpoint"] and t["checkpoint"].endswith(
+            f"_run-{t['run_id']}.zip"
+        )
         assert t["checkpoint_exists"] is True
         assert t["checkpoint_path"].startswith(os.fspath(built.models.resolve()))
         row = final[(t["market"], t["seed"])]
-        assert row["status"] == "TERMINATED"
+        assert (row["status"], row["run_id"], row["trial_id"]) == (
+            "finished",
+            t["run_id"],
+            t["trial_id"],
+        )
         for metric in ("val_reward", "sharpe_ratio", "win_rate"):
             assert t["metrics"][metric] == pytest.approx(row["metrics"][metric])
-    assert doc["summaries"] == [os.fspath(built.models.resolve() / "summaries" / "done.json")]
+    assert doc["summaries"] == [os.fspath(built.models.resolve() / "summaries" / "long.json")]
 
 
-def test_interrupted_experiment_and_its_interrupt_checkpoints(
-    built: Built, capsys: pytest.CaptureFixture[str]
-) -> None:
-    doc = browse_json(built, capsys, "--experiment", "intr", "--top", "1000")
+def test_an_interrupted_experiment_and_its_interrupt_checkpoints(built: Built) -> None:
+    doc = built.after_sigint
     rows = {(t["market"], t["seed"]): t for t in doc["trial_rows"]}
     assert doc["status"] == {"interrupted": 2, "pending": 2}
     for market in MARKETS:
         assert rows[(market, 7)]["status"] == "pending"
         t = rows[(market, 42)]
         assert t["status"] == "interrupted"
-        assert "_evt-interrupt_" in t["checkpoint"] and t["checkpoint"].startswith(market)
-        path = Path(t["checkpoint_path"])
-        assert t["checkpoint_exists"] and path.is_file()
-        assert path.parent == built.models.resolve() / "phase1" / market / "checkpoints"
-        meta = read_checkpoint_metadata(path)
-        assert meta is not None and meta["event_tag"] == "interrupt"
-        # Findable among the ranked checkpoints, with the seed and trial that wrote it.
-        ranked = {r["path"]: r for r in doc["best"][market]}
-        assert ranked[os.fspath(path)]["event"] == "interrupt"
-        assert ranked[os.fspath(path)]["trial_id"] == t["trial_id"]
-        # Every checkpoint the interrupted trial wrote (and that retention kept) is ranked.
-        assert set(ranked) == {
-            p for p, _ in expected_best(built.models, built.intr, market, "sharpe_ratio", 1000)
-        }
-
-    code, out, err = browse(built, capsys, "--experiment", "intr")
-    assert code == 0, err
-    assert "interrupted 2, pending 2" in out
-    for market in MARKETS:
-        line = next(
-            ln for ln in out.splitlines() if ln.startswith(f"{market} ") and " interrupted " in ln
-        )
-        assert line.split()[1] == "42" and "_evt-interrupt_" in line
-
-
-def test_a_moved_models_root(
-    built: Built, capsys: pytest.CaptureFixture[str], tmp_path: Path
-) -> None:
-    copy = tmp_path / "models-copy"
-    shutil.copytree(built.models, copy)
-    moved = browse_json(built, capsys, "--experiment", "done", "--models-root", str(copy))
-    here = browse_json(built, capsys, "--experiment", "done")
-    for market in MARKETS:
-        assert [Path(r["path"]).name for r in moved["best"][market]] == [
-            Path(r["path"]).name for r in here["best"][market]
-        ]
-        assert all(r["path"].startswith(os.fspath(copy.resolve())) for r in moved["best"][market])
-    assert moved["models_roots"] == [os.fspath(copy.resolve())]
-
-    empty = tmp_path / "empty-models"
-    empty.mkdir()
-    doc = browse_json(built, capsys, "--experiment", "done", "--models-root", str(empty))
-    assert doc["best"] == {"ES": [], "NQ": []}
-    assert all(not t["checkpoint_exists"] for t in doc["trial_rows"])
-    code, out, err = browse(built, capsys, "--experiment", "done", "--models-root", str(empty))
-    assert code == 0, err
-    assert out.count("no checkpoint with a measured sharpe_ratio") == 2
-    assert out.count("(not on disk)") == 4
+        assert t["checkpoint"] == built.interrupts[market].filename
+        assert t["checkpoint_exists"] is True
+        # Its run's checkpoints rank; the interrupt does not: it carries the metrics of the
+        # evaluation before it, measured on an earlier model.
+        ranked = {r["name"]: r for r in doc["best"][market]}
+        assert ranked and {r["run_id"] for r in ranked.values()} == {t["run_id"]}
+        assert {r["trial_id"] for r in ranked.values()} == {t["trial_id"]}
+        assert t["checkpoint"] not in ranked
+        # Released by retention once its run, resumed, ended with phase_end.
+        assert not Path(t["checkpoint_path"]).exists()
 
 
 def test_a_running_experiment(built: Built) -> None:
@@ -363,9 +603,35 @@ def test_a_running_experiment(built: Built) -> None:
     for market in MARKETS:
         assert rows[(market, 42)]["status"] == "running"
         assert rows[(market, 7)]["status"] == "pending"
-        # Its checkpoints so far rank (the run has no end yet), all from the seed-42 trial.
+        # Its checkpoints so far rank, all from the seed-42 trial's run.
         best = doc["best"][market]
         assert best and {r["trial_id"] for r in best} == {rows[(market, 42)]["trial_id"]}
+        assert {r["run_id"] for r in best} == {rows[(market, 42)]["run_id"]}
+
+
+def test_a_moved_models_root(
+    built: Built, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    copy = tmp_path / "models-copy"
+    shutil.copytree(built.models, copy)
+    moved = browse_json(built, capsys, "--experiment", "long", "--models-root", str(copy))
+    here = browse_json(built, capsys, "--experiment", "long")
+    for market in MARKETS:
+        assert [Path(r["path"]).name for r in moved["best"][market]] == [
+            Path(r["path"]).name for r in here["best"][market]
+        ]
+        assert all(r["path"].startswith(os.fspath(copy.resolve())) for r in moved["best"][market])
+    assert moved["models_roots"] == [os.fspath(copy.resolve())]
+
+    empty = tmp_path / "empty-models"
+    empty.mkdir()
+    doc = browse_json(built, capsys, "--experiment", "long", "--models-root", str(empty))
+    assert doc["best"] == {"ES": [], "NQ": []}
+    assert all(not t["checkpoint_exists"] for t in doc["trial_rows"])
+    code, out, err = browse(built, capsys, "--experiment", "long", "--models-root", str(empty))
+    assert code == 0, err
+    assert out.count("no checkpoint with a measured sharpe_ratio") == 2
+    assert out.count("(not on disk)") == 4
 
 
 def _edit_last_result(trial_dir: Path, drop: int = 1) -> None:
@@ -374,10 +640,10 @@ def _edit_last_result(trial_dir: Path, drop: int = 1) -> None:
 
 
 def test_errored_and_killed_trials(built: Built, tmp_path: Path) -> None:
-    """A copy of `done` where one trial crashed (Tune's error.txt, no final result) and one
+    """A copy of `long` where one trial crashed (Tune's error.txt, no final result) and one
     stopped without a word (its last result is an ordinary evaluation, its worker is gone)."""
     storage = tmp_path / "ray_results"
-    shutil.copytree(built.storage / "done", storage / "crashed")
+    shutil.copytree(built.storage / "long", storage / "crashed")
     trials = sorted(p for p in (storage / "crashed").iterdir() if (p / "params.json").is_file())
     _edit_last_result(trials[0])
     (trials[0] / "error.txt").write_text("Failure # 1 (occurred at ...)\nRuntimeError: boom\n")
@@ -396,13 +662,13 @@ def test_errored_and_killed_trials(built: Built, tmp_path: Path) -> None:
     ("args", "message"),
     [
         (["--metric", "sortino"], "'sortino'"),
-        (["--experiment", "done", "--metric", "sortino"], "'sortino'"),
+        (["--experiment", "long", "--metric", "sortino"], "'sortino'"),
         (["--experiment", "nope"], "no experiment 'nope'"),
-        (["--experiment", "done", "--market", "N_Q"], "'N_Q'"),
+        (["--experiment", "long", "--market", "N_Q"], "'N_Q'"),
         (["--market", "N/Q"], "'N/Q'"),
-        (["--experiment", "done", "--market", "CL"], "market 'CL' is not in experiment 'done'"),
-        (["--experiment", "done", "--top", "0"], "--top must be >= 1, got 0"),
-        (["--experiment", "done", "--models-root", "/no/such/models"], "'/no/such/models'"),
+        (["--experiment", "long", "--market", "CL"], "market 'CL' is not in experiment 'long'"),
+        (["--experiment", "long", "--top", "0"], "--top must be >= 1, got 0"),
+        (["--experiment", "long", "--models-root", "/no/such/models"], "'/no/such/models'"),
     ],
 )
 def test_bad_input_exits_2_with_a_message(
@@ -420,9 +686,9 @@ def test_missing_or_wrong_storage_path_exits_2(
     missing = tmp_path / "nowhere"
     assert main(["--storage-path", str(missing)]) == 2
     assert repr(str(missing)) in capsys.readouterr().err
-    assert main(["--storage-path", str(built.storage / "done")]) == 2
+    assert main(["--storage-path", str(built.storage / "long")]) == 2
     err = capsys.readouterr().err
-    assert "is an experiment folder" in err and "--experiment 'done'" in err
+    assert "is an experiment folder" in err and "--experiment 'long'" in err
     with pytest.raises(SystemExit) as exc:
         main(["--top", "many"])
     assert exc.value.code == 2
@@ -436,8 +702,9 @@ def test_the_cli_never_imports_ray_nor_writes(built: Built) -> None:
     code = (
         "import sys\n"
         "from tuner.browse import main\n"
-        "codes = [main([]), main(['--experiment', 'done']), main(['--experiment', 'intr',"
-        " '--json', '--metric', 'win_rate']), main(['--experiment', 'intr', '--market', 'ES'])]\n"
+        "codes = [main([]), main(['--experiment', 'long']), main(['--experiment', 'short',"
+        " '--json', '--metric', 'win_rate']), main(['--experiment', 'short', '--market', 'ES',"
+        " '--all-runs'])]\n"
         "heavy = sorted(m for m in sys.modules"
         " if m.split('.')[0] in ('ray', 'torch', 'stable_baselines3', 'gymnasium'))\n"
         "print('RESULT', codes, heavy)\n"
@@ -463,4 +730,5 @@ def test_the_cli_never_imports_ray_nor_writes(built: Built) -> None:
         text=True,
         timeout=60,
     )
-    assert helped.returncode == 0 and "--experiment" in helped.stdout
+    assert helped.returncode == 0 and "--all-runs" in helped.stdout
+    assert PROJECT_ROOT.is_dir()

@@ -129,7 +129,7 @@ def test_job_submit_runs_tuner_on_a_token_authenticated_loopback_head(
     summary = json.loads((models / "summaries" / "cluster.json").read_text())
     rows = {(r["market"], r["seed"]): r for r in summary["trials"]}
     assert set(rows) == {("NQ", 1)}
-    assert rows[("NQ", 1)]["status"] == "TERMINATED"
+    assert rows[("NQ", 1)]["status"] == "finished"
 
     status, body = head.request("/api/jobs/", head.token)
     jobs = json.loads(body)

@@ -123,16 +123,17 @@ def test_four_trials_finish_in_isolated_folders_with_a_correct_summary(
     summary = json.loads((models / "summaries/four.json").read_text())
     rows = {(r["market"], r["seed"]): r for r in summary["trials"]}
     assert set(rows) == {("NQ", 42), ("NQ", 7), ("ES", 42), ("ES", 7)}
-    assert all(r["status"] == "TERMINATED" for r in rows.values())
+    assert all(r["status"] == "finished" for r in rows.values())
     results = trial_results(tmp_path / "ray_results/four")
     for (market, seed), row in rows.items():
         last = results[f"{market}/{seed}"][-1]
         assert row["metrics"]["val_reward"] == pytest.approx(last["val_reward"])
         best = row["best"]["sharpe_ratio"]
         assert best is not None and Path(best["path"]).exists()
-        assert (
-            f"/phase1/{market}/checkpoints/" in best["path"] and f"_seed-{seed}.zip" in best["path"]
-        )
+        # The trial's own run: its run id is in the name of its best checkpoint.
+        assert f"/phase1/{market}/checkpoints/" in best["path"]
+        assert best["path"].endswith(f"_seed-{seed}_run-{row['run_id']}.zip")
+        assert row["run_id"] == results[f"{market}/{seed}"][-1]["run_id"]
     for market in ("NQ", "ES"):
         values = [rows[(market, s)]["metrics"]["sharpe_ratio"] for s in (42, 7)]
         agg = summary["markets"][market]["sharpe_ratio"]
@@ -179,7 +180,7 @@ def test_a_crashed_trial_recovers_from_its_last_checkpoint(
     steps = [int(r["timesteps"]) for r in after]
     assert steps == sorted(steps) and rows[-1]["finished"] is True
     summary = json.loads((tmp_path / "models/summaries/crash.json").read_text())
-    assert summary["trials"][0]["status"] == "TERMINATED"
+    assert summary["trials"][0]["status"] == "finished"
 
 
 def test_ctrl_c_saves_interrupts_and_resume_completes(
@@ -215,13 +216,13 @@ def test_ctrl_c_saves_interrupts_and_resume_completes(
         assert len(found) == 1, market
         interrupts[market] = found[0].timesteps
     summary = json.loads((tmp_path / "models/summaries/stop.json").read_text())
-    assert {r["status"] for r in summary["trials"]} == {"INTERRUPTED"}
+    assert {r["status"] for r in summary["trials"]} == {"interrupted"}
 
     r = Driver([*args, "--resume"], tmp_path, "resume.log")
     drivers.append(r)
     assert r.wait() == 0, r.output[-3000:]
     summary = json.loads((tmp_path / "models/summaries/stop.json").read_text())
-    assert {x["status"] for x in summary["trials"]} == {"TERMINATED"}
+    assert {x["status"] for x in summary["trials"]} == {"finished"}
     results = trial_results(experiment)
     for market, at in interrupts.items():
         rows = results[f"{market}/5"]

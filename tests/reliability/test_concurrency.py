@@ -8,9 +8,10 @@ update on commit, in-run retention every ``prune_frequency`` saves) as fast as i
 and after every few saves runs a retention pass of its own over the shared folder. Each
 process logs every checkpoint it committed, with the zip's mtime, taken under the folder lock.
 
-The retention policy here keeps the last 3 periodic checkpoints of each seed, the top 2 by
-Sharpe and by val_reward, every ``best`` (an extra ``keep_events`` rule), every ``phase_end``,
-and every ``interrupt`` until a later ``phase_end`` of its seed. Each rule is monotone (what it
+Each process is one run. The retention policy here keeps, of each run, the last 3 periodic
+checkpoints, the top 2 models by Sharpe and by val_reward (a ``best`` and its ``periodic``
+twin are one model), every ``best`` (an extra ``keep_events`` rule), every ``phase_end``, and
+every ``interrupt`` until a later ``phase_end`` of its run. Each rule is monotone (what it
 drops once it never keeps later), so whatever the interleaving, every committed checkpoint the
 policy keeps when judged over *all* that was committed must still exist at the end: the newest
 of each seed, every best and phase_end, every unresolved interrupt. That set is computed here
@@ -167,10 +168,16 @@ def _save_and_prune(root: str, seed: int, seconds: float, out: str, start: Barri
 
 
 def _top(infos: list[CheckpointInfo], metric: str, k: int) -> set[str]:
-    """The ``k`` best by ``metric`` as the names carry it; ties: more timesteps, then the
-    smaller file name."""
+    """Every file of the ``k`` best models by ``metric`` as the names carry it; ties: more
+    timesteps, then the smaller file name; one model saved under two events counts once."""
     ranked = sorted(infos, key=lambda i: (-getattr(i.name, metric), -i.timesteps, i.filename))
-    return {i.filename for i in ranked[:k]}
+    models: list[str] = []
+    for info in ranked:
+        model = info.filename.replace(f"_evt-{_event(info)}_", "_")
+        if model not in models:
+            models.append(model)
+    chosen = set(models[:k])
+    return {i.filename for i in infos if i.filename.replace(f"_evt-{_event(i)}_", "_") in chosen}
 
 
 def _must_survive(committed: list[CheckpointInfo]) -> dict[str, list[str]]:
@@ -193,9 +200,9 @@ def _must_survive(committed: list[CheckpointInfo]) -> dict[str, list[str]]:
             resolved = any(e.timesteps >= info.timesteps and e.mtime >= info.mtime for e in ends)
             if _event(info) == "interrupt" and not resolved:
                 why[info.filename].append("unresolved interrupt")
-    for metric in ("sharpe_ratio", "val_reward"):
-        for name in _top(committed, metric, TOP_K):
-            why[name].append(f"top {TOP_K} {metric}")
+        for metric in ("sharpe_ratio", "val_reward"):
+            for name in _top(infos, metric, TOP_K):
+                why[name].append(f"top {TOP_K} {metric} of seed {seed}")
     return dict(why)
 
 
@@ -291,7 +298,7 @@ def test_two_seeds_saving_and_pruning_one_folder_for_a_minute(
         assert json.loads(registry.path.read_text())["checkpoints"] == indexed
 
         # best_model.zip is the best of both seeds (by val_reward, as names round it).
-        best = verify_checkpoint(config.phase_root(1, MARKET, root) / "best_model.zip")
+        best = verify_checkpoint(config.layout(root).market_dir(1, MARKET) / "best_model.zip")
         source = parse_name(Path(best["source_checkpoint"]).name)
         assert isinstance(source, CheckpointName), best["source_checkpoint"]
         assert source.val_reward == max(_val_reward(c) for c in committed), source

@@ -26,13 +26,9 @@ from pathlib import Path
 
 import pytest
 
-from checkpointing import (
-    find_resume_checkpoint,
-    list_checkpoints,
-    load_checkpoint,
-    verify_checkpoint,
-)
+from checkpointing import list_checkpoints, load_checkpoint, verify_checkpoint
 from checkpointing.errors import CheckpointCorruptError
+from checkpointing.selection import find_resume_checkpoint
 from tests.reliability.conftest import FaultLog
 from tests.reliability.helpers import (
     CHECKPOINTS,

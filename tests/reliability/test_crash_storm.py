@@ -29,16 +29,11 @@ from pathlib import Path
 
 import pytest
 
-from checkpointing import (
-    find_resume_checkpoint,
-    list_checkpoints,
-    load_checkpoint,
-    load_config,
-    verify_checkpoint,
-)
+from checkpointing import list_checkpoints, load_checkpoint, load_config, verify_checkpoint
 from checkpointing.files import parse_temp_name
 from checkpointing.naming import parse_name
 from checkpointing.retention import prune_folder
+from checkpointing.selection import find_resume_checkpoint
 from checkpointing.store import CheckpointInfo
 from tests.integration.train_script import (
     COMMIT_STAGE_LEFTOVERS,

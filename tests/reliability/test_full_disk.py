@@ -171,7 +171,9 @@ def test_a_filling_tmpfs_skips_saves_and_keeps_room_for_interrupt_and_phase_end(
             saved = [m[1] for m in SAVED.finditer(second.stderr)]
             assert [n for n in saved if "_evt-periodic_" in n], second.diagnostics()
             assert [i.timesteps for i in infos if _event(i) == "phase_end"] == [done]
-            final = load_config(config).phase_root(1, "NQ", root) / "phase1_foundational_final.zip"
+            assert start.run_id is not None
+            run_dir = load_config(config).layout(root).run_dir(1, "NQ", start.run_id)
+            final = run_dir / "phase1_foundational_final.zip"
             assert verify_checkpoint(final)["timesteps"] == done
 
         # No partial checkpoint anywhere, everything listed verifies, and what was committed

@@ -26,11 +26,12 @@ from pathlib import Path
 
 import pytest
 
-from checkpointing import find_resume_checkpoint, list_checkpoints, verify_checkpoint
+from checkpointing import list_checkpoints, verify_checkpoint
 from checkpointing.cleanup import sweep
 from checkpointing.metadata import read_checkpoint_metadata
 from checkpointing.naming import parse_name
 from checkpointing.registry import Registry
+from checkpointing.selection import find_resume_checkpoint
 from checkpointing.store import folder_lock
 from tests.reliability.conftest import FaultLog
 from tests.reliability.helpers import (

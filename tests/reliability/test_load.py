@@ -97,7 +97,7 @@ def test_24_trials_all_finish_each_in_its_own_folder(load: Load, fault_log: Faul
                     assert load.rc == 0, load.output[-3000:]
                     assert f"[done]   {market} seed {seed} " in load.output
                     row = trials.get((market, seed))
-                    assert row is not None and row["status"] == "TERMINATED", row
+                    assert row is not None and row["status"] == "finished", row
                     assert row["timesteps"] >= TIMESTEPS, row
                     assert (market, seed) in listed, sorted(listed)
                     # Its market's folder holds that market's checkpoints alone.

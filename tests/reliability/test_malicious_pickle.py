@@ -33,13 +33,13 @@ import pytest
 
 from checkpointing import (
     CheckpointRetentionManager,
-    find_resume_checkpoint,
     list_checkpoints,
     load_checkpoint,
     parse_checkpoint_filename,
 )
 from checkpointing.errors import CheckpointCorruptError
-from checkpointing.registry import find_resume_checkpoint_from_registry
+from checkpointing.registry import find_best
+from checkpointing.selection import find_resume_checkpoint
 from tests.reliability.conftest import FaultLog
 from tests.reliability.helpers import (
     CHECKPOINTS,
@@ -191,8 +191,8 @@ def test_no_tool_ever_unpickles_an_injected_checkpoint(
                 find_resume_checkpoint(folder, spec, seed=42, market="NQ")
                 assert fired(canaries) == []
 
-        with t.attempt("find_resume_checkpoint_from_registry best:sharpe_ratio"):
-            find_resume_checkpoint_from_registry(folder, "best:sharpe_ratio")
+        with t.attempt("registry find_best sharpe_ratio"):
+            find_best(root, 1, "NQ", "sharpe_ratio")
             assert fired(canaries) == []
 
         commands = [

@@ -37,8 +37,9 @@ from typing import Any
 import psutil
 import pytest
 
-from checkpointing import find_resume_checkpoint, list_checkpoints, verify_checkpoint
+from checkpointing import list_checkpoints, verify_checkpoint
 from checkpointing.naming import CheckpointName, parse_name
+from checkpointing.selection import find_resume_checkpoint
 from tests.ray.conftest import (
     Crash,
     Driver,
@@ -361,7 +362,7 @@ def test_a_driver_killed_while_stopping_resumes_every_trial_to_the_end(
                 summary = json.loads((scenario.models / f"summaries/{NAME}.json").read_text())
                 rows = {(r["market"], r["seed"]): r for r in summary["trials"]}
                 assert set(rows) == {(m, SEED) for m in MARKETS}, sorted(rows)
-                assert rows[(market, SEED)]["status"] == "TERMINATED", rows[(market, SEED)]
+                assert rows[(market, SEED)]["status"] == "finished", rows[(market, SEED)]
                 with open(scenario.models / f"summaries/{NAME}.csv", newline="") as fh:
                     listed = {(r["market"], int(r["seed"])) for r in csv.DictReader(fh)}
                 assert listed == set(rows), listed

@@ -36,10 +36,11 @@ def ck(
     seed: int = 42,
     *,
     market: str = "NQ",
+    run: str | None = None,
     mtime: float | None = None,
 ) -> CheckpointInfo:
     """A made-up checkpoint info; mtime defaults to the timesteps (later saves are newer)."""
-    filename = format_checkpoint_name(market, ts, event, val, sharpe, seed)
+    filename = format_checkpoint_name(market, ts, event, val, sharpe, seed, run)
     name = parse_name(filename)
     assert name is not None
     return CheckpointInfo(Path(filename), name, 100, float(ts) if mtime is None else mtime)
@@ -117,9 +118,57 @@ CASES = [
     ),
     pytest.param(
         TopK("sharpe_ratio", 1),
-        [ck(10, sharpe=1.0, seed=7), ck(10, sharpe=1.0, seed=3)],
+        [ck(10, val=-0.5, sharpe=1.0), ck(10, val=0.5, sharpe=1.0)],
         [1],
         id="top-tie-smaller-name",
+    ),
+    pytest.param(
+        TopK("sharpe_ratio", 1),
+        [ck(10, sharpe=1.0, seed=7), ck(10, sharpe=1.0, seed=3)],
+        [0, 1],
+        id="top-per-seed",
+    ),
+    pytest.param(
+        TopK("sharpe_ratio", 1),
+        [ck(10, sharpe=1.0, run="a"), ck(20, sharpe=5.0, run="b"), ck(30, sharpe=0.5, run="a")],
+        [0, 1],
+        id="top-per-run",
+    ),
+    pytest.param(
+        TopK("sharpe_ratio", 2),
+        [ck(10, sharpe=3.0), ck(10, "best", sharpe=3.0), ck(20, sharpe=2.0), ck(30, sharpe=1.0)],
+        [0, 1, 2],
+        id="top-twins-take-one-place",
+    ),
+    pytest.param(
+        TopK("val_reward", 1),
+        [ck(10, val=1.0, run="a"), ck(10, "best", val=1.0, run="a"), ck(10, val=1.0, run="b")],
+        [0, 1, 2],
+        id="top-twins-kept-together-per-run",
+    ),
+    pytest.param(
+        LatestPeriodic(1),
+        [ck(10, run="a"), ck(20, run="a"), ck(30, run="b"), ck(40, run="b"), ck(50)],
+        [1, 3, 4],
+        id="latest-per-run",
+    ),
+    pytest.param(
+        KeepInterruptsUntilPhaseEnd(),
+        [ck(15, "interrupt", run="a"), ck(40, "phase_end", run="b")],
+        [0],
+        id="interrupt-kept-when-another-run-ends",
+    ),
+    pytest.param(
+        KeepInterruptsUntilPhaseEnd(),
+        [ck(15, "interrupt", run="a"), ck(40, "phase_end", run="a")],
+        [],
+        id="interrupt-released-when-its-run-ends",
+    ),
+    pytest.param(
+        KeepEveryNTimesteps(100),
+        [ck(10, run="a"), ck(20, run="b"), ck(30, run="a")],
+        [0, 1],
+        id="every-n-per-run",
     ),
     pytest.param(
         TopK("sharpe_ratio", 5),

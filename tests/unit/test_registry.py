@@ -15,16 +15,15 @@ from checkpointing.cleanup import delete_checkpoint
 from checkpointing.config import CheckpointConfig, RetentionConfig
 from checkpointing.errors import CheckpointNameError, RegistryError
 from checkpointing.layout import locate_folder
-from checkpointing.loading import find_resume_checkpoint
 from checkpointing.metadata import build_metadata
 from checkpointing.naming import CheckpointName
 from checkpointing.policies import TopK
 from checkpointing.registry import (
     Registry,
     find_best,
-    find_resume_checkpoint_from_registry,
 )
 from checkpointing.retention import prune_folder
+from checkpointing.selection import find_resume_checkpoint
 from checkpointing.store import commit_files, list_checkpoints
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -167,15 +166,15 @@ def test_metric_ties_go_to_the_smaller_name_everywhere(tmp_path: Path) -> None:
     """The registry, resume-from-best (registry or files) and retention's top-K agree."""
     root = tmp_path / "models"
     registry = Registry(root)
-    larger = save(root, 1, "NQ", 50_000, event="periodic", val=0.3, seed=42, registry=registry)
-    smaller = save(root, 1, "NQ", 50_000, event="best", val=0.3, seed=7, registry=registry)
+    # One run, two models with the same value at the same timesteps (another Sharpe).
+    larger = save(root, 1, "NQ", 50_000, event="periodic", val=0.3, registry=registry)
+    smaller = save(root, 1, "NQ", 50_000, event="best", val=0.3, sharpe=2.0, registry=registry)
     save(root, 1, "NQ", 40_000, val=0.3, registry=registry)  # the same value, fewer timesteps
     assert smaller.name < larger.name
     folder = CONFIG.checkpoint_dir(1, "NQ", root)
     best = find_best(root, 1, "NQ", "val_reward")
     assert best is not None and best.absolute(root) == smaller
-    assert find_resume_checkpoint_from_registry(folder, "best:val_reward") == smaller
-    assert find_resume_checkpoint(folder, "best:val_reward") == smaller
+    assert find_resume_checkpoint(folder, "best:val_reward", any_run=True) == smaller
     infos = list_checkpoints(folder)
     decisions = TopK("val_reward", 1).decide(infos)
     assert [i.path for i, why in zip(infos, decisions, strict=True) if why] == [smaller]
@@ -303,19 +302,18 @@ def test_layout_helpers(root: Path) -> None:
 
 def test_resume_from_best_skips_a_checkpoint_that_fails_verification(root: Path) -> None:
     folder = CONFIG.checkpoint_dir(1, "NQ", root)
-    best = find_resume_checkpoint_from_registry(folder, "best:val_reward")
+    best = find_resume_checkpoint(folder, "best:val_reward", any_run=True)
     assert best is not None and best.name.startswith("NQ_ts-0012000")
     with open(best, "ab") as fh:
         fh.write(b"corrupted")
-    second = find_resume_checkpoint_from_registry(folder, "best:val_reward")
+    second = find_resume_checkpoint(folder, "best:val_reward", any_run=True)
     assert second is not None and second.name.startswith("NQ_ts-0011000")
-    assert find_resume_checkpoint_from_registry(folder, "best:val_reward", verify=False) == best
-    # "best" is best:val_reward; seed 7's best (12K) is the corrupted one -> its next best
-    seed7 = find_resume_checkpoint_from_registry(folder, "best", seed=7)
+    # seed 7's best (12K) is the corrupted one -> its next best
+    seed7 = find_resume_checkpoint(folder, "best:val_reward", seed=7)
     assert seed7 is not None and seed7.name.startswith("NQ_ts-0010000")
 
 
-def test_resume_from_a_folder_outside_the_layout_scans_it(tmp_path: Path) -> None:
+def test_resume_from_a_folder_outside_the_layout(tmp_path: Path) -> None:
     folder = tmp_path / "my_checkpoints"
     for ts, sharpe in ((1000, 1.0), (2000, 3.0), (3000, 2.0)):
         name = CheckpointName("NQ", ts, "periodic", 0.1, sharpe, 1)
@@ -326,14 +324,14 @@ def test_resume_from_a_folder_outside_the_layout_scans_it(tmp_path: Path) -> Non
             None,
             build_metadata(name=name, phase=1, metrics={"sharpe_ratio": sharpe}),
         )
-    best = find_resume_checkpoint_from_registry(folder, "best:sharpe_ratio")
+    best = find_resume_checkpoint(folder, "best:sharpe_ratio")
     assert best is not None and best.name.startswith("NQ_ts-0002000")
 
 
-@pytest.mark.parametrize("spec", ["latest", "best:profit", "worst:val_reward"])
+@pytest.mark.parametrize("spec", ["best", "best:profit", "worst:val_reward"])
 def test_resume_spec_is_checked(root: Path, spec: str) -> None:
-    with pytest.raises(RegistryError, match="resume spec must be"):
-        find_resume_checkpoint_from_registry(root, spec)
+    with pytest.raises(ValueError, match=r"resume spec must be|unknown metric"):
+        find_resume_checkpoint(root, spec)
 
 
 def test_cli_rebuild(root: Path) -> None:

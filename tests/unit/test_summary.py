@@ -63,6 +63,7 @@ def test_summary_keys_and_values(folder: Path) -> None:
         "path": os.fspath(folder / CheckpointName("NQ", 50_000, "best", 0.238, 1.92, 7).filename),
         "event": "best",
         "seed": 7,
+        "run_id": None,
     }
     assert summary["best_reward"]["value"] == 0.301
     assert summary["best_reward"]["timesteps"] == 100_000
@@ -141,8 +142,8 @@ def test_cli_summary(folder: Path) -> None:
     out = run_summary(cwd=cwd)
     assert out.returncode == 0, out.stderr
     header, line = out.stdout.splitlines()
-    assert header.split()[:3] == ["phase", "market", "count"]
-    assert line.split()[:3] == ["1", "NQ", "7"]
+    assert header.split()[:4] == ["phase", "market", "runs", "count"]
+    assert line.split()[:4] == ["1", "NQ", str(row["runs"]), "7"]
     assert "+1.92 @ 50,000" in line and "+0.301 @ 100,000" in line
 
     out = run_summary("--phase", "2", "--market", "NQ", cwd=cwd)

@@ -8,7 +8,10 @@ import signal
 from typing import Any
 
 from checkpointing.errors import usage_error
+from tuner.driver.experiments import load_experiment
 from tuner.driver.options import RunOptions
+from tuner.driver.summary import build_summary, format_table, write_summary
+from tuner.training.trainer import retention_pass
 
 __all__ = ["EXIT_FAILED_TRIALS", "run_experiment"]
 
@@ -48,12 +51,9 @@ def run_experiment(opts: RunOptions, settings: Any) -> int:
     import ray
     from ray import tune
 
-    from checkpointing.registry import Registry
-    from checkpointing.retention import prune_tree
     from tuner.driver.progress import Progress, StopHandler
     from tuner.driver.result_logs import result_loggers
-    from tuner.driver.summary import TrialOutcome, build_summary, format_table, write_summary
-    from tuner.driver.trainable import StopFlag, train_trial
+    from tuner.driver.trainable import StopFlag, TrialConfig, train_trial
 
     _init_ray(opts)
     progress = Progress()
@@ -61,17 +61,19 @@ def run_experiment(opts: RunOptions, settings: Any) -> int:
     flag = ray.remote(num_cpus=0)(StopFlag).options(name=flag_name).remote()
     stopper = StopHandler(flag, progress)
     trainable = tune.with_resources(train_trial, {"cpu": opts.cpus_per_trial})
-    param_space = {
-        "market": tune.grid_search(list(opts.markets)),
-        "seed": tune.grid_search(list(opts.seeds)),
-        "phases": list(opts.phases),
-        "timesteps": opts.timesteps,
-        "base_interval": opts.base_interval,
-        "config_dir": os.fspath(opts.config_dir),
-        "models_root": os.fspath(opts.models_root),
-        "cpus": opts.cpus_per_trial,
-        "stop_flag": flag_name,
-    }
+    trial = TrialConfig(
+        market="",  # one trial per (market, seed): grid searches in the param space
+        seed=0,
+        phases=opts.phases,
+        experiment=opts.name,
+        config_dir=os.fspath(opts.config_dir),
+        models_root=os.fspath(opts.models_root),
+        timesteps=opts.timesteps,
+        base_interval=opts.base_interval,
+        cpus=opts.cpus_per_trial,
+        stop_flag=flag_name,
+    )
+    param_space = trial.param_space(list(opts.markets), list(opts.seeds))
     run_config = tune.RunConfig(
         name=opts.name,
         storage_path=os.fspath(opts.storage_path),
@@ -123,67 +125,35 @@ def run_experiment(opts: RunOptions, settings: Any) -> int:
     finally:
         stopper.restore()
 
-    by_trial: dict[tuple[str, int], TrialOutcome] = {}
-    for index in range(len(results)):
-        result = results[index]
-        cfg = result.config or {}
-        if "market" not in cfg:
-            continue
-        metrics = dict(result.metrics or {})
-        status = (
-            "ERROR"
-            if result.error is not None
-            else ("TERMINATED" if metrics.get("finished") else "INTERRUPTED")
-        )
-        key = (str(cfg["market"]), int(cfg["seed"]))
-        by_trial[key] = TrialOutcome(
-            market=key[0],
-            seed=key[1],
-            status=status,
-            last_result=metrics,
-            error=str(result.error) if result.error is not None else None,
-        )
-    # Trials that never started (stopped before their turn) are listed as pending.
-    outcomes = [
-        by_trial.get((m, s)) or TrialOutcome(m, s, "PENDING")
-        for m in opts.markets
-        for s in opts.seeds
-    ]
+    del results  # the outcome is read from the files, as the browser reads it
+    ray.shutdown()  # every trial process is gone: their files are final
+    return _finish(opts, settings, stopper.signum)
 
-    # Retention over every folder the trials touched, then the summary.
-    registry = Registry(opts.models_root, settings.checkpoint)
-    reports = prune_tree(
-        opts.models_root, settings.checkpoint, opts.phases, opts.markets, registry=registry
-    )
-    deleted = sum(r.deleted for r in reports)
-    print(f"retention: {len(reports)} folders pruned, {deleted} checkpoints deleted")
-    summary = build_summary(
-        opts.name,
-        outcomes,
-        config=settings.checkpoint,
-        models_root=opts.models_root,
-        phases=opts.phases,
-    )
+
+def _finish(opts: RunOptions, settings: Any, signum: int | None) -> int:
+    """Retention over every folder the trials touched, the summary, and the exit code."""
+    print(retention_pass(settings.checkpoint, opts.models_root, opts.phases, opts.markets))
+    experiment = load_experiment(opts.storage_path, opts.name)
+    summary = build_summary(experiment, phases=opts.phases)
     json_path, csv_path = write_summary(summary, opts.models_root / "summaries")
     print()
     print(format_table(summary))
     print()
     print(f"summary: {json_path}")
     print(f"         {csv_path}")
-    ray.shutdown()
-
-    if stopper.signum is not None or any(o.status in ("INTERRUPTED", "PENDING") for o in outcomes):
+    browse = f"--storage-path {opts.storage_path} --experiment {opts.name}"
+    print(f"browse:  python -m tuner.browse {browse}")
+    statuses = {(t.market, t.seed): t.status for t in experiment.trials}
+    missing = [(m, s) for m in opts.markets for s in opts.seeds if (m, s) not in statuses]
+    if signum is not None or missing or summary["unfinished"]:
         print(
             "interrupted: every running trial saved an interrupt checkpoint. Resume with:\n"
             f"  python -m tuner.run {' '.join(_resume_args(opts))} --resume",
             flush=True,
         )
-        return 128 + (stopper.signum or signal.SIGINT)
-    failed = [o for o in outcomes if o.status == "ERROR"]
-    if failed:
-        print(
-            f"{len(failed)} trial(s) failed: " + ", ".join(f"{o.market}/{o.seed}" for o in failed)
-        )
+        return 128 + (signum or signal.SIGINT)
+    if summary["failed"]:
+        print(f"{len(summary['failed'])} trial(s) failed: " + ", ".join(summary["failed"]))
         return EXIT_FAILED_TRIALS
     return 0
 

@@ -1,32 +1,22 @@
-"""Experiments and trials as Tune's files describe them, for the browser.
+"""Experiments and trials as Tune's files describe them (the browser's and the summary's view).
 
-Reads what ``python -m tuner.run`` left on disk, without starting (or importing) Ray: Tune's
-experiment folders under the storage path (``<storage>/<experiment>/`` with one folder per
-trial holding ``params.json`` and ``result.json``, one JSON result per line, and the
-experiment's ``experiment_state-*.json``) and the checkpoint registry of the models root each
-trial wrote to (``models_root`` in its ``params.json``).
+Reads what ``python -m tuner.run`` left under a storage path, through
+:mod:`tuner.driver.tune_files`, without starting or importing Ray: per experiment its trials
+(market, seed, run id, phases, models root, config folder), each trial's latest reported
+result and its status, from the files:
 
-Without ``--experiment`` it lists the experiments it finds. With one, it shows per trial the
-latest reported result and its status, then the best checkpoints per market by ``--metric``.
+``finished`` (the last result says ``finished``), ``interrupted`` (the last result says
+``interrupted``, or the trial stopped without finishing or failing), ``running`` (its worker
+process is alive on this machine, or for a remote worker, its results changed in the last 10
+minutes), ``errored`` (Tune left ``error.txt`` / ``error.pkl`` in the trial folder, or its
+state says ERROR), ``pending`` (nothing reported yet).
 
-Trial status, from the files: ``finished`` (the last result says ``finished``),
-``interrupted`` (the last result says ``interrupted``, or the trial stopped without finishing
-or failing), ``running`` (its worker process is alive on this machine, or for a remote worker,
-its results changed in the last 10 minutes), ``errored`` (Tune left ``error.txt`` /
-``error.pkl`` in the trial folder), ``pending`` (nothing reported yet).
-
-Candidates for the best checkpoints: every committed checkpoint of the experiment's phases and
-markets under its models root whose seed is the seed of one of its trials and which that trial
-wrote, i.e. saved (metadata ``timestamp``) between the trial's start and its last activity
-(running trials: until now). Runs sharing a models root and a (market, seed) write the same
-folders, and with the same seed and config even the same file names, so time is what tells
-them apart; checkpoints of other runs are counted but not ranked. NaN never ranks; ties go
-to more timesteps, then the smaller file name. Nothing is written or deleted anywhere.
+A trial's checkpoints are those whose names carry its run id (every result reports it; a
+trial of an experiment written before runs had ids owns the legacy run of its market and seed).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -39,23 +29,34 @@ from pathlib import Path
 from typing import Any
 
 from checkpointing.cleanup import pid_alive
-from checkpointing.naming import parse_name
-from checkpointing.ranking import METRICS
+from checkpointing.naming import run_id_for_trial
+from tuner.driver.tune_files import (
+    ERROR_FILES,
+    PARAMS_FILE,
+    RESULT_FILE,
+    STATE_GLOB,
+    TUNER_FILE,
+    Damaged,
+    StateTrial,
+    TrialResults,
+    read_experiment_state,
+    read_json,
+    read_results,
+)
 
-__all__ = ["BrowseError", "Experiment", "TrialInfo", "find_experiments", "load_experiment"]
+__all__ = [
+    "STATUSES",
+    "BrowseError",
+    "Experiment",
+    "TrialInfo",
+    "find_experiments",
+    "load_experiment",
+]
 
 log = logging.getLogger(__name__)
 
 STATUSES = ("running", "finished", "interrupted", "errored", "pending")
-ERROR_FILES = ("error.txt", "error.pkl")
-STATE_GLOB = "experiment_state-*.json"
-# A checkpoint belongs to a trial if saved within [start - BEFORE, last activity + AFTER]:
-# room for clocks read in different places and for a save committed after the last report.
-WINDOW_BEFORE_S = 5.0
-WINDOW_AFTER_S = 10.0
 REMOTE_RUNNING_S = 600.0  # a remote trial whose results changed this recently is running
-_SHORT = {"val_reward": "val_reward", "sharpe_ratio": "sharpe", "win_rate": "win_rate"}
-_SHORT.update({"max_drawdown": "max_dd", "total_return": "total_ret"})
 
 
 class BrowseError(ValueError):
@@ -87,14 +88,6 @@ def _mtime(path: Path) -> float | None:
     try:
         return path.stat().st_mtime
     except OSError:
-        return None
-
-
-def _read_json(path: Path) -> Any:
-    """The JSON document at ``path``, or ``None`` if it is missing or does not parse."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
         return None
 
 
@@ -142,16 +135,19 @@ def _clean(value: Any) -> Any:
 class TrialInfo:
     """One Tune trial as its files describe it.
 
+    ``run_id``: the run its checkpoints carry (None: the legacy run of its market and seed).
     ``metrics`` are those of the latest result that carried metrics (an interrupt report
-    carries none); ``timesteps`` is the most any result reported; ``checkpoint`` is the file
-    name of our checkpoint in the last result that named one. ``started`` and
-    ``last_activity`` are Unix times (or ``None``).
+    carries the previous evaluation's); ``timesteps`` is the most any result reported;
+    ``checkpoint`` is the file name of our checkpoint in the last result that named one.
+    ``started`` and ``last_activity`` are Unix times (or ``None``); ``error_file`` is Tune's
+    ``error.txt`` (or ``.pkl``) of a failed trial.
     """
 
     trial_id: str
     folder: Path
     market: str | None
     seed: int | None
+    run_id: str | None
     phases: tuple[int, ...]
     models_root: Path | None
     config_dir: Path | None
@@ -167,24 +163,13 @@ class TrialInfo:
     last_activity: float | None = None
     error_file: Path | None = None
 
-    def owns(self, saved_at: float | None) -> bool:
-        """Whether a checkpoint of this trial's market and seed, saved at ``saved_at`` (Unix
-        time), is this trial's: saved while the trial ran. (Not by name: the same seed and
-        config give the same names, so a later run may have replaced the file.)"""
-        if saved_at is None or self.started is None:
-            return False
-        if saved_at < self.started - WINDOW_BEFORE_S:
-            return False
-        if self.status == "running" or self.last_activity is None:
-            return True
-        return saved_at <= self.last_activity + WINDOW_AFTER_S
-
     def to_json(self) -> dict[str, Any]:
         return {
             "trial_id": self.trial_id,
             "folder": os.fspath(self.folder),
             "market": self.market,
             "seed": self.seed,
+            "run_id": self.run_id,
             "phases": list(self.phases),
             "status": self.status,
             "tune_status": self.tune_status,
@@ -202,66 +187,11 @@ class TrialInfo:
         }
 
 
-@dataclass
-class _Results:
-    """What one pass over a trial's ``result.json`` yields."""
-
-    count: int = 0
-    first: dict[str, Any] | None = None
-    last: dict[str, Any] | None = None
-    metrics: dict[str, float | None] = field(default_factory=dict)
-    phase: int | None = None
-    timesteps: int | None = None
-    checkpoint: str | None = None
-    last_time: float | None = None
-
-
-def _checkpoint_name(value: object) -> str | None:
-    """Our checkpoint's file name from a reported ``checkpoint`` (a name or a path)."""
-    if not isinstance(value, str) or not value:
-        return None
-    name = value.replace("\\", "/").rsplit("/", 1)[-1]
-    return name if parse_name(name) is not None else None
-
-
-def _read_results(path: Path) -> _Results:
-    out = _Results()
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            lines = list(fh)
-    except OSError:
-        return out
-    for line in lines:
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError:  # a line cut short by a crash
-            continue
-        if not isinstance(row, dict):
-            continue
-        out.count += 1
-        if out.first is None:
-            out.first = row
-        out.last = row
-        if any(isinstance(row.get(m), (int, float)) for m in METRICS):
-            out.metrics = {m: _finite(row.get(m)) for m in METRICS}
-        phase, steps = _int(row.get("phase")), _int(row.get("timesteps"))
-        if phase is not None:
-            out.phase = phase
-        if steps is not None:
-            out.timesteps = steps if out.timesteps is None else max(out.timesteps, steps)
-        name = _checkpoint_name(row.get("checkpoint"))
-        if name is not None:
-            out.checkpoint = name
-        stamp = _finite(row.get("timestamp"))
-        if stamp is not None:
-            out.last_time = stamp if out.last_time is None else max(out.last_time, stamp)
-    return out
-
-
 def _trial_status(
-    results: _Results, error_file: Path | None, tune_status: str | None, result_mtime: float | None
+    results: TrialResults,
+    error_file: Path | None,
+    tune_status: str | None,
+    result_mtime: float | None,
 ) -> str:
     last = results.last
     failed = error_file is not None or tune_status == "ERROR"
@@ -280,66 +210,53 @@ def _trial_status(
     return "errored" if failed else "interrupted"
 
 
-def _state_trials(experiment_dir: Path) -> dict[str, dict[str, Any]]:
-    """Per trial folder name: Tune's record of the trial in the newest experiment state file
-    (``config``, ``status``, ``trial_id``, ``start_time``, ``num_failures``). Tune's own
-    format: anything unexpected is ignored and the trial folders are used alone."""
-    states = sorted(experiment_dir.glob(STATE_GLOB), key=lambda p: (_mtime(p) or 0.0, p.name))
-    if not states:
-        return {}
-    doc = _read_json(states[-1])
-    out: dict[str, dict[str, Any]] = {}
+def _state_trials(experiment_dir: Path) -> dict[str, StateTrial]:
+    """Per trial folder name: Tune's record of the trial in the newest experiment state file.
+    A state file Tune could not read either is ignored (the trial folders are used alone)."""
     try:
-        for item in doc["trial_data"]:
-            trial = json.loads(item[0])
-            runtime = json.loads(item[1]) if len(item) > 1 else {}
-            folder = trial.get("relative_logdir")
-            if not isinstance(folder, str) or not folder or "/" in folder or folder == "..":
-                continue
-            out[folder] = {
-                "config": trial.get("config") if isinstance(trial.get("config"), dict) else {},
-                "status": trial.get("status") if isinstance(trial.get("status"), str) else None,
-                "trial_id": trial.get("trial_id"),
-                "start_time": _finite(runtime.get("start_time")),
-                "num_failures": _int(runtime.get("num_failures")) or 0,
-            }
-    except (TypeError, KeyError, IndexError, ValueError, AttributeError):
-        log.debug("%s: unexpected experiment state format", experiment_dir)
+        trials = read_experiment_state(experiment_dir) or []
+    except (Damaged, OSError) as exc:
+        log.debug("%s: unreadable experiment state (%s)", experiment_dir, exc)
         return {}
-    return out
+    return {t.relative_logdir: t for t in trials if t.relative_logdir is not None}
 
 
 def _path_or_none(value: object) -> Path | None:
     return Path(value) if isinstance(value, str) and value and "\x00" not in value else None
 
 
-def _load_trial(folder: Path, state: Mapping[str, Any] | None) -> TrialInfo:
-    state = state or {}
-    params = _read_json(folder / "params.json")
-    results = _read_results(folder / "result.json")
+def _run_id(experiment: str, trial_id: str, results: TrialResults) -> str | None:
+    """The run a trial's checkpoints carry: what its results report; for a trial that reported
+    nothing yet, the id it will use; None for a trial of an experiment from before run ids."""
+    if results.run_id is not None:
+        return results.run_id
+    if results.count:
+        return None
+    try:
+        return run_id_for_trial(experiment, trial_id)
+    except ValueError:
+        return None
+
+
+def _load_trial(folder: Path, state: StateTrial | None) -> TrialInfo:
+    params = read_json(folder / PARAMS_FILE)
+    results = read_results(folder / RESULT_FILE)
     config: dict[str, Any] = {}
-    for source in (
-        state.get("config"),
-        (results.first or {}).get("config"),
-        params,
-    ):
+    for source in (state.config if state else None, (results.first or {}).get("config"), params):
         if isinstance(source, dict):
             config.update(source)
-    market = config.get("market")
-    seed = _int(config.get("seed"))
     phases = config.get("phases")
     phase_list = (
-        tuple(p for p in (_int(x) for x in phases or ()) if p is not None)
+        tuple(p for p in (_int(x) for x in phases) if p is not None)
         if isinstance(phases, list)
         else ()
     )
     error_file = next((folder / n for n in ERROR_FILES if (folder / n).is_file()), None)
-    result_mtime = _mtime(folder / "result.json")
-    tune_status = state.get("status")
-    status = _trial_status(results, error_file, tune_status, result_mtime)
+    tune_status = state.status if state else None
+    status = _trial_status(results, error_file, tune_status, _mtime(folder / RESULT_FILE))
 
-    starts = [state.get("start_time")]
     first = results.first or {}
+    starts = [state.start_time if state else None]
     first_time, first_total = _finite(first.get("timestamp")), _finite(first.get("time_total_s"))
     if first_time is not None:
         starts.append(first_time - (first_total or 0.0))
@@ -350,18 +267,23 @@ def _load_trial(folder: Path, state: Mapping[str, Any] | None) -> TrialInfo:
         activity.append(_mtime(error_file))
     last_activity = max((a for a in activity if a is not None), default=None)
 
-    trial_id = state.get("trial_id") or first.get("trial_id") or folder.name
+    trial_id = str((state.trial_id if state else None) or first.get("trial_id") or folder.name)
+    experiment = config.get("experiment")
+    market = config.get("market")
     return TrialInfo(
-        trial_id=str(trial_id),
+        trial_id=trial_id,
         folder=folder,
         market=market if isinstance(market, str) else None,
-        seed=seed,
+        seed=_int(config.get("seed")),
+        run_id=_run_id(
+            experiment if isinstance(experiment, str) else folder.parent.name, trial_id, results
+        ),
         phases=phase_list,
         models_root=_path_or_none(config.get("models_root")),
         config_dir=_path_or_none(config.get("config_dir")),
         status=status,
         tune_status=tune_status,
-        num_failures=int(state.get("num_failures") or 0),
+        num_failures=state.num_failures if state else 0,
         results=results.count,
         phase=results.phase,
         timesteps=results.timesteps,
@@ -428,7 +350,7 @@ class Experiment:
 
 
 def _is_experiment(folder: Path) -> bool:
-    if any(folder.glob(STATE_GLOB)) or (folder / "tuner.pkl").is_file():
+    if any(folder.glob(STATE_GLOB)) or (folder / TUNER_FILE).is_file():
         return True
     try:
         children = list(os.scandir(folder))
@@ -436,7 +358,7 @@ def _is_experiment(folder: Path) -> bool:
         return False
     return any(
         c.is_dir(follow_symlinks=False)
-        and (Path(c.path, "params.json").is_file() or Path(c.path, "result.json").is_file())
+        and (Path(c.path, PARAMS_FILE).is_file() or Path(c.path, RESULT_FILE).is_file())
         for c in children
     )
 
@@ -479,7 +401,7 @@ def _read_experiment(folder: Path) -> Experiment:
     with os.scandir(folder) as entries:
         for entry in entries:
             if entry.is_dir(follow_symlinks=False) and any(
-                Path(entry.path, f).is_file() for f in ("params.json", "result.json")
+                Path(entry.path, f).is_file() for f in (PARAMS_FILE, RESULT_FILE)
             ):
                 trial_dirs.add(entry.name)
     trials = [_load_trial(folder / d, state.get(d)) for d in trial_dirs]

@@ -1,47 +1,39 @@
 """The cross-trial summary the driver writes after all trials: screen table, JSON and CSV.
 
-Per (market, seed): status, final metrics, and the best checkpoints (by Sharpe and by
-validation reward) with their paths. Per market: mean and spread over the seeds.
+Built from the experiment's files (:mod:`tuner.driver.experiments`, the browser's reader) and
+ranked by :func:`tuner.driver.bests.experiment_bests` (the browser's ranking), so the summary
+and ``python -m tuner.browse`` always name the same best checkpoints. Per trial: its run,
+status, final metrics and its run's best checkpoints (by Sharpe and by validation reward) in its
+last phase. Per market: mean and spread over the seeds, and the best checkpoints of the
+experiment per phase.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from checkpointing.config import CheckpointConfig
+from tuner.driver.bests import BestCheckpoint, experiment_bests
+from tuner.driver.experiments import Experiment, TrialInfo
 
-__all__ = ["SUMMARY_METRICS", "TrialOutcome", "build_summary", "format_table", "write_summary"]
+__all__ = ["BEST_BY", "SUMMARY_METRICS", "build_summary", "format_table", "write_summary"]
 
 SUMMARY_METRICS = ("val_reward", "sharpe_ratio", "win_rate", "max_drawdown", "total_return")
 BEST_BY = ("sharpe_ratio", "val_reward")
 
 
-@dataclass
-class TrialOutcome:
-    """What the driver knows of one trial at the end."""
-
-    market: str
-    seed: int
-    status: str  # TERMINATED, ERROR, RUNNING/PAUSED/PENDING (interrupted)
-    last_result: Mapping[str, Any] = field(default_factory=dict)
-    error: str | None = None
-    trial_id: str | None = None
-
-
 def _num(value: Any) -> float:
     try:
-        out = float(value)
+        return float(value)
     except (TypeError, ValueError):
         return math.nan
-    return out
 
 
 def _clean(value: Any) -> Any:
@@ -54,56 +46,54 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def _best(
-    root: Path, config: CheckpointConfig, phase: int, market: str, seed: int, metric: str
-) -> dict[str, Any] | None:
-    from checkpointing.registry import find_best
-
-    entry = find_best(root, phase, market, metric, seed, config=config)
-    if entry is None:
+def _checkpoint(best: BestCheckpoint | None) -> dict[str, Any] | None:
+    if best is None:
         return None
+    entry = best.entry
     return {
-        "metric": metric,
-        "value": entry.metric(metric),
+        "metric": best.metric,
+        "value": best.value,
+        "phase": entry.phase,
+        "seed": entry.seed,
+        "run_id": entry.run_id,
         "timesteps": entry.timesteps,
-        "event": entry.event,
-        "path": os.fspath(entry.absolute(root)),
+        "events": list(best.events),
+        "path": os.fspath(best.path),
     }
 
 
-def build_summary(
-    experiment: str,
-    trials: Sequence[TrialOutcome],
-    *,
-    config: CheckpointConfig,
-    models_root: str | os.PathLike[str],
-    phases: Sequence[int],
-) -> dict[str, Any]:
-    """The summary document (JSON-ready; NaN becomes null when written)."""
-    root = Path(models_root)
-    rows: list[dict[str, Any]] = []
-    for t in sorted(trials, key=lambda t: (t.market, t.seed)):
-        r = t.last_result
-        phase = int(r.get("phase") or phases[-1])
-        row: dict[str, Any] = {
-            "market": t.market,
-            "seed": t.seed,
-            "status": t.status,
-            "phase": phase,
-            "timesteps": int(r.get("timesteps") or 0),
-            "phase_timesteps": int(r.get("phase_timesteps") or 0),
-            "metrics": {m: _num(r.get(m)) for m in SUMMARY_METRICS},
-            "checkpoint_dir": os.fspath(config.checkpoint_dir(phase, t.market, root)),
-            "best": {m: _best(root, config, phase, t.market, t.seed, m) for m in BEST_BY},
-        }
-        if t.error:
-            row["error"] = t.error
-        rows.append(row)
+def _trial_row(experiment: Experiment, trial: TrialInfo, phases: Sequence[int]) -> dict[str, Any]:
+    assert trial.market is not None  # build_summary leaves out folders that name no market
+    phase = trial.phase or phases[-1]
+    alone = dataclasses.replace(experiment, trials=(trial,))
+    best = {}
+    for metric in BEST_BY:
+        ranked = experiment_bests(alone, metric, top=1).first(trial.market, phase)
+        best[metric] = _checkpoint(ranked)
+    row: dict[str, Any] = {
+        "market": trial.market,
+        "seed": trial.seed,
+        "run_id": trial.run_id,
+        "trial_id": trial.trial_id,
+        "status": trial.status,
+        "phase": phase,
+        "timesteps": trial.timesteps or 0,
+        "metrics": {m: _num(trial.metrics.get(m)) for m in SUMMARY_METRICS},
+        "best": best,
+    }
+    if trial.error_file is not None:
+        row["error"] = os.fspath(trial.error_file)
+    return row
 
+
+def _market_rows(
+    experiment: Experiment, rows: Sequence[Mapping[str, Any]]
+) -> dict[str, dict[str, Any]]:
     markets: dict[str, dict[str, Any]] = {}
-    for market in sorted({r["market"] for r in rows}):
+    by_metric = {metric: experiment_bests(experiment, metric, top=1) for metric in BEST_BY}
+    for market in sorted({r["market"] for r in rows if r["market"]}):
         mine = [r for r in rows if r["market"] == market]
-        agg: dict[str, Any] = {"seeds": [r["seed"] for r in mine]}
+        agg: dict[str, Any] = {"seeds": sorted(r["seed"] for r in mine if r["seed"] is not None)}
         for m in SUMMARY_METRICS:
             values = [r["metrics"][m] for r in mine if math.isfinite(r["metrics"][m])]
             agg[m] = {
@@ -113,20 +103,29 @@ def build_summary(
                 else (0.0 if values else math.nan),
                 "n": len(values),
             }
-        best = [r["best"]["sharpe_ratio"] for r in mine if r["best"]["sharpe_ratio"]]
-        best.sort(key=lambda b: -_num(b.get("value")))
-        agg["best_sharpe_checkpoint"] = best[0] if best else None
+        agg["best"] = [
+            _checkpoint(b) for metric in BEST_BY for b in by_metric[metric].best.get(market, [])
+        ]
         markets[market] = agg
+    return markets
 
+
+def build_summary(experiment: Experiment, *, phases: Sequence[int]) -> dict[str, Any]:
+    """The summary document of an experiment (JSON-ready; NaN becomes null when written).
+
+    Trials are those of Tune's files; a trial that never started is ``pending``.
+    """
+    rows = [_trial_row(experiment, t, phases) for t in experiment.trials if t.market]
+    roots = sorted({os.fspath(t.models_root) for t in experiment.trials if t.models_root})
     return {
-        "experiment": experiment,
+        "experiment": experiment.name,
         "phases": list(phases),
-        "models_root": os.fspath(root),
+        "models_roots": roots,
         "trials": rows,
-        "markets": markets,
-        "failed": [f"{r['market']}/{r['seed']}" for r in rows if r["status"] == "ERROR"],
+        "markets": _market_rows(experiment, rows),
+        "failed": [f"{r['market']}/{r['seed']}" for r in rows if r["status"] == "errored"],
         "unfinished": [
-            f"{r['market']}/{r['seed']}" for r in rows if r["status"] not in ("TERMINATED", "ERROR")
+            f"{r['market']}/{r['seed']}" for r in rows if r["status"] not in ("finished", "errored")
         ],
     }
 
@@ -143,6 +142,7 @@ def write_summary(summary: Mapping[str, Any], folder: str | os.PathLike[str]) ->
     columns = [
         "market",
         "seed",
+        "run_id",
         "status",
         "phase",
         "timesteps",
@@ -162,6 +162,7 @@ def write_summary(summary: Mapping[str, Any], folder: str | os.PathLike[str]) ->
                 [
                     r["market"],
                     r["seed"],
+                    r["run_id"] or "",
                     r["status"],
                     r["phase"],
                     r["timesteps"],
@@ -187,25 +188,25 @@ def _fmt(value: Any, spec: str = "+.3f") -> str:
 
 
 def format_table(summary: Mapping[str, Any]) -> str:
-    """The on-screen table: one line per trial, then one per market (mean ± std)."""
+    """The on-screen table: one line per trial, one per market (mean ± std), then the best
+    checkpoints per market and phase."""
     lines = [
-        f"{'market':<7} {'seed':>6} {'status':<10} {'phase':>5} {'steps':>10} "
-        f"{'val_reward':>10} {'sharpe':>8} {'win_rate':>8} {'max_dd':>7}  best checkpoint (sharpe)"
+        f"{'market':<7} {'seed':>6} {'status':<11} {'phase':>5} {'steps':>10} "
+        f"{'val_reward':>10} {'sharpe':>8} {'win_rate':>8} {'max_dd':>7}  run"
     ]
     for r in summary["trials"]:
         m = r["metrics"]
-        best = r["best"].get("sharpe_ratio")
         lines.append(
-            f"{r['market']:<7} {r['seed']:>6} {r['status']:<10} {r['phase']:>5} "
-            f"{r['timesteps']:>10,} {_fmt(m['val_reward']):>10} "
-            f"{_fmt(m['sharpe_ratio'], '+.2f'):>8} "
+            f"{r['market'] or '?':<7} {r['seed'] if r['seed'] is not None else '?':>6} "
+            f"{r['status']:<11} {r['phase']:>5} {r['timesteps']:>10,} "
+            f"{_fmt(m['val_reward']):>10} {_fmt(m['sharpe_ratio'], '+.2f'):>8} "
             f"{_fmt(m['win_rate'], '.3f'):>8} {_fmt(m['max_drawdown'], '.3f'):>7}  "
-            f"{best['path'] if best else '-'}"
+            f"{r['run_id'] or '(legacy)'}"
         )
-    lines.append("")
-    lines.append(
-        f"{'market':<7} {'seeds':>5}  {'val_reward (mean ± std)':>24}  {'sharpe (mean ± std)':>20}"
-    )
+    lines += [
+        "",
+        f"{'market':<7} {'seeds':>5}  {'val_reward (mean ± std)':>24}  {'sharpe (mean ± std)':>20}",
+    ]
     for market, agg in summary["markets"].items():
         vr, sr = agg["val_reward"], agg["sharpe_ratio"]
         lines.append(
@@ -213,12 +214,11 @@ def format_table(summary: Mapping[str, Any]) -> str:
             f"{_fmt(vr['mean']) + ' ± ' + _fmt(vr['std'], '.3f'):>24}  "
             f"{_fmt(sr['mean'], '+.2f') + ' ± ' + _fmt(sr['std'], '.2f'):>20}"
         )
+    lines += ["", "best checkpoints of the experiment (python -m tuner.browse names the same)"]
+    for market, agg in summary["markets"].items():
+        for best in agg["best"]:
+            lines.append(
+                f"{market:<7} phase {best['phase']}  {best['metric']:<12} "
+                f"{_fmt(best['value']):>9}  seed {best['seed']}  {best['path']}"
+            )
     return "\n".join(lines)
-
-
-def outcomes_from(rows: Iterable[Mapping[str, Any]]) -> list[TrialOutcome]:
-    """Rebuild outcomes from summary rows (used by the browser)."""
-    return [
-        TrialOutcome(str(r["market"]), int(r["seed"]), str(r["status"]), dict(r.get("metrics", {})))
-        for r in rows
-    ]

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from checkpointing.errors import ConfigError
-from checkpointing.naming import validate_market, validate_seed
+from checkpointing.naming import validate_market, validate_run_id, validate_seed
 
 if TYPE_CHECKING:
     from tuner.training.settings import Settings
@@ -17,16 +17,25 @@ __all__ = ["PhaseJob", "PhaseResult", "parse_phases", "prepare", "tag"]
 
 @dataclass(frozen=True)
 class PhaseJob:
-    """What to train: one phase of one (market, seed), and where to start from."""
+    """What to train: one phase of one (market, seed), as which run, and where to start from.
+
+    ``run_id`` None: a new run (or, resuming, the run the checkpoint picked belongs to).
+    ``resume_from`` picks within ``run_id`` (default: the run written to last), or across
+    every run of the market and seed with ``any_run``. ``run_info`` goes into every
+    checkpoint's metadata (a Tune trial's ``experiment`` and ``trial_id``).
+    """
 
     market: str
     seed: int
     phase: int
-    timesteps: int | None = None  # None: training.yaml's target for the phase
+    timesteps: int | None = None  # None: the phase's target_timesteps
     base_interval: int | None = None  # None: the checkpoint config's base_interval
     models_root: Path | None = None
     model_path: Path | None = None  # --continue --model-path
     resume_from: str | None = None  # latest | phase_end | best:<metric>
+    run_id: str | None = None
+    any_run: bool = False
+    run_info: tuple[tuple[str, str], ...] = ()
     torch_threads: int = 1
     quiet: bool = False
 
@@ -40,6 +49,7 @@ class PhaseResult:
     phase: int
     folder: Path
     timesteps: int
+    run_id: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
     phase_end: Path | None = None
     interrupted: bool = False
@@ -71,6 +81,10 @@ def prepare(job: PhaseJob, settings: Settings) -> tuple[Any, int]:
 
     validate_market(job.market)
     validate_seed(job.seed)
+    if job.run_id is not None:
+        validate_run_id(job.run_id)
+    if job.any_run and (job.resume_from is None or job.run_id is not None):
+        raise ConfigError("--any-run goes with --resume-from, and not with --run-id")
     if job.phase not in (1, 2, 3):
         raise ConfigError(f"--phase must be 1, 2 or 3, got {job.phase!r}")
     if job.timesteps is not None and job.timesteps < 1:

@@ -7,27 +7,36 @@ summary. The Ray Tune trainable (:mod:`tuner.driver.trainable`) wraps :func:`tra
 from __future__ import annotations
 
 import logging
-import os
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from checkpointing.config import CheckpointConfig
 from checkpointing.errors import ConfigError
 from tuner.training.job import PhaseJob, PhaseResult, prepare, tag
+from tuner.training.start import Start, choose_start
 
 if TYPE_CHECKING:
     from stable_baselines3 import PPO
 
     from tuner.training.settings import Settings
 
-__all__ = ["Reporter", "retention_hooks", "train_phase"]
+__all__ = ["Reporter", "retention_hooks", "retention_pass", "train_phase"]
 
 log = logging.getLogger(__name__)
 
 Reporter = Callable[[str], None]
+
+
+@dataclass
+class _Envs:
+    """The run's environments: training (raw, wrapped in VecNormalize by the model's start)
+    and evaluation on the validation split."""
+
+    raw_train: Any
+    eval_env: Any
 
 
 def train_phase(
@@ -41,51 +50,103 @@ def train_phase(
 ) -> PhaseResult:
     """Train one phase of one (market, seed) with dynamic checkpointing.
 
-    Starts from ``job.model_path`` (``--continue``), else from the checkpoint picked by
-    ``job.resume_from``, else, for phases 2 and 3, from the previous phase's ``phase_end``
-    of the same market and seed (VecNormalize carried over), else from scratch.
+    Starts as :func:`tuner.training.start.choose_start` says: from ``job.model_path``
+    (``--continue``), else from the checkpoint picked by ``job.resume_from``, else, for
+    phases 2 and 3, from the previous phase's ``phase_end`` of the same run (VecNormalize
+    carried over), else from scratch; as the run it says.
 
     Raises:
         ConfigError, CheckpointNameError, DataError: bad input, before anything is written.
+        CheckpointCorruptError: the starting checkpoint fails verification or holds a
+            pickle no checkpoint needs (nothing of it has been unpickled).
         TrainingInterrupted: a signal stopped training after an interrupt save.
     """
     import torch
-    from stable_baselines3 import PPO
-    from stable_baselines3.common.vec_env import VecNormalize
 
     from checkpointing import (
         DynamicCheckpointManager,
         MetricTrackingEvalCallback,
-        find_resume_checkpoint,
         learn_with_checkpoints,
-        load_checkpoint,
     )
-    from tuner.trading.evaluation import evaluate_trading, make_vec_env
+    from tuner.trading.evaluation import evaluate_trading
 
     say = report or (lambda line: None)
     t0 = time.monotonic()
 
-    # --- config and data ----------------------------------------------------------------
+    # --- config, data and where to start ---------------------------------------------------
     data, target = prepare(job, settings)
-    training = settings.training
-    ppo_cfg = training.phase(job.phase).ppo
     checkpoint_cfg = settings.checkpoint
     if job.base_interval is not None:
         schedule = replace(checkpoint_cfg.phase(job.phase), base_interval=job.base_interval)
         checkpoint_cfg = checkpoint_cfg.with_phase(job.phase, schedule)
     torch.set_num_threads(max(1, job.torch_threads))
-
+    start = choose_start(job, checkpoint_cfg)
+    models_root = checkpoint_cfg.models_root(job.models_root)
     manager = DynamicCheckpointManager(
         checkpoint_cfg,
         phase=job.phase,
         market=job.market,
         seed=job.seed,
+        run_id=start.run.run_id,
+        run_info=start.run_info(models_root, dict(job.run_info)),
         models_root=job.models_root,
         target_timesteps=target,
         **retention_hooks(checkpoint_cfg, job.models_root),
     )
+    say(f"{tag(job)}: {start.describe()}")
 
-    # --- environments -------------------------------------------------------------------
+    # --- environments and model ------------------------------------------------------------
+    envs = _environments(job, settings, data)
+    model, train_env = _model(job, settings, start, envs, manager)
+
+    # --- checkpoint callback, learn ----------------------------------------------------------
+    result = PhaseResult(
+        job.market, job.seed, job.phase, manager.folder, model.num_timesteps, manager.run_id
+    )
+    result.started_from = start.how
+    last: dict[str, float] = {}
+    callback = MetricTrackingEvalCallback(
+        manager,
+        envs.eval_env,
+        evaluator=evaluate_trading,
+        n_eval_episodes=settings.training.eval_episodes,
+        handle_signals=handle_signals,
+        on_evaluation=_progress(
+            job, target, say, last, manager, model.num_timesteps, on_evaluation
+        ),
+        stop_requested=stop_requested,
+    )
+    remaining = target - model.num_timesteps
+    try:
+        if remaining > 0:
+            learn_with_checkpoints(
+                model, remaining, callback, reset_num_timesteps=False, progress_bar=False
+            )
+        else:
+            callback.init_callback(model)
+            if manager.state.saves_by_event.get("phase_end", 0) == 0:
+                callback.save_phase_end_checkpoint()
+            result.skipped = True
+    finally:
+        manager.close()
+        envs.eval_env.close()
+        train_env.close()
+
+    # --- summary ---------------------------------------------------------------------------
+    outcome = callback.phase_end_outcome
+    result.timesteps = model.num_timesteps
+    result.metrics = dict(last or manager.state.last_metrics)
+    result.phase_end = outcome.paths[0] if outcome is not None and outcome.paths else None
+    result.elapsed_seconds = time.monotonic() - t0
+    return result
+
+
+def _environments(job: PhaseJob, settings: Settings, data: Any) -> _Envs:
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    from tuner.trading.evaluation import make_vec_env
+
+    training = settings.training
     env_cfg = training.env_config()
     advisor = settings.advisor if job.phase == 3 else None
     raw_train = make_vec_env(
@@ -105,38 +166,23 @@ def train_phase(
         training=False,
         norm_reward=False,
     )
+    return _Envs(raw_train, eval_env)
 
-    # --- model: continue, resume, previous phase, or scratch ------------------------------
-    start, start_path = _starting_point(job, manager.folder, settings, find_resume_checkpoint)
-    model: PPO
-    new_phase = True
-    if start_path is not None:
-        loaded = load_checkpoint(
-            start_path, env=raw_train, device=training.device, **ppo_cfg.kwargs()
-        )
-        if loaded.vec_normalize is None:
-            raise ConfigError(f"{start_path}: no companion _vecnormalize.pkl to continue from")
-        model = loaded.model  # type: ignore[assignment]
-        train_env = loaded.vec_normalize
-        train_env.training = True
-        meta = loaded.metadata
-        same_run = (
-            meta.get("phase") == job.phase
-            and meta.get("market") == job.market
-            and meta.get("seed") == job.seed
-        )
-        state = loaded.callback_state
-        if same_run and state is not None:
-            manager.load_state_dict(state)
-            new_phase = False
-        elif same_run:
-            new_phase = False
-        if new_phase:
-            model.num_timesteps = 0
-        say(f"{tag(job)}: starting from {start} {start_path.name}")
-    else:
-        train_env = VecNormalize(raw_train, gamma=ppo_cfg.gamma)
-        model = PPO(
+
+def _model(
+    job: PhaseJob, settings: Settings, start: Start, envs: _Envs, manager: Any
+) -> tuple[PPO, Any]:
+    """The model and its VecNormalize: loaded from the starting checkpoint, or new."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    from checkpointing import load_checkpoint
+
+    training = settings.training
+    ppo_cfg = training.phase(job.phase).ppo
+    if start.path is None:
+        train_env = VecNormalize(envs.raw_train, gamma=ppo_cfg.gamma)
+        fresh = PPO(
             "MlpPolicy",
             train_env,
             seed=job.seed,
@@ -145,11 +191,36 @@ def train_phase(
             verbose=0,
             **ppo_cfg.kwargs(),
         )
-        say(f"{tag(job)}: starting from scratch")
+        return fresh, train_env
+    loaded = load_checkpoint(
+        start.path, env=envs.raw_train, device=training.device, **ppo_cfg.kwargs()
+    )
+    if loaded.vec_normalize is None:
+        raise ConfigError(f"{start.path}: no companion VecNormalize .pkl to continue from")
+    model: PPO = loaded.model  # type: ignore[assignment]
+    train_env = loaded.vec_normalize
+    train_env.training = True
+    if start.new_phase:
+        model.num_timesteps = 0  # a new phase counts from 0, with a fresh schedule
+    elif loaded.callback_state is not None:
+        manager.load_state_dict(loaded.callback_state)  # schedule, bests and counters
+    else:  # a checkpoint without our state (v1): the schedule goes on from its timesteps
+        manager.start_at(model.num_timesteps)
+    return model, train_env
 
-    # --- checkpoint callback ------------------------------------------------------------
-    rate = _Rate(model.num_timesteps)
-    last: dict[str, float] = {}
+
+def _progress(
+    job: PhaseJob,
+    target: int,
+    say: Reporter,
+    last: dict[str, float],
+    manager: Any,
+    start_steps: int,
+    on_evaluation: Callable[[int, Mapping[str, float], Any], None] | None,
+) -> Callable[[int, Mapping[str, float]], None]:
+    """What happens after each evaluation: ``last`` updated, a progress line, the caller's
+    hook (the trainable's report to Tune) with the manager."""
+    rate = _Rate(start_steps)
 
     def progress(t: int, metrics: Mapping[str, float]) -> None:
         last.clear()
@@ -166,42 +237,7 @@ def train_phase(
         if on_evaluation is not None:
             on_evaluation(t, metrics, manager)
 
-    callback = MetricTrackingEvalCallback(
-        manager,
-        eval_env,
-        evaluator=evaluate_trading,
-        n_eval_episodes=training.eval_episodes,
-        handle_signals=handle_signals,
-        on_evaluation=progress,
-        stop_requested=stop_requested,
-    )
-
-    # --- learn --------------------------------------------------------------------------
-    result = PhaseResult(job.market, job.seed, job.phase, manager.folder, model.num_timesteps)
-    result.started_from = start
-    remaining = target - model.num_timesteps
-    try:
-        if remaining > 0:
-            learn_with_checkpoints(
-                model, remaining, callback, reset_num_timesteps=False, progress_bar=False
-            )
-        else:
-            callback.init_callback(model)
-            if manager.state.saves_by_event.get("phase_end", 0) == 0:
-                callback.save_phase_end_checkpoint()
-            result.skipped = True
-    finally:
-        manager.close()
-        eval_env.close()
-        train_env.close()
-
-    # --- summary ------------------------------------------------------------------------
-    outcome = callback.phase_end_outcome
-    result.timesteps = model.num_timesteps
-    result.metrics = dict(last or manager.state.last_metrics)
-    result.phase_end = outcome.paths[0] if outcome is not None and outcome.paths else None
-    result.elapsed_seconds = time.monotonic() - t0
-    return result
+    return progress
 
 
 def retention_hooks(config: CheckpointConfig, models_root: Path | None) -> dict[str, Any]:
@@ -223,34 +259,21 @@ def retention_hooks(config: CheckpointConfig, models_root: Path | None) -> dict[
     return hooks
 
 
-def _starting_point(
-    job: PhaseJob, folder: Path, settings: Settings, find: Callable[..., Path | None]
-) -> tuple[str, Path | None]:
-    if job.model_path is not None:
-        if not job.model_path.is_file():
-            raise ConfigError(f"--model-path: no such checkpoint {os.fspath(job.model_path)!r}")
-        return "--model-path", job.model_path
-    if job.resume_from is not None:
-        path = find(folder, job.resume_from, seed=job.seed, market=job.market)
-        if path is None:
-            raise ConfigError(
-                f"--resume-from {job.resume_from}: no checkpoint of {job.market} seed {job.seed} "
-                f"that verifies in {folder}"
-            )
-        return job.resume_from, path
-    if job.phase > 1:
-        previous = settings.checkpoint.checkpoint_dir(job.phase - 1, job.market, job.models_root)
-        path = find(previous, "phase_end", seed=job.seed, market=job.market)
-        if path is not None:
-            return f"phase {job.phase - 1} phase_end", path
-        log.warning(
-            "%s: no phase %d phase_end checkpoint in %s; phase %d starts from scratch",
-            tag(job),
-            job.phase - 1,
-            previous,
-            job.phase,
-        )
-    return "scratch", None
+def retention_pass(
+    config: CheckpointConfig,
+    models_root: Path | None,
+    phases: Sequence[int],
+    markets: Sequence[str],
+) -> str:
+    """Retention over every checkpoint folder of ``phases`` x ``markets`` under the models root,
+    as every run ends (``tuner.train`` and the driver alike); returns the line to print."""
+    from checkpointing.registry import Registry
+    from checkpointing.retention import prune_tree
+
+    root = config.models_root(models_root)
+    reports = prune_tree(root, config, phases, markets, registry=Registry(root, config))
+    deleted = sum(r.deleted for r in reports)
+    return f"retention: {len(reports)} folders pruned, {deleted} checkpoints deleted"
 
 
 class _Rate:

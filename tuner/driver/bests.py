@@ -1,0 +1,269 @@
+"""The best checkpoints of an experiment: one function for the driver's summary and the browser.
+
+An experiment's checkpoints are those of its trials' runs (a name's ``_run-<id>``; a trial of
+an experiment from before run ids owns the legacy run of its market and seed), in the
+checkpoint folders of its phases under the models root each trial recorded. Other runs that
+share the folders (reruns, other experiments, ``tuner.train``) are counted, not ranked, unless
+``all_runs``. Ranking is :func:`checkpointing.registry.rank_entries`, the product's one rule
+(NaN never ranks; ties to more timesteps, then the smaller file name; a model saved under two
+events is one place, its events listed together), per market and phase: validation figures of
+different phases (different costs) are not compared.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from checkpointing.config import CheckpointConfig, load_config, resolve_config
+from checkpointing.errors import CheckpointNameError, ConfigError
+from checkpointing.naming import validate_market
+from checkpointing.ranking import METRICS
+from checkpointing.registry import Registry, RegistryEntry, rank_entries
+from tuner.driver.experiments import BrowseError, Experiment, TrialInfo
+
+__all__ = ["BestCheckpoint", "Bests", "experiment_bests"]
+
+RunKey = tuple[str, int, str | None]  # (market, seed, run id)
+
+
+@dataclass(frozen=True)
+class BestCheckpoint:
+    """A ranked model: its place per (market, phase), the checkpoint that stands for it (the
+    registry entry and its path), every event it was saved under, and the trial that wrote it
+    (None: a run outside the experiment, with ``all_runs``)."""
+
+    rank: int
+    metric: str
+    entry: RegistryEntry
+    path: Path
+    events: tuple[str, ...]
+    trial_id: str | None
+
+    @property
+    def value(self) -> float:
+        return self.entry.metric(self.metric)
+
+    def to_json(self) -> dict[str, Any]:
+        e = self.entry
+        return {
+            "rank": self.rank,
+            "market": e.market,
+            "seed": e.seed,
+            "run_id": e.run_id,
+            "phase": e.phase,
+            "timesteps": e.timesteps,
+            "event": e.event,
+            "events": list(self.events),
+            "metric": self.metric,
+            "value": self.value,
+            "metrics": dict(e.metrics),
+            "metrics_timesteps": e.metrics_timesteps,
+            "timestamp": e.timestamp,
+            "trial_id": self.trial_id,
+            "name": e.name,
+            "path": os.fspath(self.path),
+        }
+
+
+@dataclass
+class Bests:
+    """The best checkpoints per market (phase by phase, each ranked from 1), and what was
+    learnt on the way: each trial's models root and latest checkpoint path, how many
+    checkpoints of other runs were left out per market, and notes."""
+
+    metric: str
+    top: int
+    markets: list[str]
+    trials: list[TrialInfo]
+    best: dict[str, list[BestCheckpoint]]
+    models_roots: dict[str, Path | None]
+    checkpoint_paths: dict[str, Path | None]
+    other_runs: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def first(self, market: str, phase: int) -> BestCheckpoint | None:
+        """The best of ``market`` in ``phase``, or None."""
+        return next((b for b in self.best.get(market, []) if b.entry.phase == phase), None)
+
+
+def _root_of(trial: TrialInfo, override: Path | None) -> Path | None:
+    """Where the trial's checkpoints are: ``override``, else the root it recorded."""
+    if override is not None:
+        return override
+    if trial.models_root is None:
+        return None
+    return trial.models_root if trial.models_root.is_absolute() else trial.models_root.resolve()
+
+
+def _default_root() -> Path:
+    """``paths.root`` of ``config/checkpoint_config.yaml`` (cwd), else ``./models``."""
+    try:
+        config = resolve_config(None)
+    except ConfigError:
+        config = CheckpointConfig()
+    return config.models_root().resolve()
+
+
+class _Configs:
+    """The checkpoint layout each trial used (its config folder), loaded once per folder."""
+
+    def __init__(self, notes: list[str]) -> None:
+        self.notes = notes
+        self._cache: dict[Path | None, CheckpointConfig] = {}
+
+    def get(self, config_dir: Path | None) -> CheckpointConfig:
+        if config_dir not in self._cache:
+            self._cache[config_dir] = self._load(config_dir)
+        return self._cache[config_dir]
+
+    def _load(self, config_dir: Path | None) -> CheckpointConfig:
+        if config_dir is not None:
+            # As load_settings: llm_config.yaml inherits checkpoint_config.yaml.
+            for name in ("llm_config.yaml", "checkpoint_config.yaml"):
+                if (config_dir / name).is_file():
+                    try:
+                        return load_config(config_dir / name)
+                    except ConfigError as exc:
+                        self.notes.append(f"{exc}; using the default checkpoint layout")
+                        break
+            else:
+                self.notes.append(
+                    f"config folder {os.fspath(config_dir)!r} not found; "
+                    "using the default checkpoint layout"
+                )
+        try:
+            return resolve_config(None)
+        except ConfigError:
+            return CheckpointConfig()
+
+
+def _check(
+    experiment: Experiment, metric: str, top: int, markets: Iterable[str] | None
+) -> list[str]:
+    if metric not in METRICS:
+        raise BrowseError(f"--metric must be one of {list(METRICS)}, got {metric!r}")
+    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+        raise BrowseError(f"--top must be an integer >= 1, got {top!r}")
+    if markets is None:
+        return experiment.markets
+    selected = []
+    for market in markets:
+        try:
+            validate_market(market)
+        except CheckpointNameError as exc:
+            raise BrowseError(f"--market: {exc}") from None
+        if market not in experiment.markets:
+            have = ", ".join(experiment.markets) or "none"
+            raise BrowseError(
+                f"market {market!r} is not in experiment {experiment.name!r} (markets: {have})"
+            )
+        selected.append(market)
+    return selected
+
+
+def experiment_bests(
+    experiment: Experiment,
+    metric: str = "sharpe_ratio",
+    *,
+    top: int = 5,
+    markets: Iterable[str] | None = None,
+    models_root: str | os.PathLike[str] | None = None,
+    all_runs: bool = False,
+) -> Bests:
+    """Rank the models of the experiment's runs by ``metric``, per market and phase.
+
+    Args:
+        experiment: from :func:`tuner.driver.experiments.load_experiment`.
+        metric: any of ``val_reward``, ``sharpe_ratio``, ``win_rate``, ``max_drawdown``,
+            ``total_return`` (higher is better for all of them).
+        top: how many per market and phase.
+        markets: only these markets (default: all of the experiment).
+        models_root: read checkpoints here instead of the root the trials recorded (a root
+            that has been moved or copied). Trials that recorded none use ``paths.root`` of
+            ``config/checkpoint_config.yaml``.
+        all_runs: rank every run in the experiment's folders, not only the experiment's.
+
+    Raises:
+        BrowseError: an unknown metric, ``top`` below 1, a bad market name or a market the
+            experiment does not have, a ``models_root`` that does not exist.
+    """
+    selected = _check(experiment, metric, top, markets)
+    override = None
+    if models_root is not None:
+        override = Path(models_root)
+        if not override.is_dir():
+            raise BrowseError(f"models root {os.fspath(models_root)!r} does not exist")
+        override = override.resolve()
+    trials = [t for t in experiment.trials if t.market in selected]
+    fallback = _default_root() if any(t.models_root is None for t in trials) else None
+    bests = Bests(
+        metric,
+        top,
+        selected,
+        trials,
+        {m: [] for m in selected},
+        {t.trial_id: _root_of(t, override) or fallback for t in trials},
+        {t.trial_id: None for t in trials},
+        {m: 0 for m in selected},
+    )
+    configs = _Configs(bests.notes)
+    # Per (root, layout, phase, market): the experiment's runs there, and their trials.
+    folders: dict[tuple[Path, str, int, str], tuple[CheckpointConfig, dict[RunKey, str]]] = {}
+    missing: set[Path] = set()
+    for t in trials:
+        root = bests.models_roots[t.trial_id]
+        if root is None or t.market is None or t.seed is None:
+            continue
+        if not root.is_dir():
+            missing.add(root)
+            continue
+        config = configs.get(t.config_dir)
+        if t.checkpoint is not None and t.phase is not None:
+            with contextlib.suppress(ConfigError, ValueError):
+                path = config.checkpoint_dir(t.phase, t.market, root) / t.checkpoint
+                bests.checkpoint_paths[t.trial_id] = path
+        for phase in t.phases:
+            _, runs = folders.setdefault((root, config.source, phase, t.market), (config, {}))
+            runs[(t.market, t.seed, t.run_id)] = t.trial_id
+    for (root, _, phase, market), (config, runs) in sorted(folders.items(), key=_folder_order):
+        _rank_folder(bests, Registry(root, config), root, phase, market, runs, all_runs)
+    for root in sorted(missing):
+        bests.notes.append(
+            f"models root {os.fspath(root)!r} does not exist (moved? use --models-root)"
+        )
+    return bests
+
+
+def _folder_order(item: tuple[tuple[Path, str, int, str], Any]) -> tuple[str, int, str]:
+    (root, _, phase, market), _ = item
+    return market, phase, os.fspath(root)
+
+
+def _rank_folder(
+    bests: Bests,
+    registry: Registry,
+    root: Path,
+    phase: int,
+    market: str,
+    runs: Mapping[RunKey, str],
+    all_runs: bool,
+) -> None:
+    try:
+        entries = registry.entries(phase, market)
+    except (ConfigError, ValueError) as exc:
+        bests.notes.append(f"phase {phase} {market}: {exc}")
+        return
+    mine = [e for e in entries if (e.market, e.seed, e.run_id) in runs]
+    bests.other_runs[market] += len(entries) - len(mine)
+    ranked = rank_entries(entries if all_runs else mine, bests.metric)
+    for place, model in enumerate(ranked[: bests.top], start=1):
+        entry = model.item
+        trial = runs.get((entry.market, entry.seed, entry.run_id))  # type: ignore[arg-type]
+        events = tuple(e.event for e in model.items)
+        path = entry.absolute(root)
+        bests.best[market].append(BestCheckpoint(place, bests.metric, entry, path, events, trial))
