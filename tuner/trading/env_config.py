@@ -8,10 +8,10 @@ re-exports :class:`EnvConfig`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
-from tuner.trading.markets import ConfigError, check_keys, get_float, get_int, require_mapping
+from checkpointing.errors import ConfigError
+from checkpointing.validation import Section
 
 __all__ = ["EnvConfig"]
 
@@ -88,22 +88,25 @@ class EnvConfig:
     @classmethod
     def from_mapping(cls, raw: object, where: str = "env") -> EnvConfig:
         """Build from a YAML mapping (unknown keys refused, defaults for missing ones)."""
-        m = require_mapping(raw, where)
-        names = {f.name: f for f in fields(cls)}
-        check_keys(m, where, optional=names)
-        kwargs: dict[str, Any] = {}
-        ints = {"episode_length", "eval_episode_length", "max_position", "consult_every"}
-        for key, value in m.items():
-            if value is None and key in ("eval_episode_length", "reward_scale"):
-                kwargs[key] = None
-            elif key in ints:
-                kwargs[key] = get_int(m, key, where, ge=1)
-            else:
-                kwargs[key] = get_float(m, key, where)
-        try:
-            return cls(**kwargs)
-        except ConfigError as exc:
-            raise ConfigError(str(exc).replace("env.", f"{where}.", 1)) from None
+        sec = Section(raw, where)
+        d = cls()
+        out = cls(
+            episode_length=sec.get_int("episode_length", d.episode_length, ge=1),
+            eval_episode_length=sec.get_int_or_none(
+                "eval_episode_length", d.eval_episode_length, ge=1
+            ),
+            max_position=sec.get_int("max_position", d.max_position, ge=1, le=100),
+            initial_capital=sec.get_float("initial_capital", d.initial_capital, gt=0.0),
+            phase1_cost_ticks=sec.get_float("phase1_cost_ticks", d.phase1_cost_ticks, ge=0.0),
+            stop_atr_multiple=sec.get_float("stop_atr_multiple", d.stop_atr_multiple, ge=0.0),
+            drawdown_penalty=sec.get_float("drawdown_penalty", d.drawdown_penalty, ge=0.0),
+            reward_scale=sec.get_float_or_none("reward_scale", d.reward_scale, gt=0.0),
+            reward_clip=sec.get_float("reward_clip", d.reward_clip, gt=0.0),
+            consult_every=sec.get_int("consult_every", d.consult_every, ge=1),
+            min_confidence=sec.get_float("min_confidence", d.min_confidence, ge=0.0, le=1.0),
+        )
+        sec.done()
+        return out
 
 
 def _finite(x: float) -> bool:
