@@ -1,5 +1,5 @@
-"""Loading a whole config folder (tuner/training/settings.py): every file speaks with one
-voice."""
+"""Loading a whole config folder (tuner/training/settings.py): each setting has one home, and
+every file speaks with one voice."""
 
 from __future__ import annotations
 
@@ -34,6 +34,29 @@ def edit(file: Path, path: str, *, value: Any = None, rename: str | None = None)
     else:
         node[last] = value
     file.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+@pytest.mark.parametrize("phase", [1, 2, 3])
+def test_a_phase_length_in_training_yaml_is_refused_naming_where_it_lives(
+    tmp_path: Path, phase: int
+) -> None:
+    folder = tiny_config_dir(tmp_path, training={f"phase{phase}": {"target_timesteps": 1000}})
+    message = refusal(folder)
+    assert message.startswith(
+        f"{os.fspath(folder / 'training.yaml')}: training.phase{phase}.target_timesteps is not "
+        f"a setting here: a phase's length is checkpointing.phase{phase}.target_timesteps in "
+        "checkpoint_config.yaml"
+    ), message
+    assert message.endswith("or --timesteps"), message
+    assert ("llm_config.yaml" in message) == (phase == 3), message
+
+
+def test_the_phase_length_is_the_checkpoint_configs(tmp_path: Path) -> None:
+    folder = tiny_config_dir(tmp_path, checkpoint={"phase1": {"target_timesteps": 1234}})
+    edit(folder / "llm_config.yaml", "checkpointing.target_timesteps", value=4321)
+    settings = load_settings(folder)
+    assert settings.checkpoint.phase(1).target_timesteps == 1234
+    assert settings.checkpoint.phase(3).target_timesteps == 4321  # the overlay's, for phase 3
 
 
 # One shape for a misspelt key, whichever file it is in:

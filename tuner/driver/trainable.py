@@ -119,7 +119,7 @@ def train_trial(config: dict[str, Any]) -> None:
     last = None
     latest: dict[str, Any] = {}  # the latest evaluation report, for the interrupt report
     for phase in phases:
-        target = config.get("timesteps") or settings.training.phase(phase).target_timesteps
+        target = config.get("timesteps") or settings.checkpoint.phase(phase).target_timesteps
         folder = settings.checkpoint.checkpoint_dir(phase, market, models_root)
         resume = None
         # Retried or restored: continue from the newest checkpoint of this phase that

@@ -3,6 +3,10 @@
 ``config/`` holds ``checkpoint_config.yaml``, ``llm_config.yaml`` (phase-3 overlay and the
 ``advisor:`` section), ``markets.yaml`` and ``training.yaml``. :func:`load_settings` reads
 and checks them all before anything is trained or written.
+
+Each setting has one home. A phase's length is ``checkpointing.phaseN.target_timesteps`` of
+the checkpoint config (``llm_config.yaml`` may override phase 3; ``--timesteps`` overrides
+both); ``training.yaml`` refuses it with a message saying where it lives.
 """
 
 from __future__ import annotations
@@ -57,7 +61,9 @@ class PPOConfig:
 
 @dataclass(frozen=True)
 class PhaseTraining:
-    target_timesteps: int
+    """How one phase trains. Its length is not here: it is the checkpoint config's
+    ``checkpointing.phaseN.target_timesteps`` (``settings.checkpoint.phase(N)``)."""
+
     ppo: PPOConfig
 
 
@@ -70,9 +76,9 @@ class TrainingConfig:
     eval_episode_length: int | None = 700
     device: str = "cpu"
     env: EnvConfig = field(default_factory=EnvConfig)
-    phase1: PhaseTraining = PhaseTraining(2_000_000, PPOConfig(net_arch=(64, 64)))
-    phase2: PhaseTraining = PhaseTraining(5_000_000, PPOConfig(learning_rate=2e-4))
-    phase3: PhaseTraining = PhaseTraining(5_000_000, PPOConfig(learning_rate=1e-4))
+    phase1: PhaseTraining = PhaseTraining(PPOConfig(net_arch=(64, 64)))
+    phase2: PhaseTraining = PhaseTraining(PPOConfig(learning_rate=2e-4))
+    phase3: PhaseTraining = PhaseTraining(PPOConfig(learning_rate=1e-4))
 
     def phase(self, phase: int) -> PhaseTraining:
         if phase not in PHASES:
@@ -136,11 +142,16 @@ def _parse_ppo(sec: Section, default: PPOConfig, phase: int) -> PPOConfig:
 
 
 def _parse_phase(sec: Section, default: PhaseTraining, phase: int) -> PhaseTraining:
-    target = sec.get_int("target_timesteps", default.target_timesteps, ge=1)
+    overlay = " (llm_config.yaml's checkpointing.target_timesteps overrides it)"
+    sec.refuse(
+        "target_timesteps",
+        f"a phase's length is checkpointing.phase{phase}.target_timesteps in "
+        f"checkpoint_config.yaml{overlay if phase == 3 else ''}, or --timesteps",
+    )
     ppo = _parse_ppo(sec.section("ppo"), default.ppo, phase) if sec.has("ppo") else default.ppo
     sec.known("ppo")
     sec.done()
-    return PhaseTraining(target, ppo)
+    return PhaseTraining(ppo)
 
 
 def _parse_training(sec: Section) -> TrainingConfig:
