@@ -59,6 +59,32 @@ def test_the_phase_length_is_the_checkpoint_configs(tmp_path: Path) -> None:
     assert settings.checkpoint.phase(3).target_timesteps == 4321  # the overlay's, for phase 3
 
 
+@pytest.mark.parametrize(
+    ("key", "lives"),
+    [
+        ("consult_every", "advisor.rules.consult_every"),
+        ("consult_every", "advisor.http.consult_every"),
+        ("min_confidence", "advisor.min_confidence"),
+    ],
+)
+def test_advisor_settings_in_training_env_are_refused_naming_llm_config(
+    tmp_path: Path, key: str, lives: str
+) -> None:
+    folder = tiny_config_dir(tmp_path, training={"env": {key: 1}})
+    message = refusal(folder)
+    assert message.startswith(
+        f"{os.fspath(folder / 'training.yaml')}: training.env.{key} is not a setting here: "
+    ), message
+    assert lives in message and message.endswith("in llm_config.yaml"), message
+
+
+def test_evaluation_windows_in_training_env_are_refused_naming_their_key(tmp_path: Path) -> None:
+    folder = tiny_config_dir(tmp_path, training={"env": {"eval_episode_length": 50}})
+    message = refusal(folder)
+    assert "training.env.eval_episode_length is not a setting here" in message, message
+    assert "training.eval_episode_length in training.yaml" in message, message
+
+
 # One shape for a misspelt key, whichever file it is in:
 #   {file}: unknown key {section}.{typo} (did you mean '{key}'?); known keys: ..., {key}, ...
 TYPOS = [

@@ -6,7 +6,8 @@ and checks them all before anything is trained or written.
 
 Each setting has one home. A phase's length is ``checkpointing.phaseN.target_timesteps`` of
 the checkpoint config (``llm_config.yaml`` may override phase 3; ``--timesteps`` overrides
-both); ``training.yaml`` refuses it with a message saying where it lives.
+both); the advisor's ``consult_every`` and ``min_confidence`` are in ``llm_config.yaml``.
+``training.yaml`` refuses those keys with a message saying where they live.
 """
 
 from __future__ import annotations
