@@ -429,6 +429,10 @@ def _load_config(p: Path, chain: tuple[Path, ...]) -> CheckpointConfig:
         top.done()
         return config_from_dict(body, source=where)
     except ConfigError as exc:
-        if str(exc).startswith(where):
-            raise
-        raise ConfigError(f"{where}: {exc}") from None
+        if isinstance(exc, _FileError) or str(exc).startswith(where):
+            raise  # already names its file: a mistake in an inherited file names that file
+        raise _FileError(f"{where}: {exc}") from None
+
+
+class _FileError(ConfigError):
+    """A :class:`ConfigError` whose message starts with the file it is about."""

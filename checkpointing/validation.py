@@ -112,6 +112,21 @@ class Section:
         """Declare keys read elsewhere (or not at all) as known to :meth:`done`."""
         self.seen.update(keys)
 
+    def only(self, *keys: str) -> None:
+        """Declare every key of the section and refuse the others now, before any is read.
+
+        For sections with required keys: a typo of one (``tick_sise``) is then named as an
+        unknown key with its suggestion, not reported as the required key missing.
+        """
+        self.known(*keys)
+        self.done()
+
+    def names(self) -> list[str]:
+        """The keys present, in file order, all marked known (a section whose keys are names,
+        such as the markets of ``markets.yaml``)."""
+        self.seen.update(self.data)
+        return list(self.data)
+
     def get_bool(self, key: str, default: Any = REQUIRED) -> bool:
         value = self.raw(key, default)
         if not isinstance(value, bool):
@@ -121,11 +136,20 @@ class Section:
     def get_int(
         self, key: str, default: Any = REQUIRED, *, ge: int | None = None, le: int | None = None
     ) -> int:
+        return self._int(key, self.raw(key, default), ge, le, "an integer")
+
+    def get_int_or_none(
+        self, key: str, default: Any = REQUIRED, *, ge: int | None = None, le: int | None = None
+    ) -> int | None:
+        """An integer, or ``None`` for YAML ``null``."""
         value = self.raw(key, default)
+        return None if value is None else self._int(key, value, ge, le, "an integer or null")
+
+    def _int(self, key: str, value: Any, ge: int | None, le: int | None, kind: str) -> int:
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{self.where(key)} must be an integer, got {value!r}")
+            raise ConfigError(f"{self.where(key)} must be {kind}, got {value!r}")
         self._check_bounds(key, value, None, ge, None, le)
         return value
 
@@ -139,9 +163,36 @@ class Section:
         lt: float | None = None,
         le: float | None = None,
     ) -> float:
+        return self._float(key, self.raw(key, default), gt, ge, lt, le, "a number")
+
+    def get_float_or_none(
+        self,
+        key: str,
+        default: Any = REQUIRED,
+        *,
+        gt: float | None = None,
+        ge: float | None = None,
+        lt: float | None = None,
+        le: float | None = None,
+    ) -> float | None:
+        """A number, or ``None`` for YAML ``null``."""
         value = self.raw(key, default)
+        if value is None:
+            return None
+        return self._float(key, value, gt, ge, lt, le, "a number or null")
+
+    def _float(
+        self,
+        key: str,
+        value: Any,
+        gt: float | None,
+        ge: float | None,
+        lt: float | None,
+        le: float | None,
+        kind: str,
+    ) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{self.where(key)} must be a number, got {value!r}")
+            raise ConfigError(f"{self.where(key)} must be {kind}, got {value!r}")
         value = float(value)
         if not math.isfinite(value):
             raise ConfigError(f"{self.where(key)} must be a finite number, got {value!r}")

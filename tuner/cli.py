@@ -17,7 +17,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--phase", type=int, help="the phase to train: 1, 2 or 3 (default 1)")
     group.add_argument("--phases", help="a curriculum, e.g. 1,2,3")
-    parser.add_argument("--timesteps", type=int, help="steps per phase (default: training.yaml)")
+    parser.add_argument(
+        "--timesteps",
+        type=int,
+        help="steps per phase (default: checkpointing.phaseN.target_timesteps)",
+    )
     parser.add_argument(
         "--base-interval", type=int, help="checkpoint base interval (default: checkpoint config)"
     )

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from checkpointing import list_checkpoints, read_checkpoint_metadata
 from tests.tiny_config import PROJECT_ROOT, tiny_config_dir
@@ -73,6 +74,37 @@ def test_bad_input_exits_2_and_writes_nothing(
 def test_cli_process_exit_code_for_a_bad_config_dir(tmp_path: Path) -> None:
     done = run_cli("--market", "NQ", "--config-dir", str(tmp_path / "nope"))
     assert done.returncode == 2 and "config folder not found" in done.stderr
+
+
+def test_the_checkpoint_configs_target_timesteps_is_how_long_each_phase_trains(
+    tmp_path: Path,
+) -> None:
+    """No --timesteps: each phase trains for checkpointing.phaseN.target_timesteps, and phase 3
+    for llm_config.yaml's override (every target a multiple of the 2 x 64-step rollout)."""
+    config = tiny_config_dir(
+        tmp_path / "cfg",
+        checkpoint={
+            "phase1": {"target_timesteps": 384},
+            "phase2": {"target_timesteps": 640},
+            "phase3": {"target_timesteps": 1024},
+        },
+    )
+    llm = yaml.safe_load((config / "llm_config.yaml").read_text())
+    llm["checkpointing"]["target_timesteps"] = 768
+    (config / "llm_config.yaml").write_text(yaml.safe_dump(llm, sort_keys=False))
+    root = tmp_path / "models"
+    args = ["--market", "NQ", "--seed", "42", "--phases", "1,2,3", "--models-root", str(root)]
+    done = run_cli(*args, "--config-dir", str(config))
+    assert done.returncode == 0, done.stderr[-2000:]
+    expected = {1: ("phase1", 384), 2: ("phase2", 640), 3: ("phase3_hybrid", 768)}
+    for phase, (folder, steps) in expected.items():
+        assert f"NQ seed 42 phase {phase}: done at {steps:,} steps" in done.stdout, done.stdout
+        ends = [
+            i.timesteps
+            for i in list_checkpoints(root / folder / "NQ/checkpoints")
+            if i.name.event == "phase_end"  # type: ignore[union-attr]
+        ]
+        assert ends == [steps]
 
 
 def names(folder: Path) -> list[str]:

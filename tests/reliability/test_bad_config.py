@@ -194,6 +194,12 @@ CASES = [
         _set(CKPT, "checkpointing.events.monitored_metrics", "sharpe_ratio"),
         "monitored_metrics",
     ),
+    Case(
+        "1e6 is a string in YAML",
+        CKPT,
+        _text(CKPT, r"target_timesteps: \d+", "target_timesteps: 1e6"),
+        "target_timesteps",
+    ),
     Case("empty checkpoint_config.yaml", CKPT, _content(CKPT, b""), CKPT),
     Case("missing checkpoint_config.yaml", CKPT, _missing(CKPT), CKPT),
     Case("checkpoint_config.yaml is a folder", CKPT, _a_folder(CKPT), CKPT),
@@ -269,10 +275,10 @@ CASES = [
     ),
     Case("typo n_env", TRAINING, _rename(TRAINING, "training.n_envs", "n_env"), "n_env"),
     Case(
-        "1e6 is a string in YAML",
+        "a phase's length in training.yaml",
         TRAINING,
-        _text(TRAINING, r"target_timesteps: \d+", "target_timesteps: 1e6"),
-        "target_timesteps",
+        _set(TRAINING, "training.phase1.target_timesteps", 1000),
+        "checkpointing.phase1.target_timesteps",
     ),
     Case(
         "batch_size above n_steps x n_envs",

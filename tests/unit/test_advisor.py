@@ -209,9 +209,16 @@ HTTP = {"url": "http://127.0.0.1:9/v1", "model": "m"}
 @pytest.mark.parametrize(
     ("section", "message"),
     [
-        ({"kind": "gpt"}, "advisor.kind must be 'rules' or 'http', got 'gpt'"),
+        ({"kind": "gpt"}, "advisor.kind must be one of ['rules', 'http'], got 'gpt'"),
         ({"kind": "http"}, "advisor.kind is 'http' but there is no advisor.http section"),
-        ({"kind": "rules", "temperature": 1}, "advisor: unknown key 'temperature'"),
+        (
+            {"kind": "rules", "temperature": 1},
+            "unknown key advisor.temperature; known keys: http, kind, min_confidence, rules",
+        ),
+        (
+            {"kind": "rules", "rules": {"consult_evry": 3}},
+            "unknown key advisor.rules.consult_evry (did you mean 'consult_every'?)",
+        ),
         (
             {"kind": "rules", "min_confidence": 1.5},
             "advisor.min_confidence must be >= 0 and <= 1, got 1.5",
@@ -232,7 +239,7 @@ HTTP = {"url": "http://127.0.0.1:9/v1", "model": "m"}
             {"kind": "rules", "rules": {"consult_every": 0}},
             "advisor.rules.consult_every must be >= 1, got 0",
         ),
-        ({"kind": "http", "http": {"url": "http://x"}}, "advisor.http: missing required key"),
+        ({"kind": "http", "http": {"url": "http://x"}}, "missing key advisor.http.model"),
     ],
 )
 def test_bad_advisor_config_is_refused(

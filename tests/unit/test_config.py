@@ -46,6 +46,16 @@ def test_llm_overlay_inherits_and_overrides_phase3() -> None:
     assert "llm_confidence_avg" in llm.llm_metadata and base.llm_metadata == ()
 
 
+def test_a_mistake_in_the_inherited_file_names_that_file_alone(tmp_path: Path) -> None:
+    base = write(tmp_path, "checkpointing:\n  retention:\n    keep_lastn: 3\n")
+    overlay = write(tmp_path, "checkpointing:\n  use_default_config: true\n", "llm_config.yaml")
+    with pytest.raises(ConfigError) as info:
+        load_config(overlay)
+    assert str(info.value).startswith(
+        f"{base}: unknown key checkpointing.retention.keep_lastn (did you mean 'keep_last_n'?)"
+    ), str(info.value)
+
+
 def test_overlay_override_changes_only_phase3(tmp_path: Path) -> None:
     (tmp_path / "checkpoint_config.yaml").write_text(
         (ROOT / "config/checkpoint_config.yaml").read_text()

@@ -48,7 +48,10 @@ def test_bad_arguments_are_refused() -> None:
         FuturesTradingEnv(NQ, "train", 4)
     with pytest.raises(ConfigError, match=r"env\.max_position must be an integer in"):
         EnvConfig(max_position=0)
-    with pytest.raises(ConfigError, match=r"training\.env: unknown key 'episode_len'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown key training\.env\.episode_len \(did you mean 'episode_length'\?\)",
+    ):
         EnvConfig.from_mapping({"episode_len": 5}, "training.env")
     assert EnvConfig.from_mapping({"episode_length": 64}).episode_length == 64
     env = FuturesTradingEnv(NQ, "train", 1)

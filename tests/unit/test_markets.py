@@ -142,12 +142,12 @@ def test_costs_are_per_side_and_round_turn_is_twice() -> None:
         (
             ("markets", "NQ", "tick_sise"),
             0.25,
-            "markets.NQ: unknown key 'tick_sise'; allowed keys: ",
+            "unknown key markets.NQ.tick_sise (did you mean 'tick_size'?); known keys: ",
         ),
         (
             ("markets", "NQ", "session"),
             _DELETE,
-            "markets.NQ: missing required key(s): session",
+            "missing key markets.NQ.session",
         ),
         (
             ("markets", "NQ", "data", "synthetic", "trend_persistence"),
@@ -162,7 +162,7 @@ def test_costs_are_per_side_and_round_turn_is_twice() -> None:
         (
             ("defaults", "split", "test"),
             0.3,
-            "defaults.split: train + validation + test must add up to 1",
+            "defaults.split must add up to 1 (train + validation + test), got 0.7 + 0.15 + 0.3",
         ),
         (
             ("defaults", "split", "gap_bars"),
@@ -175,7 +175,7 @@ def test_costs_are_per_side_and_round_turn_is_twice() -> None:
             "defaults.bar_interval must be a positive count followed by s, min, h or d",
         ),
         (("defaults", "n_bars"), 10, "defaults.n_bars must be >= 100, got 10"),
-        (("defaults", "colour"), "red", "defaults: unknown key 'colour'"),
+        (("defaults", "colour"), "red", "unknown key defaults.colour; known keys: bar_interval"),
     ],
 )
 def test_bad_values_are_refused_naming_key_value_and_rule(
@@ -236,7 +236,7 @@ def test_unquoted_numeric_market_name_gets_a_hint(tmp_path: Path) -> None:
 
 
 def test_missing_file_and_bad_yaml_are_config_errors(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="cannot read markets file"):
+    with pytest.raises(ConfigError, match="config file not found"):
         load_markets(tmp_path / "absent.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("markets: [unclosed", encoding="utf-8")

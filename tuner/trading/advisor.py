@@ -27,11 +27,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
-import yaml
-
 from checkpointing.config import KNOWN_LLM_FIELDS
 from checkpointing.errors import ConfigError
-from tuner.trading.markets import check_keys, get_float, get_int, get_str, require_mapping
+from checkpointing.validation import Section, read_yaml
 
 if TYPE_CHECKING:  # numpy only in annotations: validating the advisor config stays light
     import numpy as np
@@ -270,84 +268,74 @@ def load_advisor_config(path: str | os.PathLike[str]) -> AdvisorConfig:
 
     Raises:
         ConfigError: if the file cannot be read, the section is missing, or a value is
-            invalid (the message names the key path, e.g. ``advisor.http.timeout_seconds``).
+            invalid (the message starts with the file and names the key path, e.g.
+            ``advisor.http.timeout_seconds``).
     """
     file = Path(path)
+    doc = read_yaml(file)
     try:
-        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read LLM config {str(file)!r}: {exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{str(file)!r} is not valid YAML: {exc}") from exc
-    top = require_mapping(raw, str(file))
-    if "advisor" not in top:
-        raise ConfigError(f"{file}: missing top-level section 'advisor'")
-    try:
-        return parse_advisor_config(top["advisor"])
+        top = Section(doc, "<top level>")
+        return parse_advisor_config(top.raw("advisor"))
     except ConfigError as exc:
-        raise ConfigError(f"{file}: {exc}") from None
+        raise ConfigError(f"{os.fspath(file)}: {exc}") from None
 
 
 def parse_advisor_config(raw: object, where: str = "advisor") -> AdvisorConfig:
     """Validate an ``advisor`` mapping (see :func:`load_advisor_config`)."""
-    m = require_mapping(raw, where)
-    check_keys(m, where, required={"kind"}, optional={"min_confidence", "rules", "http"})
-    kind = m["kind"]
-    if kind not in ("rules", "http"):
-        raise ConfigError(f"{where}.kind must be 'rules' or 'http', got {kind!r}")
-    min_confidence = (
-        get_float(m, "min_confidence", where, ge=0.0, le=1.0) if "min_confidence" in m else 0.6
-    )
-    rules = RuleAdvisorConfig()
-    if "rules" in m:
-        w = f"{where}.rules"
-        r = require_mapping(m["rules"], w)
-        check_keys(r, w, optional={f.name for f in fields(RuleAdvisorConfig)})
-        rules = RuleAdvisorConfig(
-            consult_every=get_int(r, "consult_every", w, ge=1) if "consult_every" in r else 1,
-            trend_threshold=(
-                get_float(r, "trend_threshold", w, gt=0.0) if "trend_threshold" in r else 1.5
-            ),
-            max_drawdown=(
-                get_float(r, "max_drawdown", w, gt=0.0, le=1.0) if "max_drawdown" in r else 0.05
-            ),
-            volatility_spike=(
-                get_float(r, "volatility_spike", w, gt=1.0) if "volatility_spike" in r else 2.0
-            ),
-        )
-    http: HttpAdvisorConfig | None = None
-    if "http" in m:
-        w = f"{where}.http"
-        h = require_mapping(m["http"], w)
-        optional = {f.name for f in fields(HttpAdvisorConfig)} - {"url", "model"}
-        check_keys(h, w, required={"url", "model"}, optional=optional)
-        url = get_str(h, "url", w).rstrip("/")
-        if not re.match(r"^https?://[^\s/]+", url):
-            raise ConfigError(f"{w}.url must be an http:// or https:// URL, got {h['url']!r}")
-        api_key_env = get_str(h, "api_key_env", w) if "api_key_env" in h else "OPENAI_API_KEY"
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", api_key_env):
-            raise ConfigError(
-                f"{w}.api_key_env must be an environment variable name (not the key itself), "
-                f"got {api_key_env!r}"
-            )
-        http = HttpAdvisorConfig(
-            url=url,
-            model=get_str(h, "model", w),
-            timeout_seconds=(
-                get_float(h, "timeout_seconds", w, gt=0.0, le=600.0)
-                if "timeout_seconds" in h
-                else 2.0
-            ),
-            api_key_env=api_key_env,
-            temperature=(
-                get_float(h, "temperature", w, ge=0.0, le=2.0) if "temperature" in h else 0.0
-            ),
-            max_tokens=get_int(h, "max_tokens", w, ge=1) if "max_tokens" in h else 200,
-            consult_every=get_int(h, "consult_every", w, ge=1) if "consult_every" in h else 50,
-        )
+    sec = Section(raw, where)
+    sec.only("kind", "min_confidence", "rules", "http")
+    kind = sec.one_of("kind", ("rules", "http"))
+    d = AdvisorConfig()
+    min_confidence = sec.get_float("min_confidence", d.min_confidence, ge=0.0, le=1.0)
+    rules = _parse_rules(sec.section("rules")) if sec.has("rules") else d.rules
+    http = _parse_http(sec.section("http")) if sec.has("http") else None
     if kind == "http" and http is None:
-        raise ConfigError(f"{where}.kind is 'http' but there is no {where}.http section")
-    return AdvisorConfig(kind=kind, min_confidence=min_confidence, rules=rules, http=http)
+        raise ConfigError(
+            f"{sec.where('kind')} is 'http' but there is no {sec.where('http')} section"
+        )
+    return AdvisorConfig(
+        kind="http" if kind == "http" else "rules",
+        min_confidence=min_confidence,
+        rules=rules,
+        http=http,
+    )
+
+
+def _parse_rules(sec: Section) -> RuleAdvisorConfig:
+    d = RuleAdvisorConfig()
+    out = RuleAdvisorConfig(
+        consult_every=sec.get_int("consult_every", d.consult_every, ge=1),
+        trend_threshold=sec.get_float("trend_threshold", d.trend_threshold, gt=0.0),
+        max_drawdown=sec.get_float("max_drawdown", d.max_drawdown, gt=0.0, le=1.0),
+        volatility_spike=sec.get_float("volatility_spike", d.volatility_spike, gt=1.0),
+    )
+    sec.done()
+    return out
+
+
+def _parse_http(sec: Section) -> HttpAdvisorConfig:
+    sec.only(*(f.name for f in fields(HttpAdvisorConfig)))
+    url = sec.get_str("url").rstrip("/")
+    if not re.match(r"^https?://[^\s/]+", url):
+        raise ConfigError(
+            f"{sec.where('url')} must be an http:// or https:// URL, got {sec.data['url']!r}"
+        )
+    api_key_env = sec.get_str("api_key_env", "OPENAI_API_KEY")
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", api_key_env):
+        raise ConfigError(
+            f"{sec.where('api_key_env')} must be an environment variable name (not the key "
+            f"itself), got {api_key_env!r}"
+        )
+    d = HttpAdvisorConfig(url="", model="")
+    return HttpAdvisorConfig(
+        url=url,
+        model=sec.get_str("model"),
+        timeout_seconds=sec.get_float("timeout_seconds", d.timeout_seconds, gt=0.0, le=600.0),
+        api_key_env=api_key_env,
+        temperature=sec.get_float("temperature", d.temperature, ge=0.0, le=2.0),
+        max_tokens=sec.get_int("max_tokens", d.max_tokens, ge=1),
+        consult_every=sec.get_int("consult_every", d.consult_every, ge=1),
+    )
 
 
 def build_advisor(config: AdvisorConfig) -> Advisor:

@@ -3,15 +3,19 @@
 Kept apart from :mod:`tuner.trading.env` so that validating a config
 (:mod:`tuner.training.settings`) needs neither gymnasium nor pandas; :mod:`tuner.trading.env`
 re-exports :class:`EnvConfig`.
+
+Three fields are set elsewhere and refused in ``training.env``: ``eval_episode_length`` comes
+from ``training.eval_episode_length``, and the phase-3 ``consult_every`` and ``min_confidence``
+from the ``advisor:`` section of ``llm_config.yaml``.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
-from tuner.trading.markets import ConfigError, check_keys, get_float, get_int, require_mapping
+from checkpointing.errors import ConfigError
+from checkpointing.validation import Section
 
 __all__ = ["EnvConfig"]
 
@@ -22,7 +26,8 @@ class EnvConfig:
 
     Attributes:
         episode_length: Steps per training episode (shortened to fit a short split).
-        eval_episode_length: Steps per evaluation episode; ``None`` = the whole split.
+        eval_episode_length: Steps per evaluation episode; ``None`` = the whole split (set
+            by ``training.eval_episode_length``).
         max_position: Largest ``|position|`` in phases 2-3; fixes the action space.
         initial_capital: Starting equity in dollars (for returns and drawdowns).
         phase1_cost_ticks: Phase-1 cost per contract traded, in ticks.
@@ -31,8 +36,10 @@ class EnvConfig:
         drawdown_penalty: Phase 2-3 penalty per dollar the episode's maximum drawdown grows.
         reward_scale: Dollars per unit of reward; ``None`` = from the training split.
         reward_clip: Bound on ``|reward|`` per step.
-        consult_every: Phase 3: consult the advisor every N steps.
-        min_confidence: Phase 3: advice below this confidence is ignored.
+        consult_every: Phase 3: consult the advisor every N steps (set from
+            ``advisor.rules.consult_every`` or ``advisor.http.consult_every``).
+        min_confidence: Phase 3: advice below this confidence is ignored (set from
+            ``advisor.min_confidence``).
     """
 
     episode_length: int = 2048
@@ -87,23 +94,41 @@ class EnvConfig:
 
     @classmethod
     def from_mapping(cls, raw: object, where: str = "env") -> EnvConfig:
-        """Build from a YAML mapping (unknown keys refused, defaults for missing ones)."""
-        m = require_mapping(raw, where)
-        names = {f.name: f for f in fields(cls)}
-        check_keys(m, where, optional=names)
-        kwargs: dict[str, Any] = {}
-        ints = {"episode_length", "eval_episode_length", "max_position", "consult_every"}
-        for key, value in m.items():
-            if value is None and key in ("eval_episode_length", "reward_scale"):
-                kwargs[key] = None
-            elif key in ints:
-                kwargs[key] = get_int(m, key, where, ge=1)
-            else:
-                kwargs[key] = get_float(m, key, where)
-        try:
-            return cls(**kwargs)
-        except ConfigError as exc:
-            raise ConfigError(str(exc).replace("env.", f"{where}.", 1)) from None
+        """Build from a YAML mapping (unknown keys refused, defaults for missing ones).
+
+        ``eval_episode_length``, ``consult_every`` and ``min_confidence`` are refused, naming
+        where they are set.
+        """
+        sec = Section(raw, where)
+        sec.refuse(
+            "eval_episode_length",
+            "evaluation windows are training.eval_episode_length in training.yaml",
+        )
+        for key, why in _ADVISOR_KEYS.items():
+            sec.refuse(key, f"{why} in llm_config.yaml")
+        d = cls()
+        out = cls(
+            episode_length=sec.get_int("episode_length", d.episode_length, ge=1),
+            max_position=sec.get_int("max_position", d.max_position, ge=1, le=100),
+            initial_capital=sec.get_float("initial_capital", d.initial_capital, gt=0.0),
+            phase1_cost_ticks=sec.get_float("phase1_cost_ticks", d.phase1_cost_ticks, ge=0.0),
+            stop_atr_multiple=sec.get_float("stop_atr_multiple", d.stop_atr_multiple, ge=0.0),
+            drawdown_penalty=sec.get_float("drawdown_penalty", d.drawdown_penalty, ge=0.0),
+            reward_scale=sec.get_float_or_none("reward_scale", d.reward_scale, gt=0.0),
+            reward_clip=sec.get_float("reward_clip", d.reward_clip, gt=0.0),
+        )
+        sec.done()
+        return out
+
+
+# Phase-3 fields set from the advisor: section of llm_config.yaml, and where.
+_ADVISOR_KEYS = {
+    "consult_every": (
+        "the advisor's consult interval is advisor.rules.consult_every (kind: rules) or "
+        "advisor.http.consult_every (kind: http)"
+    ),
+    "min_confidence": "the advisor's confidence threshold is advisor.min_confidence",
+}
 
 
 def _finite(x: float) -> bool:

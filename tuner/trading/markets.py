@@ -22,19 +22,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 from checkpointing.errors import CheckpointNameError, ConfigError
 from checkpointing.naming import validate_market
+from checkpointing.validation import Section, read_yaml
 
 __all__ = [
     "ConfigError",
@@ -194,23 +191,19 @@ def load_markets(path: str | os.PathLike[str]) -> dict[str, MarketSpec]:
         Market name -> spec, in file order, with the ``defaults`` merged in.
 
     Raises:
-        ConfigError: if the file is missing, is not valid YAML, or any value is invalid.
+        ConfigError: if the file is missing, is not valid YAML, or any value is invalid; the
+            message starts with the file name.
     """
     file = Path(path)
+    doc = read_yaml(file)
+    if doc is None:
+        raise ConfigError(
+            f"{os.fspath(file)}: the file is empty; expected 'defaults:' and 'markets:' sections"
+        )
     try:
-        text = file.read_text(encoding="utf-8")
-    except (OSError, ValueError) as exc:  # ValueError: not UTF-8, or NUL in the path
-        raise ConfigError(f"cannot read markets file {str(file)!r}: {exc}") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{str(file)!r} is not valid YAML: {exc}") from exc
-    except RecursionError:
-        raise ConfigError(f"{str(file)!r} is not valid YAML: nested too deeply") from None
-    try:
-        return _parse_markets_file(raw, base_dir=file.resolve().parent)
+        return _parse_markets_file(Section(doc, "<top level>"), base_dir=file.resolve().parent)
     except ConfigError as exc:
-        raise ConfigError(f"{file}: {exc}") from None
+        raise ConfigError(f"{os.fspath(file)}: {exc}") from None
 
 
 def get_market(markets: Mapping[str, MarketSpec], name: str) -> MarketSpec:
@@ -230,54 +223,50 @@ def get_market(markets: Mapping[str, MarketSpec], name: str) -> MarketSpec:
 
 # --- parsing ------------------------------------------------------------------------------
 
-_DEFAULT_KEYS = {"bar_interval", "n_bars", "seed", "start", "split"}
-_SPLIT_KEYS = {"train", "validation", "test", "gap_bars"}
-_MARKET_REQUIRED = {
+_DEFAULT_KEYS = ("bar_interval", "n_bars", "seed", "start", "split")
+_SPLIT_KEYS = ("train", "validation", "test", "gap_bars")
+_MARKET_KEYS = (
     "tick_size",
     "tick_value",
     "commission_per_side",
     "slippage_ticks",
     "session",
     "data",
-}
-_MARKET_OPTIONAL = {"description", "split"}
-_SYNTHETIC_REQUIRED = {
+    "description",
+    "split",
+)
+_SYNTHETIC_KEYS = (
     "start_price",
     "annual_drift",
     "annual_volatility",
     "trend_persistence",
     "mean_regime_bars",
-}
-_SYNTHETIC_OPTIONAL = {"n_bars", "bar_interval", "seed"}
+    "n_bars",
+    "bar_interval",
+    "seed",
+)
 
 
-def _parse_markets_file(raw: object, base_dir: Path) -> dict[str, MarketSpec]:
-    top = require_mapping(raw, "(top level)")
-    check_keys(top, "(top level)", required={"defaults", "markets"})
-    defaults = require_mapping(top["defaults"], "defaults")
-    check_keys(defaults, "defaults", required=_DEFAULT_KEYS)
-    split = _parse_split(defaults["split"], "defaults.split")
-    bar_interval = parse_bar_interval(defaults["bar_interval"], "defaults.bar_interval")
-    n_bars = get_int(defaults, "n_bars", "defaults", ge=100)
-    seed = get_int(defaults, "seed", "defaults", ge=0)
-    start = _parse_start(defaults["start"], "defaults.start")
+def _parse_markets_file(top: Section, base_dir: Path) -> dict[str, MarketSpec]:
+    top.only("defaults", "markets")
+    defaults = Section(top.raw("defaults"), "defaults")
+    defaults.only(*_DEFAULT_KEYS)
+    split = _parse_split(defaults.section("split"))
+    bar_interval = parse_bar_interval(defaults.raw("bar_interval"), defaults.where("bar_interval"))
+    n_bars = defaults.get_int("n_bars", ge=100)
+    seed = defaults.get_int("seed", ge=0)
+    start = _parse_start(defaults.raw("start"), defaults.where("start"))
 
-    markets_raw = require_mapping(top["markets"], "markets")
-    if not markets_raw:
+    listed = Section(top.raw("markets"), "markets")
+    if not listed.data:
         raise ConfigError("markets must list at least one market, got {}")
     markets: dict[str, MarketSpec] = {}
-    for name, entry in markets_raw.items():
-        if not isinstance(name, str):
-            raise ConfigError(
-                f"markets: market names must be strings (quote it in YAML), got {name!r}"
-            )
-        validate_market_name(name, f"markets.{name}")
-        where = f"markets.{name}"
-        m = require_mapping(entry, where)
-        check_keys(m, where, required=_MARKET_REQUIRED, optional=_MARKET_OPTIONAL)
+    for name in listed.names():
+        validate_market_name(name, listed.where(name))
+        m = listed.section(name)
+        m.only(*_MARKET_KEYS)
         data = _parse_data(
-            m["data"],
-            f"{where}.data",
+            m.section("data"),
             base_dir=base_dir,
             n_bars=n_bars,
             bar_interval=bar_interval,
@@ -286,34 +275,31 @@ def _parse_markets_file(raw: object, base_dir: Path) -> dict[str, MarketSpec]:
         )
         markets[name] = MarketSpec(
             name=name,
-            tick_size=get_float(m, "tick_size", where, gt=0.0),
-            tick_value=get_float(m, "tick_value", where, gt=0.0),
-            commission_per_side=get_float(m, "commission_per_side", where, ge=0.0),
-            slippage_ticks=get_float(m, "slippage_ticks", where, ge=0.0),
-            session=get_str(m, "session", where),
+            tick_size=m.get_float("tick_size", gt=0.0),
+            tick_value=m.get_float("tick_value", gt=0.0),
+            commission_per_side=m.get_float("commission_per_side", ge=0.0),
+            slippage_ticks=m.get_float("slippage_ticks", ge=0.0),
+            session=m.get_str("session"),
             data=data,
-            split=_parse_split(m["split"], f"{where}.split") if "split" in m else split,
-            description=get_str(m, "description", where, allow_empty=True)
-            if "description" in m
-            else "",
+            split=_parse_split(m.section("split")) if m.has("split") else split,
+            description=m.get_str("description", "", allow_empty=True),
         )
     log.debug("loaded %d markets: %s", len(markets), ", ".join(markets))
     return markets
 
 
-def _parse_split(raw: object, where: str) -> SplitSpec:
-    m = require_mapping(raw, where)
-    check_keys(m, where, required=_SPLIT_KEYS)
-    train = get_float(m, "train", where, gt=0.0, lt=1.0)
-    validation = get_float(m, "validation", where, gt=0.0, lt=1.0)
-    test = get_float(m, "test", where, ge=0.0, lt=1.0)
+def _parse_split(sec: Section) -> SplitSpec:
+    sec.only(*_SPLIT_KEYS)
+    train = sec.get_float("train", gt=0.0, lt=1.0)
+    validation = sec.get_float("validation", gt=0.0, lt=1.0)
+    test = sec.get_float("test", ge=0.0, lt=1.0)
     total = train + validation + test
     if abs(total - 1.0) > 1e-6:
         raise ConfigError(
-            f"{where}: train + validation + test must add up to 1, got "
+            f"{sec.path} must add up to 1 (train + validation + test), got "
             f"{train!r} + {validation!r} + {test!r} = {total!r}"
         )
-    gap = get_int(m, "gap_bars", where, ge=0)
+    gap = sec.get_int("gap_bars", ge=0)
     return SplitSpec(train=train, validation=validation, test=test, gap_bars=gap)
 
 
@@ -332,8 +318,7 @@ def _parse_start(raw: object, where: str) -> datetime:
 
 
 def _parse_data(
-    raw: object,
-    where: str,
+    sec: Section,
     *,
     base_dir: Path,
     n_bars: int,
@@ -341,155 +326,32 @@ def _parse_data(
     seed: int,
     start: datetime,
 ) -> SyntheticSource | FileSource:
-    m = require_mapping(raw, where)
-    if len(m) != 1 or next(iter(m)) not in ("synthetic", "file"):
+    sec.only("synthetic", "file")
+    if len(sec.data) != 1:
         raise ConfigError(
-            f"{where} must have exactly one key, 'synthetic' or 'file', got {sorted(map(str, m))!r}"
+            f"{sec.path} must have exactly one key, 'synthetic' or 'file', got {sorted(sec.data)!r}"
         )
-    if "file" in m:
-        configured = m["file"]
-        if not isinstance(configured, str) or not configured.strip():
-            raise ConfigError(f"{where}.file must be a non-empty path string, got {configured!r}")
-        if "\x00" in configured:
-            raise ConfigError(f"{where}.file must not contain NUL, got {configured!r}")
+    if sec.has("file"):
+        configured = sec.get_str("file")
         path = Path(configured).expanduser()
         if not path.is_absolute():
             path = base_dir / path
         return FileSource(path=path, configured=configured)
 
-    where = f"{where}.synthetic"
-    s = require_mapping(m["synthetic"], where)
-    check_keys(s, where, required=_SYNTHETIC_REQUIRED, optional=_SYNTHETIC_OPTIONAL)
+    s = sec.section("synthetic")
+    s.only(*_SYNTHETIC_KEYS)
     return SyntheticSource(
-        start_price=get_float(s, "start_price", where, gt=0.0),
-        annual_drift=get_float(s, "annual_drift", where, ge=-1.0, le=1.0),
-        annual_volatility=get_float(s, "annual_volatility", where, gt=0.0, le=2.0),
-        trend_persistence=get_float(s, "trend_persistence", where, ge=0.0, le=0.95),
-        mean_regime_bars=get_float(s, "mean_regime_bars", where, ge=1.0),
-        n_bars=get_int(s, "n_bars", where, ge=100) if "n_bars" in s else n_bars,
+        start_price=s.get_float("start_price", gt=0.0),
+        annual_drift=s.get_float("annual_drift", ge=-1.0, le=1.0),
+        annual_volatility=s.get_float("annual_volatility", gt=0.0, le=2.0),
+        trend_persistence=s.get_float("trend_persistence", ge=0.0, le=0.95),
+        mean_regime_bars=s.get_float("mean_regime_bars", ge=1.0),
+        n_bars=s.get_int("n_bars", n_bars, ge=100),
         bar_interval=(
-            parse_bar_interval(s["bar_interval"], f"{where}.bar_interval")
-            if "bar_interval" in s
+            parse_bar_interval(s.raw("bar_interval"), s.where("bar_interval"))
+            if s.has("bar_interval")
             else bar_interval
         ),
-        seed=get_int(s, "seed", where, ge=0) if "seed" in s else seed,
+        seed=s.get_int("seed", seed, ge=0),
         start=start,
     )
-
-
-# --- validation helpers (shared with tuner.trading.advisor) ---------------------------------------
-
-
-def require_mapping(value: object, where: str) -> Mapping[str, Any]:
-    """Return ``value`` if it is a mapping, else raise :class:`ConfigError`."""
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{where} must be a mapping, got {value!r}")
-    return value
-
-
-def check_keys(
-    mapping: Mapping[str, Any],
-    where: str,
-    *,
-    required: Iterable[str] = (),
-    optional: Iterable[str] = (),
-) -> None:
-    """Refuse unknown keys and report missing required ones."""
-    required = set(required)
-    allowed = required | set(optional)
-    for key in mapping:
-        if key not in allowed:
-            raise ConfigError(
-                f"{where}: unknown key {key!r}; allowed keys: {', '.join(sorted(allowed))}"
-            )
-    missing = sorted(required - set(mapping))
-    if missing:
-        raise ConfigError(f"{where}: missing required key(s): {', '.join(missing)}")
-
-
-def _bounds_text(gt: float | None, ge: float | None, lt: float | None, le: float | None) -> str:
-    parts = []
-    if gt is not None:
-        parts.append(f"> {gt:g}")
-    if ge is not None:
-        parts.append(f">= {ge:g}")
-    if lt is not None:
-        parts.append(f"< {lt:g}")
-    if le is not None:
-        parts.append(f"<= {le:g}")
-    return " and ".join(parts)
-
-
-def _check_bounds(
-    value: float,
-    path: str,
-    gt: float | None,
-    ge: float | None,
-    lt: float | None,
-    le: float | None,
-) -> None:
-    ok = (
-        (gt is None or value > gt)
-        and (ge is None or value >= ge)
-        and (lt is None or value < lt)
-        and (le is None or value <= le)
-    )
-    if not ok:
-        raise ConfigError(f"{path} must be {_bounds_text(gt, ge, lt, le)}, got {value!r}")
-
-
-def get_float(
-    mapping: Mapping[str, Any],
-    key: str,
-    where: str,
-    *,
-    gt: float | None = None,
-    ge: float | None = None,
-    lt: float | None = None,
-    le: float | None = None,
-) -> float:
-    """Read a finite number (int or float, not bool) and check its bounds."""
-    path = f"{where}.{key}"
-    value = mapping[key]
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{path} must be a number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ConfigError(f"{path} must be a finite number, got {value!r}")
-    _check_bounds(value, path, gt, ge, lt, le)
-    return value
-
-
-def get_int(
-    mapping: Mapping[str, Any],
-    key: str,
-    where: str,
-    *,
-    ge: int | None = None,
-    le: int | None = None,
-) -> int:
-    """Read an integer (not bool, not float) and check its bounds."""
-    path = f"{where}.{key}"
-    value = mapping[key]
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{path} must be an integer, got {value!r}")
-    _check_bounds(value, path, None, ge, None, le)
-    return value
-
-
-def get_str(mapping: Mapping[str, Any], key: str, where: str, *, allow_empty: bool = False) -> str:
-    """Read a string (non-empty unless ``allow_empty``)."""
-    path = f"{where}.{key}"
-    value = mapping[key]
-    if not isinstance(value, str) or (not allow_empty and not value.strip()):
-        kind = "a string" if allow_empty else "a non-empty string"
-        raise ConfigError(f"{path} must be {kind}, got {value!r}")
-    return value
-
-
-def get_bool(mapping: Mapping[str, Any], key: str, where: str) -> bool:
-    """Read a boolean (``true``/``false``)."""
-    value = mapping[key]
-    if not isinstance(value, bool):
-        raise ConfigError(f"{where}.{key} must be true or false, got {value!r}")
-    return value

@@ -28,7 +28,7 @@ class PhaseJob:
     market: str
     seed: int
     phase: int
-    timesteps: int | None = None  # None: the phase's target_timesteps
+    timesteps: int | None = None  # None: the checkpoint config's target_timesteps of the phase
     base_interval: int | None = None  # None: the checkpoint config's base_interval
     models_root: Path | None = None
     model_path: Path | None = None  # --continue --model-path
@@ -74,7 +74,8 @@ def parse_phases(text: str) -> list[int]:
 def prepare(job: PhaseJob, settings: Settings) -> tuple[Any, int]:
     """Validate the job against the settings and load the market data (nothing is written).
 
-    Returns the market data and the phase's target timesteps.
+    Returns the market data and the phase's length: ``--timesteps``, else the checkpoint
+    config's ``checkpointing.phaseN.target_timesteps``.
     """
     from tuner.trading.env import MarketData
     from tuner.trading.markets import get_market
@@ -93,7 +94,7 @@ def prepare(job: PhaseJob, settings: Settings) -> tuple[Any, int]:
         raise ConfigError(f"--base-interval must be >= 1, got {job.base_interval!r}")
     spec = get_market(settings.markets, job.market)
     data = MarketData.load(spec)
-    target = job.timesteps or settings.training.phase(job.phase).target_timesteps
+    target = job.timesteps or settings.checkpoint.phase(job.phase).target_timesteps
     return data, target
 
 

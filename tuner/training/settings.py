@@ -3,6 +3,11 @@
 ``config/`` holds ``checkpoint_config.yaml``, ``llm_config.yaml`` (phase-3 overlay and the
 ``advisor:`` section), ``markets.yaml`` and ``training.yaml``. :func:`load_settings` reads
 and checks them all before anything is trained or written.
+
+Each setting has one home. A phase's length is ``checkpointing.phaseN.target_timesteps`` of
+the checkpoint config (``llm_config.yaml`` may override phase 3; ``--timesteps`` overrides
+both); the advisor's ``consult_every`` and ``min_confidence`` are in ``llm_config.yaml``.
+``training.yaml`` refuses those keys with a message saying where they live.
 """
 
 from __future__ import annotations
@@ -15,19 +20,11 @@ from typing import Any
 
 from checkpointing.config import CheckpointConfig, load_config
 from checkpointing.errors import ConfigError
-from checkpointing.validation import read_yaml
+from checkpointing.validation import Section, read_yaml
 from tuner.cli import check_path_argument
 from tuner.trading.advisor import AdvisorConfig, parse_advisor_config
 from tuner.trading.env_config import EnvConfig
-from tuner.trading.markets import (
-    MarketSpec,
-    check_keys,
-    get_float,
-    get_int,
-    get_str,
-    load_markets,
-    require_mapping,
-)
+from tuner.trading.markets import MarketSpec, load_markets
 
 __all__ = [
     "PHASES",
@@ -65,20 +62,24 @@ class PPOConfig:
 
 @dataclass(frozen=True)
 class PhaseTraining:
-    target_timesteps: int
+    """How one phase trains. Its length is not here: it is the checkpoint config's
+    ``checkpointing.phaseN.target_timesteps`` (``settings.checkpoint.phase(N)``)."""
+
     ppo: PPOConfig
 
 
 @dataclass(frozen=True)
 class TrainingConfig:
+    """The ``training:`` section of ``training.yaml``."""
+
     n_envs: int = 8
     eval_episodes: int = 4
     eval_episode_length: int | None = 700
     device: str = "cpu"
     env: EnvConfig = field(default_factory=EnvConfig)
-    phase1: PhaseTraining = PhaseTraining(2_000_000, PPOConfig(net_arch=(64, 64)))
-    phase2: PhaseTraining = PhaseTraining(5_000_000, PPOConfig(learning_rate=2e-4))
-    phase3: PhaseTraining = PhaseTraining(5_000_000, PPOConfig(learning_rate=1e-4))
+    phase1: PhaseTraining = PhaseTraining(PPOConfig(net_arch=(64, 64)))
+    phase2: PhaseTraining = PhaseTraining(PPOConfig(learning_rate=2e-4))
+    phase3: PhaseTraining = PhaseTraining(PPOConfig(learning_rate=1e-4))
 
     def phase(self, phase: int) -> PhaseTraining:
         if phase not in PHASES:
@@ -106,36 +107,87 @@ _PPO_FLOATS: dict[str, dict[str, float]] = {
     "max_grad_norm": {"gt": 0.0},
 }
 _PPO_INTS = {"n_steps": 2, "batch_size": 2, "n_epochs": 1}
+_DEVICES = ("cpu", "cuda", "cuda:N", "auto")
 
 
-def _parse_ppo(raw: object, where: str, default: PPOConfig, allow_net_arch: bool) -> PPOConfig:
-    m = require_mapping(raw, where)
-    allowed = set(_PPO_FLOATS) | set(_PPO_INTS) | ({"net_arch"} if allow_net_arch else set())
-    if not allow_net_arch and "net_arch" in m:
-        raise ConfigError(
-            f"{where}.net_arch can only be set in phase1 (later phases continue from the "
-            "phase-1 network)"
-        )
-    check_keys(m, where, optional=allowed)
+def _parse_ppo(sec: Section, default: PPOConfig, phase: int) -> PPOConfig:
     values: dict[str, Any] = {}
     for key, bounds in _PPO_FLOATS.items():
-        values[key] = get_float(m, key, where, **bounds) if key in m else getattr(default, key)
+        values[key] = sec.get_float(key, getattr(default, key), **bounds)
     for key, low in _PPO_INTS.items():
-        values[key] = get_int(m, key, where, ge=low) if key in m else getattr(default, key)
-    if "net_arch" in m:
-        arch = m["net_arch"]
-        if (
-            not isinstance(arch, list)
-            or not arch
-            or any(isinstance(u, bool) or not isinstance(u, int) or u < 1 for u in arch)
-        ):
-            raise ConfigError(
-                f"{where}.net_arch must be a non-empty list of positive integers, got {arch!r}"
-            )
-        values["net_arch"] = tuple(arch)
-    else:
+        values[key] = sec.get_int(key, getattr(default, key), ge=low)
+    if phase == 1:
         values["net_arch"] = default.net_arch
+        if sec.has("net_arch"):
+            arch = sec.raw("net_arch")
+            if (
+                not isinstance(arch, list)
+                or not arch
+                or any(isinstance(u, bool) or not isinstance(u, int) or u < 1 for u in arch)
+            ):
+                raise ConfigError(
+                    f"{sec.where('net_arch')} must be a non-empty list of positive integers, "
+                    f"got {arch!r}"
+                )
+            values["net_arch"] = tuple(arch)
+        sec.known("net_arch")
+    else:
+        sec.refuse(
+            "net_arch",
+            f"phase {phase} continues from the phase-1 network; its shape is "
+            "training.phase1.ppo.net_arch",
+        )
+        values["net_arch"] = default.net_arch
+    sec.done()
     return PPOConfig(**values)
+
+
+def _parse_phase(sec: Section, default: PhaseTraining, phase: int) -> PhaseTraining:
+    overlay = " (llm_config.yaml's checkpointing.target_timesteps overrides it)"
+    sec.refuse(
+        "target_timesteps",
+        f"a phase's length is checkpointing.phase{phase}.target_timesteps in "
+        f"checkpoint_config.yaml{overlay if phase == 3 else ''}, or --timesteps",
+    )
+    ppo = _parse_ppo(sec.section("ppo"), default.ppo, phase) if sec.has("ppo") else default.ppo
+    sec.known("ppo")
+    sec.done()
+    return PhaseTraining(ppo)
+
+
+def _parse_training(sec: Section) -> TrainingConfig:
+    d = TrainingConfig()
+    phases = {
+        f"phase{n}": (
+            _parse_phase(sec.section(f"phase{n}"), d.phase(n), n)
+            if sec.has(f"phase{n}")
+            else d.phase(n)
+        )
+        for n in PHASES
+    }
+    sec.known(*phases)
+    device = sec.get_str("device", d.device)
+    if device not in ("cpu", "auto", "cuda") and not device.startswith("cuda:"):
+        raise ConfigError(f"{sec.where('device')} must be one of {list(_DEVICES)}, got {device!r}")
+    cfg = TrainingConfig(
+        n_envs=sec.get_int("n_envs", d.n_envs, ge=1),
+        eval_episodes=sec.get_int("eval_episodes", d.eval_episodes, ge=1),
+        eval_episode_length=sec.get_int_or_none("eval_episode_length", d.eval_episode_length, ge=2),
+        device=device,
+        env=EnvConfig.from_mapping(sec.raw("env"), sec.where("env")) if sec.has("env") else d.env,
+        **phases,
+    )
+    sec.known("env")
+    sec.done()
+    for n in PHASES:
+        ppo = cfg.phase(n).ppo
+        if ppo.batch_size > ppo.n_steps * cfg.n_envs:
+            raise ConfigError(
+                f"{sec.where(f'phase{n}.ppo.batch_size')} must be <= n_steps x n_envs "
+                f"({ppo.n_steps} x {cfg.n_envs} = {ppo.n_steps * cfg.n_envs}), "
+                f"got {ppo.batch_size!r}"
+            )
+    return cfg
 
 
 def load_training_config(path: str | os.PathLike[str]) -> TrainingConfig:
@@ -145,74 +197,9 @@ def load_training_config(path: str | os.PathLike[str]) -> TrainingConfig:
     if doc is None:
         raise ConfigError(f"{where_file}: the file is empty; expected a 'training:' section")
     try:
-        top = require_mapping(doc, "<top level>")
-        check_keys(top, "<top level>", required=("training",))
-        t = require_mapping(top["training"], "training")
-        check_keys(
-            t,
-            "training",
-            optional=(
-                "n_envs",
-                "eval_episodes",
-                "eval_episode_length",
-                "device",
-                "env",
-                "phase1",
-                "phase2",
-                "phase3",
-            ),
-        )
-        d = TrainingConfig()
-        phases: dict[str, PhaseTraining] = {}
-        for n in PHASES:
-            key = f"phase{n}"
-            default = d.phase(n)
-            if key not in t:
-                phases[key] = default
-                continue
-            p = require_mapping(t[key], f"training.{key}")
-            check_keys(p, f"training.{key}", optional=("target_timesteps", "ppo"))
-            target = (
-                get_int(p, "target_timesteps", f"training.{key}", ge=1)
-                if "target_timesteps" in p
-                else default.target_timesteps
-            )
-            ppo = (
-                _parse_ppo(p["ppo"], f"training.{key}.ppo", default.ppo, allow_net_arch=n == 1)
-                if "ppo" in p
-                else default.ppo
-            )
-            phases[key] = PhaseTraining(target, ppo)
-        eval_len: int | None = d.eval_episode_length
-        if "eval_episode_length" in t:
-            eval_len = (
-                None
-                if t["eval_episode_length"] is None
-                else get_int(t, "eval_episode_length", "training", ge=2)
-            )
-        device = get_str(t, "device", "training") if "device" in t else d.device
-        if device not in ("cpu", "auto", "cuda") and not device.startswith("cuda:"):
-            raise ConfigError(f"training.device must be cpu, cuda, cuda:N or auto, got {device!r}")
-        cfg = TrainingConfig(
-            n_envs=get_int(t, "n_envs", "training", ge=1) if "n_envs" in t else d.n_envs,
-            eval_episodes=(
-                get_int(t, "eval_episodes", "training", ge=1)
-                if "eval_episodes" in t
-                else d.eval_episodes
-            ),
-            eval_episode_length=eval_len,
-            device=device,
-            env=EnvConfig.from_mapping(t["env"], "training.env") if "env" in t else d.env,
-            **phases,
-        )
-        for n in PHASES:
-            ppo = cfg.phase(n).ppo
-            if ppo.batch_size > ppo.n_steps * cfg.n_envs:
-                raise ConfigError(
-                    f"training.phase{n}.ppo.batch_size ({ppo.batch_size}) must be <= n_steps x "
-                    f"n_envs ({ppo.n_steps * cfg.n_envs})"
-                )
-        return cfg
+        top = Section(doc, "<top level>")
+        top.only("training")
+        return _parse_training(Section(top.raw("training"), "training"))
     except ConfigError as exc:
         raise ConfigError(f"{where_file}: {exc}") from None
 

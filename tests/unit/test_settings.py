@@ -1,0 +1,121 @@
+"""Loading a whole config folder (tuner/training/settings.py): each setting has one home, and
+every file speaks with one voice."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from checkpointing.errors import ConfigError
+from tests.tiny_config import tiny_config_dir
+from tuner.training.settings import load_settings
+
+
+def refusal(folder: Path) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_settings(folder)
+    return str(info.value)
+
+
+def edit(file: Path, path: str, *, value: Any = None, rename: str | None = None) -> None:
+    """Set the key at the dotted ``path`` of a YAML file, or rename it to ``rename``."""
+    doc = yaml.safe_load(file.read_text())
+    *parents, last = path.split(".")
+    node = doc
+    for key in parents:
+        node = node[key]
+    if rename is not None:
+        node[rename] = node.pop(last)
+    else:
+        node[last] = value
+    file.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+@pytest.mark.parametrize("phase", [1, 2, 3])
+def test_a_phase_length_in_training_yaml_is_refused_naming_where_it_lives(
+    tmp_path: Path, phase: int
+) -> None:
+    folder = tiny_config_dir(tmp_path, training={f"phase{phase}": {"target_timesteps": 1000}})
+    message = refusal(folder)
+    assert message.startswith(
+        f"{os.fspath(folder / 'training.yaml')}: training.phase{phase}.target_timesteps is not "
+        f"a setting here: a phase's length is checkpointing.phase{phase}.target_timesteps in "
+        "checkpoint_config.yaml"
+    ), message
+    assert message.endswith("or --timesteps"), message
+    assert ("llm_config.yaml" in message) == (phase == 3), message
+
+
+def test_the_phase_length_is_the_checkpoint_configs(tmp_path: Path) -> None:
+    folder = tiny_config_dir(tmp_path, checkpoint={"phase1": {"target_timesteps": 1234}})
+    edit(folder / "llm_config.yaml", "checkpointing.target_timesteps", value=4321)
+    settings = load_settings(folder)
+    assert settings.checkpoint.phase(1).target_timesteps == 1234
+    assert settings.checkpoint.phase(3).target_timesteps == 4321  # the overlay's, for phase 3
+
+
+@pytest.mark.parametrize(
+    ("key", "lives"),
+    [
+        ("consult_every", "advisor.rules.consult_every"),
+        ("consult_every", "advisor.http.consult_every"),
+        ("min_confidence", "advisor.min_confidence"),
+    ],
+)
+def test_advisor_settings_in_training_env_are_refused_naming_llm_config(
+    tmp_path: Path, key: str, lives: str
+) -> None:
+    folder = tiny_config_dir(tmp_path, training={"env": {key: 1}})
+    message = refusal(folder)
+    assert message.startswith(
+        f"{os.fspath(folder / 'training.yaml')}: training.env.{key} is not a setting here: "
+    ), message
+    assert lives in message and message.endswith("in llm_config.yaml"), message
+
+
+def test_evaluation_windows_in_training_env_are_refused_naming_their_key(tmp_path: Path) -> None:
+    folder = tiny_config_dir(tmp_path, training={"env": {"eval_episode_length": 50}})
+    message = refusal(folder)
+    assert "training.env.eval_episode_length is not a setting here" in message, message
+    assert "training.eval_episode_length in training.yaml" in message, message
+
+
+# One shape for a misspelt key, whichever file it is in:
+#   {file}: unknown key {section}.{typo} (did you mean '{key}'?); known keys: ..., {key}, ...
+TYPOS = [
+    ("checkpoint_config.yaml", "checkpointing.retention.keep_last_n", "keep_lastn"),
+    ("checkpoint_config.yaml", "checkpointing.phase1.target_timesteps", "target_timestep"),
+    ("llm_config.yaml", "checkpointing.base_interval", "base_intervall"),
+    ("llm_config.yaml", "advisor.min_confidence", "min_confidense"),
+    ("llm_config.yaml", "advisor.rules.trend_threshold", "trend_treshold"),
+    ("llm_config.yaml", "advisor.http.timeout_seconds", "timeout_secs"),
+    ("markets.yaml", "markets.NQ.tick_size", "tick_sise"),
+    ("markets.yaml", "markets.NQ.data.synthetic.annual_drift", "anual_drift"),
+    ("markets.yaml", "defaults.split.gap_bars", "gap_bar"),
+    ("training.yaml", "training.n_envs", "n_env"),
+    ("training.yaml", "training.env.max_position", "max_positions"),
+    ("training.yaml", "training.phase2.ppo.learning_rate", "learning_rat"),
+]
+
+
+@pytest.mark.parametrize(("file", "path", "typo"), TYPOS, ids=[t[2] for t in TYPOS])
+def test_a_misspelt_key_gets_the_same_message_in_every_file(
+    tmp_path: Path, file: str, path: str, typo: str
+) -> None:
+    folder = tiny_config_dir(tmp_path)
+    edit(folder / file, path, rename=typo)
+    section, key = path.rsplit(".", 1)
+    message = refusal(folder)
+    shape = (
+        re.escape(f"{os.fspath(folder / file)}: unknown key {section}.{typo} ")
+        + re.escape(f"(did you mean {key!r}?); known keys: ")
+        + r"([a-z0-9_]+, )*"
+        + re.escape(key)
+        + r"(, [a-z0-9_]+)*"
+    )
+    assert re.fullmatch(shape, message), message
