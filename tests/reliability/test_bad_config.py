@@ -9,9 +9,10 @@ garbage, deeply nested junk, an inheritance cycle). For each, ``tuner.run`` must
 - create neither a ``ray_results`` nor a models folder (nothing at all in its cwd);
 - never start Ray: ``ray.is_initialized()`` is False and Ray's start-up banner is not printed.
 
-Most cases run in-process through ``tuner.run.main(argv)`` (cheap); ``tuner.run.run_experiment``, the part
-that starts Ray, is replaced by a tripwire so a case that slips through fails instead of
-training. A few run as real subprocesses (``python -m tuner.run``).
+Most cases run in-process through ``tuner.run.main(argv)`` (cheap);
+``tuner.run.run_experiment``, the part that starts Ray, is replaced by a tripwire so a case
+that slips through fails instead of training. A few run as real subprocesses
+(``python -m tuner.run``).
 """
 
 from __future__ import annotations
@@ -312,7 +313,8 @@ def pristine_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def no_ray(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Replace ``tuner.run.run_experiment`` (which starts Ray) by a tripwire; returns what reached it."""
+    """Replace ``tuner.run.run_experiment`` (which starts Ray) by a tripwire; returns what
+    reached it."""
     import tuner.run
 
     reached: list[str] = []
