@@ -55,7 +55,8 @@ TOTAL = 1500
 
 @pytest.fixture
 def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A 2 MB tmpfs mounted for this test only (skips when mounting is not permitted)."""
+    """A 2 MB tmpfs mounted for this test only (skipped where mounting is not permitted,
+    failed under CI=true)."""
     with mounted_tmpfs(tmp_path / "tmpfs", "2m") as mount_point:
         yield mount_point
 
