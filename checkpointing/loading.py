@@ -84,8 +84,10 @@ def load_checkpoint(
 
     Args:
         path: the checkpoint zip.
-        env: the VecEnv to attach. When a ``_vecnormalize.pkl`` exists it wraps ``env``
-            (or is returned without a venv when ``env`` is None; call ``set_venv`` later).
+        env: the VecEnv to attach. When a ``_vecnormalize.pkl`` exists (for a v1
+            ``phase{N}_{steps}_steps.zip`` also SB3's ``phase{N}_vecnormalize_{steps}_steps.pkl``)
+            it wraps ``env`` (or is returned without a venv when ``env`` is None; call
+            ``set_venv`` later).
         allow_unverified: load files without metadata digests (v1 checkpoints and
             ``best_model.zip`` / final models written by other tools) with a warning.
             v2 checkpoints always verify.
@@ -123,6 +125,9 @@ def load_checkpoint(
 
     vec_normalize: VecNormalize | None = None
     pkl = vecnormalize_path_for(p)
+    if isinstance(name, LegacyName) and not pkl.is_file():
+        # SB3's CheckpointCallback (v1 runs) names it {prefix}_vecnormalize_{steps}_steps.pkl.
+        pkl = p.with_name(f"phase{name.phase}_vecnormalize_{name.timesteps}_steps.pkl")
     if pkl.is_file():
         from stable_baselines3.common.vec_env import VecNormalize as _VecNormalize
 

@@ -1,5 +1,5 @@
-"""Event saves in a real run: phase boundaries, best saves with the metrics that improved,
-and no boundary saved twice after a resume."""
+"""Event saves in a real run: phase boundaries, best saves at the evaluations that improved
+(with the metrics that improved), and no boundary saved twice after a resume."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 from checkpointing import learn_with_checkpoints, list_checkpoints, load_checkpoint
 from checkpointing.naming import CheckpointName
 from tests.integration.train_script import (
+    ScriptedEvaluator,
     make_callback,
     make_manager,
     make_model,
@@ -20,6 +21,18 @@ from tests.integration.train_script import (
 )
 
 pytestmark = pytest.mark.slow
+
+# The metrics of each evaluation, and the monitored metrics that improve on their best by the
+# 2% threshold (so a best save is due): the first evaluation is the baseline; +0.9% is not
+# enough (and does not move the best, so the next +9% counts from 1.1); later evaluations
+# repeat the last one.
+RISING_METRICS = (
+    ({"val_reward": 1.0, "sharpe_ratio": 1.0, "win_rate": 0.5}, []),
+    ({"val_reward": 1.1, "sharpe_ratio": 1.0, "win_rate": 0.5}, ["val_reward"]),
+    ({"val_reward": 1.1, "sharpe_ratio": 1.5, "win_rate": 0.6}, ["sharpe_ratio", "win_rate"]),
+    ({"val_reward": 1.11, "sharpe_ratio": 1.5, "win_rate": 0.6}, []),
+    ({"val_reward": 1.2, "sharpe_ratio": 1.52, "win_rate": 0.6}, ["val_reward"]),
+)
 
 
 def config_with_boundaries(tmp_path: Path) -> Path:
@@ -88,3 +101,37 @@ def test_a_resumed_run_does_not_save_a_boundary_twice(tmp_path: Path) -> None:
     after = events(resumed.folder)
     assert [e for _, e in after].count("phase_boundary_warmup") == 1
     assert [e for _, e in after].count("phase_boundary_late_stage") == 1
+
+
+def test_best_saves_happen_exactly_at_the_evaluations_that_improve(tmp_path: Path) -> None:
+    # A fixed interval: evaluations (and periodic saves) at 128, 256, ... 1024 steps.
+    interval, total = 128, 1024
+    config = write_config(tmp_path / "c.yaml", base_interval=interval, max_interval_multiplier=1)
+    manager = make_manager(config, tmp_path / "models")
+    model = make_model(make_train_env())
+    evaluator = ScriptedEvaluator([metrics for metrics, _ in RISING_METRICS])
+    learn_with_checkpoints(model, total, make_callback(manager, evaluator=evaluator))
+    manager.close()
+
+    periodic_steps = list(range(interval, total + 1, interval))
+    assert evaluator.timesteps == [*periodic_steps, total]  # the last one for the phase end
+    saved = events(manager.folder)
+    assert [t for t, e in saved if e == "periodic"] == periodic_steps
+    improved_at = {
+        periodic_steps[i]: improved for i, (_, improved) in enumerate(RISING_METRICS) if improved
+    }
+    assert sorted(improved_at) == [256, 384, 640]
+    assert [t for t, e in saved if e == "best"] == sorted(improved_at)
+    assert manager.state.saves_by_event["best"] == len(improved_at)
+
+    infos = {(i.timesteps, i.name.event): i for i in list_checkpoints(manager.folder)}
+    for steps, improved in improved_at.items():
+        best, twin = infos[steps, "best"], infos[steps, "periodic"]
+        # The same model as its periodic twin: the same zip and VecNormalize bytes.
+        assert best.path.read_bytes() == twin.path.read_bytes()
+        assert best.vecnormalize_path.read_bytes() == twin.vecnormalize_path.read_bytes()
+        meta = json.loads(best.metadata_path.read_text())
+        assert meta["improved_metrics"] == improved, best.filename
+        scripted = RISING_METRICS[periodic_steps.index(steps)][0]
+        assert {k: meta[k] for k in scripted} == scripted
+        assert json.loads(twin.metadata_path.read_text())["improved_metrics"] == []

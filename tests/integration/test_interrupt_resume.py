@@ -31,6 +31,7 @@ from tests.integration.train_script import (
     MARKET,
     N_ENVS,
     SEED,
+    ScriptedEvaluator,
     checkpoint_folder,
     leftovers,
     make_callback,
@@ -288,3 +289,37 @@ def test_a_stop_during_the_final_update_still_saves_the_final_model(
     ]
     assert final, "neither an interrupt nor a phase_end checkpoint of the final model"
     assert stopped is None or stopped.checkpoint is not None
+
+
+def test_an_interrupt_carries_the_last_evaluation_and_says_when_it_was_made(
+    tmp_path: Path, keep_signal_handlers: None
+) -> None:
+    config = write_config(tmp_path / "c.yaml", base_interval=128, max_interval_multiplier=1)
+    manager = make_manager(config, tmp_path / "models")
+    model = make_model(make_train_env())
+    evaluator = ScriptedEvaluator(
+        [
+            {"val_reward": 0.25, "sharpe_ratio": 0.5, "win_rate": 0.4},
+            {"val_reward": 0.75, "sharpe_ratio": 1.25, "win_rate": 0.6},
+        ]
+    )
+    stop_at = 256 + 40  # 40 steps after the second evaluation, long before the third (384)
+    callback = make_callback(
+        manager,
+        evaluator=evaluator,
+        stop_requested=lambda: model.num_timesteps >= stop_at,
+        stop_poll_seconds=0.0,
+    )
+    with pytest.raises(TrainingInterrupted) as stopped:
+        learn_with_checkpoints(model, TOTAL, callback)
+    manager.close()
+
+    assert evaluator.timesteps == [128, 256]  # the interrupt reuses the last evaluation
+    assert stopped.value.checkpoint is not None
+    interrupt = Path(stopped.value.checkpoint)
+    meta = verify_checkpoint(interrupt)
+    assert meta["event_tag"] == "interrupt"
+    assert meta["timesteps"] == model.num_timesteps == stop_at
+    assert meta["metrics_timesteps"] == 256
+    assert (meta["val_reward"], meta["sharpe_ratio"], meta["win_rate"]) == (0.75, 1.25, 0.6)
+    assert "_val-+0.750_sharpe-+1.25_" in interrupt.name

@@ -1,4 +1,8 @@
-"""Two processes pruning and one saving into one folder at full speed, for a few seconds.
+"""Two processes pruning and one saving into one folder at full speed.
+
+The saver commits a fixed number of checkpoints and waits, every few commits, until each
+pruner has finished one more pass, so the three interleave the same way on any machine,
+however fast.
 
 Every policy rule is monotone (a checkpoint it drops at some point it would drop later too),
 so whatever the interleaving, the folder after a last prune must hold exactly what the policy
@@ -12,7 +16,9 @@ import json
 import multiprocessing
 import random
 import time
-from multiprocessing.synchronize import Barrier
+from collections.abc import Sequence
+from multiprocessing.sharedctypes import Synchronized
+from multiprocessing.synchronize import Barrier, Event
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +34,29 @@ from checkpointing.store import CheckpointInfo, commit_files, list_checkpoints
 
 CONFIG = CheckpointConfig()
 RETENTION = RetentionConfig(keep_last_n=4, keep_top_k_by_sharpe=3, keep_top_k_by_reward=2)
-SAVE_SECONDS = 2.5
+SAVES = 100  # commits before seed 1's phase_end
+PASS_EVERY = 4  # commits between two waits for a pass of each pruner
+PASS_WAIT_SECONDS = 60.0  # bounds the wait for a pass that must come
 
 
-def _saver(root: str, log_path: str, start: Barrier) -> None:
-    """Commit checkpoints of two seeds for a while; seed 1 then ends with phase_end.
+def _wait_for_a_pass_of_each(passes: Sequence[Synchronized[int]]) -> None:
+    """Return once every pruner has finished one more pass than it had on the call."""
+    before = [p.value for p in passes]
+    deadline = time.monotonic() + PASS_WAIT_SECONDS
+    while any(p.value <= b for p, b in zip(passes, before, strict=True)):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"a pruner made no pass in {PASS_WAIT_SECONDS} s: {before}")
+        time.sleep(0.001)
+
+
+def _saver(
+    root: str,
+    log_path: str,
+    start: Barrier,
+    passes: Sequence[Synchronized[int]],
+    done: Event,
+) -> None:
+    """Commit SAVES checkpoints of two seeds, then seed 1's phase_end, and set ``done``.
 
     Each committed zip is logged with its mtime (the interrupt rule looks at it), taken under
     the folder lock: right after, a pruner may delete it.
@@ -71,8 +95,7 @@ def _saver(root: str, log_path: str, start: Barrier) -> None:
             log.flush()
 
         start.wait()
-        deadline = time.time() + SAVE_SECONDS
-        while time.time() < deadline:
+        while step < SAVES:
             step += 1
             seed = 1 + step % 2
             event = "periodic"
@@ -81,22 +104,24 @@ def _saver(root: str, log_path: str, start: Barrier) -> None:
             if step in (9, 10):
                 event = "interrupt"  # one for each seed; only seed 1's gets resolved
             save(event, seed)
+            if step % PASS_EVERY == 0:
+                _wait_for_a_pass_of_each(passes)
         step += 1
         save("phase_end", 1)
+    done.set()
 
 
-def _pruner(root: str, start: Barrier, out: str) -> None:
+def _pruner(root: str, start: Barrier, passes: Synchronized[int], done: Event) -> None:
+    """Prune until the saver is done, counting the passes."""
     registry = Registry(root)
     folder = CONFIG.checkpoint_dir(1, "NQ", root)
-    passes = 0
     start.wait()
-    deadline = time.time() + SAVE_SECONDS
-    while time.time() < deadline:
+    while not done.is_set():
         report = prune_folder(folder, RETENTION, registry=registry)
         if report.errors:
             raise RuntimeError(f"prune errors: {report.errors}")
-        passes += 1
-    Path(out).write_text(str(passes))
+        with passes.get_lock():
+            passes.value += 1
 
 
 @pytest.mark.slow
@@ -106,24 +131,23 @@ def test_two_pruners_and_a_saver(tmp_path: Path) -> None:
     folder.mkdir(parents=True)
     log_path = tmp_path / "saved.txt"
     ctx = multiprocessing.get_context("spawn")
-    start = ctx.Barrier(3)  # the clock starts when all three are up
-    procs = [ctx.Process(target=_saver, args=(str(root), str(log_path), start))]
-    procs += [
-        ctx.Process(target=_pruner, args=(str(root), start, str(tmp_path / f"p{i}")))
-        for i in range(2)
-    ]
+    start = ctx.Barrier(3)  # the saving starts when all three are up
+    passes = [ctx.Value("i", 0) for _ in range(2)]
+    done = ctx.Event()
+    procs = [ctx.Process(target=_saver, args=(str(root), str(log_path), start, passes, done))]
+    procs += [ctx.Process(target=_pruner, args=(str(root), start, p, done)) for p in passes]
     for p in procs:
         p.start()
     try:
         for p in procs:
-            p.join(timeout=60)
+            p.join(timeout=120)
     finally:
         for p in procs:
             if p.is_alive():
                 p.kill()
     assert [p.exitcode for p in procs] == [0, 0, 0]
-    passes = [int((tmp_path / f"p{i}").read_text()) for i in range(2)]
-    assert min(passes) > 5, passes  # both pruners really ran many passes
+    # Both pruners passed over the folder while it was being saved into.
+    assert min(p.value for p in passes) >= SAVES // PASS_EVERY, [p.value for p in passes]
 
     committed: list[CheckpointInfo] = []
     for line in log_path.read_text().splitlines():
@@ -131,7 +155,7 @@ def test_two_pruners_and_a_saver(tmp_path: Path) -> None:
         name = parse_name(filename)
         assert isinstance(name, CheckpointName)
         committed.append(CheckpointInfo(folder / filename, name, 0, float(mtime)))
-    assert len(committed) > 30, len(committed)
+    assert len(committed) == SAVES + 1
     reasons = build_policy(RETENTION).explain(committed)
     must_keep = {info.path.name for info, why in zip(committed, reasons, strict=True) if why}
     interrupts = {i.name.seed: i.path.name for i in committed if i.name.event == "interrupt"}

@@ -178,6 +178,24 @@ def make_callback(manager: Any, **kw: Any) -> Any:
     return MetricTrackingEvalCallback(manager, make_eval_env(), n_eval_episodes=2, **kw)
 
 
+class ScriptedEvaluator:
+    """An ``evaluator=`` for the callback whose metrics are known in advance.
+
+    The i-th evaluation returns ``script[i]`` (the last entry again once the script runs out)
+    without playing an episode, and ``timesteps`` records the step of each evaluation.
+    """
+
+    def __init__(self, script: Sequence[Mapping[str, float]]) -> None:
+        if not script:
+            raise ValueError("a script of at least one evaluation is needed")
+        self.script = [dict(metrics) for metrics in script]
+        self.timesteps: list[int] = []
+
+    def __call__(self, model: Any, env: Any, n_episodes: int) -> dict[str, float]:
+        self.timesteps.append(int(model.num_timesteps))
+        return dict(self.script[min(len(self.timesteps), len(self.script)) - 1])
+
+
 # --------------------------------------------------------------------------- folder checks
 
 

@@ -2,8 +2,9 @@
 
 The storm: ``KILLS`` times in a row, a real training process (``train_script.py``, retention
 on) resumes from the newest checkpoint of the folder (fresh while there is none) and is
-SIGKILLed after a random delay: while starting, loading, evaluating, training, snapshotting,
-writing, committing or pruning. The delays come from a seeded RNG; the seed is printed and
+SIGKILLed after a random delay after its start, its first evaluation or its first commit (in
+turn): while starting, loading, evaluating, training, snapshotting, writing, committing or
+pruning. The delays come from a seeded RNG; the seed is printed and
 ``RELIABILITY_SEED=<seed>`` replays them. Then one more resumed run per stage of a commit is
 killed exactly there (``train_script.py --kill-at-replace``, as in
 ``tests/integration/test_crash_consistency.py``), the last one leaving the temporaries of a
@@ -54,10 +55,13 @@ from tests.training_processes import Child
 pytestmark = pytest.mark.reliability
 
 KILLS = 50
-# Half of the kills come up to MAX_DELAY seconds after the run starts (most of them while it
-# starts up and loads), half up to MAX_DELAY seconds after its first evaluation (READY), when
-# it saves every ~0.25 s: writes, commits and prunes.
+# Each kill comes up to MAX_DELAY seconds after one of these moments of the run, in turn: its
+# start (most of those kills hit start-up and loading), its first evaluation (READY; from then
+# on it writes, commits and prunes), and its first commit, so that runs of the storm resume
+# from checkpoints on any machine, however slow.
+ANCHORS = ("READY", "its first commit", "the start")
 MAX_DELAY = 1.2
+SAVED = "INFO:checkpointing.manager:saved "  # train_script's log line after each commit
 # The last stage leaves temporaries behind for the final retention pass to sweep.
 STAGE_ORDER = ("after_zip_rename", "after_json_rename", "after_pkl_rename", "temps_written")
 FINAL_STEPS = 512
@@ -144,14 +148,15 @@ def test_a_crash_storm_on_one_folder_loses_nothing(
 
     with fault_log.tries("SIGKILL at a random moment, 50 in a row on one folder") as t:
         for kill in range(1, KILLS + 1):
-            after_ready = rng.random() < 0.5
+            anchor = ANCHORS[(kill - 1) % len(ANCHORS)]
             delay = rng.uniform(0.0, MAX_DELAY)
-            when = f"{delay:.2f}s after {'READY' if after_ready else 'the start'}"
-            with t.attempt(f"kill {kill}, {when} (seed {seed})"):
+            with t.attempt(f"kill {kill}, {delay:.2f}s after {anchor} (seed {seed})"):
                 child = storm.start()
                 try:
-                    if after_ready:
+                    if anchor == "READY":
                         child.wait_for_line("READY")
+                    elif anchor == "its first commit":
+                        child.wait_for_line(SAVED, stderr=True)
                     time.sleep(delay)  # the fault's timing, not a synchronisation
                     running = child.returncode is None
                 finally:  # also after a slow start: nothing may train on into the next kill
@@ -160,7 +165,9 @@ def test_a_crash_storm_on_one_folder_loses_nothing(
                 assert running, f"ended before the kill\n{child.diagnostics()}"
                 assert child.returncode == -signal.SIGKILL, child.diagnostics()
                 storm.check()
-        assert max(storm.resumed_from) > 0, "no run of the storm got as far as a checkpoint"
+        # Every run after the second kill resumes from a checkpoint: at least the one the second
+        # run committed before it was killed.
+        assert min(storm.resumed_from[2:]) > 0, storm.resumed_from
 
     with fault_log.tries("SIGKILL at each stage of a commit, same folder") as t:
         for stage in STAGE_ORDER:

@@ -1,8 +1,9 @@
 """A real disk that fills up under a training run costs no checkpoint and does not stop training.
 
 Each test mounts its own small tmpfs as the models root (``tests/tmpfs.py``; skipped with the
-reason where mounting is not permitted) and runs real training processes on it
-(``train_script.py``, policy sized so that a checkpoint takes ~180 KB).
+reason where mounting is not permitted, failed with it under ``CI=true``) and runs real
+training processes on it (``train_script.py``, policy sized so that a checkpoint takes
+~180 KB).
 
 - *The disk guard*: a run fills the tmpfs down to the ``min_disk_space_gb`` floor; from then on
   its periodic/best saves are skipped, each with a warning naming the save and its step. The

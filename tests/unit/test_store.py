@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import math
 import os
@@ -9,12 +11,14 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import checkpointing.store as store
 from checkpointing.cleanup import delete_checkpoint, delete_checkpoints, sweep
 from checkpointing.errors import CheckpointCorruptError
-from checkpointing.files import temp_name
+from checkpointing.files import parse_temp_name, temp_name
 from checkpointing.metadata import read_checkpoint_metadata, write_checkpoint_metadata
 from checkpointing.naming import format_checkpoint_name
 from checkpointing.store import (
@@ -273,3 +277,116 @@ def test_bulk_delete_reports_errors_per_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not a checkpoint name"):
         delete_checkpoints([CheckpointInfo(not_a_dir, infos[0].name, 0, 0.0)])
     assert not_a_dir.exists()
+
+
+# ----------------------------------------------------------------------- commit order and failures
+
+PKL, JSON, ZIP = "_vecnormalize.pkl", "_metadata.json", ".zip"
+# Where a commit can fail -> (suffixes renamed into place before the failure: these are the
+# companions without a zip the protocol allows, and what sweep must remove).
+FAILURE_STEPS = {
+    "write zip": (),
+    "write pkl": (),
+    "write json": (),
+    "rename pkl": (),
+    "rename json": (PKL,),
+    "rename zip": (PKL, JSON),
+}
+
+
+def _kind(name: str) -> str:
+    return next(s for s in (PKL, JSON, ZIP) if name.endswith(s))
+
+
+def _folder_locked(folder: Path) -> bool:
+    """Whether someone holds the folder lock (a second open file cannot take it)."""
+    fd = os.open(folder / ".checkpoint.lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def _temp_target(name: str) -> str | None:
+    parsed = parse_temp_name(name)
+    return None if parsed is None else parsed[0]
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.name != ".checkpoint.lock"}
+
+
+def test_commit_renames_pkl_then_json_then_zip_under_the_lock_then_fsyncs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    steps: list[tuple[str, bool]] = []  # (what, under the folder lock)
+    real_replace, real_fsync_dir = os.replace, store.fsync_dir
+
+    def replace(src: Any, dst: Any) -> None:
+        steps.append((_kind(os.fspath(dst)), _folder_locked(tmp_path)))
+        real_replace(src, dst)
+
+    def fsync_dir(folder: Path) -> None:
+        steps.append(("fsync folder", _folder_locked(tmp_path)))
+        real_fsync_dir(folder)
+
+    monkeypatch.setattr(store.os, "replace", replace)
+    monkeypatch.setattr(store, "fsync_dir", fsync_dir)
+    path = commit(tmp_path, 100)
+    assert steps == [(PKL, True), (JSON, True), (ZIP, True), ("fsync folder", True)]
+    verify_checkpoint(path)
+
+
+@pytest.mark.parametrize("step", list(FAILURE_STEPS))
+def test_a_commit_failing_at_any_step_leaves_the_folder_as_the_protocol_allows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    old = commit(tmp_path, 100)
+    before = _files(tmp_path)
+    new_name = format_checkpoint_name("NQ", 200, "periodic", 0.7, 1.5, 42)
+    new_base = new_name[: -len(ZIP)]
+    action, kind = step.split()
+    failing_kind = {"zip": ZIP, "pkl": PKL, "json": JSON}[kind]
+    disk_full = OSError(errno.ENOSPC, "No space left on device (injected)")
+
+    def write_zip(tmp: Path) -> None:
+        tmp.write_bytes(b"PK-partial" if action == "write" and kind == "zip" else b"PK-new")
+        if action == "write" and kind == "zip":
+            raise disk_full
+
+    real_write_durable, real_replace = store.write_durable, os.replace
+
+    def write_durable(path: Path, data: bytes) -> None:
+        if action == "write" and _temp_target(path.name) == new_base + failing_kind:
+            path.write_bytes(data[: len(data) // 2])  # half written, then the disk is full
+            raise disk_full
+        real_write_durable(path, data)
+
+    def replace(src: Any, dst: Any) -> None:
+        if action == "rename" and os.path.basename(dst) == new_base + failing_kind:
+            raise disk_full
+        real_replace(src, dst)
+
+    monkeypatch.setattr(store, "write_durable", write_durable)
+    monkeypatch.setattr(store.os, "replace", replace)
+    with pytest.raises(OSError) as err:
+        commit_files(tmp_path, new_name, write_zip, b"new stats", {"schema_version": "2.0"})
+    assert err.value is disk_full
+    monkeypatch.undo()
+
+    # No temporary is left, the new checkpoint does not exist, the old one is byte-identical.
+    after = _files(tmp_path)
+    assert [n for n in after if _temp_target(n) is not None] == []
+    assert [i.path for i in list_checkpoints(tmp_path)] == [old]
+    assert {n: after[n] for n in before} == before
+    verify_checkpoint(old)
+    # Beyond that, only the companions renamed before the failure, which sweep removes.
+    orphans = sorted(new_base + s for s in FAILURE_STEPS[step])
+    assert sorted(set(after) - set(before)) == orphans
+    with folder_lock(tmp_path):
+        report = sweep(tmp_path)
+    assert sorted(p.name for p in report.orphans) == orphans
+    assert _files(tmp_path) == before
