@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from checkpointing.errors import CheckpointCorruptError
 from checkpointing.metadata import read_checkpoint_metadata
-from checkpointing.naming import VECNORM_SUFFIX, CheckpointName, parse_name
+from checkpointing.naming import VECNORM_SUFFIX, CheckpointName, LegacyName, parse_name
 from checkpointing.safe_pickle import UnsafePickleError, safe_loads, safe_zip_objects
 from checkpointing.store import verify_checkpoint
 
