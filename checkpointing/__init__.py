@@ -28,6 +28,7 @@ __all__ = [
     "load_config",
     "parse_checkpoint_filename",
     "read_checkpoint_metadata",
+    "run_to_continue",
     "verify_checkpoint",
     "write_checkpoint_metadata",
 ]
@@ -51,6 +52,7 @@ _WHERE = {
     "learn_with_checkpoints": "callback",
     "LoadedCheckpoint": "loading",
     "find_resume_checkpoint": "selection",
+    "run_to_continue": "selection",
     "load_checkpoint": "loading",
     "CheckpointRetentionManager": "summary",
 }
@@ -71,7 +73,7 @@ if TYPE_CHECKING:
         format_checkpoint_name,
         parse_checkpoint_filename,
     )
-    from checkpointing.selection import find_resume_checkpoint
+    from checkpointing.selection import find_resume_checkpoint, run_to_continue
     from checkpointing.store import list_checkpoints, verify_checkpoint
     from checkpointing.summary import CheckpointRetentionManager
 

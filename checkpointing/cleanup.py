@@ -8,7 +8,6 @@ zip. Call both under :func:`checkpointing.store.folder_lock`.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import stat
@@ -169,28 +168,48 @@ def sweep(
 
     Foreign files, symlinks and folders are never touched.
     """
-    report = SweepReport()
     now = time.time() if now is None else now
     try:
         with os.scandir(folder) as it:
             entries = list(it)
     except FileNotFoundError:
-        return report
+        return SweepReport()
+    report = _leftovers(entries, grace_seconds, now)
+    if not dry_run:
+        for path in [*report.temporaries, *report.orphans]:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("could not remove leftover %s: %s", path, exc)
+    for path in report.temporaries:
+        log.info("swept temporary %s", path)
+    for path in report.orphans:
+        log.info("swept orphan companion %s", path)
+    return report
+
+
+def _orphan_of(name: str, names: set[str]) -> bool:
+    """Whether ``name`` is a companion of a v2 checkpoint whose zip is not in ``names``."""
+    for suffix in (VECNORM_SUFFIX, METADATA_SUFFIX):
+        if name.endswith(suffix):
+            zip_name = name[: -len(suffix)] + ".zip"
+            return zip_name not in names and isinstance(parse_name(zip_name), CheckpointName)
+    return False
+
+
+def _leftovers(entries: list[os.DirEntry[str]], grace_seconds: float, now: float) -> SweepReport:
+    """The stale temporaries and orphan companions among a folder's entries (regular files)."""
+    report = SweepReport()
     names = {e.name for e in entries}
     for entry in entries:
         # Cheap name checks first: a folder of 10,000 checkpoints has 30,000 entries, most of
         # them zips and companions of live checkpoints.
         name = entry.name
         m = TEMP_RE.match(name) if name.startswith(".") else None
-        if m is None:
-            if name.endswith(VECNORM_SUFFIX):
-                zip_name = name[: -len(VECNORM_SUFFIX)] + ".zip"
-            elif name.endswith(METADATA_SUFFIX):
-                zip_name = name[: -len(METADATA_SUFFIX)] + ".zip"
-            else:
-                continue
-            if zip_name in names or not isinstance(parse_name(zip_name), CheckpointName):
-                continue
+        if m is None and not _orphan_of(name, names):
+            continue
         try:
             st = entry.stat(follow_symlinks=False)
         except FileNotFoundError:
@@ -199,21 +218,8 @@ def sweep(
             continue
         if m is None:
             report.orphans.append(Path(entry.path))
-        else:
-            owner_gone = m["host"] == HOST and not pid_alive(int(m["pid"]))
-            if owner_gone or now - st.st_mtime > grace_seconds:
-                report.temporaries.append(Path(entry.path))
-    if not dry_run:
-        for path in [*report.temporaries, *report.orphans]:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                if exc.errno != errno.ENOENT:
-                    log.warning("could not remove leftover %s: %s", path, exc)
-    for path in report.temporaries:
-        log.info("swept temporary %s", path)
-    for path in report.orphans:
-        log.info("swept orphan companion %s", path)
+            continue
+        owner_gone = m["host"] == HOST and not pid_alive(int(m["pid"]))
+        if owner_gone or now - st.st_mtime > grace_seconds:
+            report.temporaries.append(Path(entry.path))
     return report

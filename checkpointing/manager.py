@@ -22,9 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 from checkpointing.cleanup import sweep
 from checkpointing.config import CheckpointConfig, load_config
+from checkpointing.disk import (
+    METADATA_ROOM,
+    DiskGuard,
+    checkpoint_bytes_on_disk,
+    estimated_checkpoint_bytes,
+)
 from checkpointing.errors import ConfigError
 from checkpointing.files import link_or_copy
-from checkpointing.loading import vecnormalize_path_for
 from checkpointing.metadata import build_metadata
 from checkpointing.naming import (
     BOUNDARY_PREFIX,
@@ -37,6 +42,7 @@ from checkpointing.naming import (
 )
 from checkpointing.publish import publish
 from checkpointing.ranking import METRICS
+from checkpointing.run_state import STATE_VERSION, RunState
 from checkpointing.schedule import AdaptiveSchedule
 from checkpointing.selection import checkpoints_of
 from checkpointing.snapshot import ModelSnapshot, take_snapshot
@@ -52,7 +58,6 @@ __all__ = ["DynamicCheckpointManager", "SaveOutcome"]
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 1
 BEST_MODEL = "best_model"
 # The run's own metadata fields besides run_id (a Tune trial's experiment and trial id, the
 # checkpoint a run started from).
@@ -72,22 +77,6 @@ class SaveOutcome:
     @property
     def ok(self) -> bool:
         return self.skipped is None and self.error is None and bool(self.paths)
-
-
-@dataclass
-class _State:
-    next_save_step: int = 0
-    saves: int = 0
-    saves_by_event: dict[str, int] = field(default_factory=dict)
-    skipped_saves: int = 0
-    failed_saves: int = 0
-    fired_boundaries: list[str] = field(default_factory=list)
-    best_val_reward: float = -math.inf
-    elapsed_seconds: float = 0.0
-    last_metrics: dict[str, float] = field(default_factory=dict)
-    last_metrics_timesteps: int | None = None
-    saves_since_prune: int = 0
-    last_checkpoint: str | None = None
 
 
 class DynamicCheckpointManager:
@@ -164,10 +153,8 @@ class DynamicCheckpointManager:
         self.pruner = pruner
         use_async = self.config.performance.async_saves if async_saves is None else async_saves
         self.writer = AsyncWriter(enabled=use_async)
-        self.state = _State(next_save_step=self.schedule.next_after(0))
-        self._expected_bytes: int | None = None
-        self._free_bytes_seen: int | None = None  # at the last disk check
-        self._zip_compression: tuple[str, int] | None = None
+        self.state = RunState(next_save_step=self.schedule.next_after(0))
+        self.disk = DiskGuard(self.folder, self.config.performance, self._prune_now)
         self._buffers: dict[tuple[Any, ...], Any] = {}
         self._state_lock = threading.Lock()
         self._swept = False
@@ -224,7 +211,6 @@ class DynamicCheckpointManager:
 
     def state_dict(self) -> dict[str, Any]:
         """The manager's own state, stored in every checkpoint's metadata."""
-        s = self.state
         return {
             "version": STATE_VERSION,
             "phase": self.phase,
@@ -232,46 +218,15 @@ class DynamicCheckpointManager:
             "seed": self.seed,
             "run_id": self.run_id,
             "target_timesteps": self.target_timesteps,
-            "next_save_step": s.next_save_step,
-            "saves": s.saves,
-            "saves_by_event": dict(s.saves_by_event),
-            "skipped_saves": s.skipped_saves,
-            "failed_saves": s.failed_saves,
-            "fired_boundaries": list(s.fired_boundaries),
+            **self.state.to_dict(),
             "bests": self.tracker.state(),
-            "best_val_reward": s.best_val_reward if math.isfinite(s.best_val_reward) else None,
-            "elapsed_seconds": s.elapsed_seconds,
-            "last_metrics": dict(s.last_metrics),
-            "last_metrics_timesteps": s.last_metrics_timesteps,
-            "saves_since_prune": s.saves_since_prune,
-            "last_checkpoint": s.last_checkpoint,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned (on resume): next save, bests, counters."""
-        if not isinstance(state, Mapping) or state.get("version") != STATE_VERSION:
-            raise ValueError(f"unsupported checkpoint callback state: {state!r:.200}")
-        s = self.state
-        s.next_save_step = int(state["next_save_step"])
-        s.saves = int(state.get("saves", 0))
-        s.saves_by_event = {
-            str(k): int(v) for k, v in dict(state.get("saves_by_event", {})).items()
-        }
-        s.skipped_saves = int(state.get("skipped_saves", 0))
-        s.failed_saves = int(state.get("failed_saves", 0))
-        s.fired_boundaries = [str(b) for b in state.get("fired_boundaries", [])]
+        """Restore what :meth:`state_dict` returned (on resume): next save, bests, counters.
+        The run id stays this manager's (see :func:`checkpointing.selection.run_to_continue`)."""
+        self.state = RunState.from_dict(state)
         self._boundaries_quiet_until = 0
-        best_val = state.get("best_val_reward")
-        s.best_val_reward = float(best_val) if best_val is not None else -math.inf
-        s.elapsed_seconds = float(state.get("elapsed_seconds", 0.0))
-        s.last_metrics = {
-            str(k): (math.nan if v is None else float(v))
-            for k, v in dict(state.get("last_metrics", {})).items()
-        }
-        lmt = state.get("last_metrics_timesteps")
-        s.last_metrics_timesteps = None if lmt is None else int(lmt)
-        s.saves_since_prune = int(state.get("saves_since_prune", 0))
-        s.last_checkpoint = state.get("last_checkpoint")
         self.tracker.load({k: v for k, v in dict(state.get("bests", {})).items() if v is not None})
 
     # ------------------------------------------------------------------ saving
@@ -301,78 +256,34 @@ class DynamicCheckpointManager:
         if metrics is None:
             metrics, metrics_timesteps = self.state.last_metrics, self.state.last_metrics_timesteps
         outcome = SaveOutcome(tuple(names), timesteps)
-        # Periodic bookkeeping happens now, so the state stored with this checkpoint (and any
-        # resume from it) already points at the next save.
-        if "periodic" in names:
-            self.state.next_save_step = self.schedule.next_after(timesteps)
-        for name in names:
-            if name.startswith(BOUNDARY_PREFIX):
-                self.state.fired_boundaries.append(name[len(BOUNDARY_PREFIX) :])
-        urgent = any(n in ("interrupt", "phase_end") for n in names)
-        if self._expected_bytes is None:  # no save of this run written yet
-            self._expected_bytes = self._newest_saved_bytes() or _estimated_checkpoint_bytes(model)
-        shortage = self._disk_shortage()
-        if shortage is not None and not urgent:
-            self.state.skipped_saves += 1
-            outcome.skipped = shortage
-            log.warning(
-                "skipping %s save at %d steps of %s seed %d: %s (%d skipped so far)",
-                "+".join(names),
-                timesteps,
-                self.market,
-                self.seed,
-                shortage,
-                self.state.skipped_saves,
-            )
+        self._advance_schedule(names, timesteps)
+        if self.disk.expected_bytes is None:  # no save of this run written yet
+            self.disk.expect(self._first_save_bytes(model))
+        if self._skipped_for_disk(outcome):
             done: Future[SaveOutcome] = Future()
             done.set_result(outcome)
             return done
-        if shortage is not None:
-            log.warning("%s; trying the %s save anyway", shortage, "+".join(names))
+        prune_now = self._count_save(names)
 
-        self.state.saves += 1
-        for name in names:
-            kind = "phase_boundary" if name.startswith(BOUNDARY_PREFIX) else name
-            self.state.saves_by_event[kind] = self.state.saves_by_event.get(kind, 0) + 1
-        self.state.saves_since_prune += 1
-        prune_now = self.state.saves_since_prune >= self.config.retention.prune_frequency
-        if prune_now:
-            self.state.saves_since_prune = 0
-
-        clean_metrics = {k: float(v) for k, v in (metrics or {}).items() if _is_number(v)}
-        val = clean_metrics.get("val_reward", math.nan)
-        sharpe = clean_metrics.get("sharpe_ratio", math.nan)
+        clean = {k: float(v) for k, v in (metrics or {}).items() if _is_number(v)}
+        val = clean.get("val_reward", math.nan)
         checkpoint_names = [
-            CheckpointName(self.market, timesteps, name, val, sharpe, self.seed, self.run_id)
+            CheckpointName(
+                self.market,
+                timesteps,
+                name,
+                val,
+                clean.get("sharpe_ratio", math.nan),
+                self.seed,
+                self.run_id,
+            )
             for name in names
         ]
         self.state.last_checkpoint = checkpoint_names[0].filename
-        callback_state = self.state_dict()
-        llm: dict[str, float | int] = {
-            k: int(clean_metrics[k]) if k.endswith("_count") else clean_metrics[k]
-            for k in self.config.llm_metadata
-            if k in clean_metrics and math.isfinite(clean_metrics[k])
-        }
-        other = {k: v for k, v in clean_metrics.items() if k not in METRICS and k not in llm}
-        documents = [
-            build_metadata(
-                name=cname,
-                phase=self.phase,
-                metrics={
-                    **{k: clean_metrics[k] for k in METRICS if k in clean_metrics},
-                    **other,
-                },
-                metrics_timesteps=metrics_timesteps,
-                runtime={"algorithm": type(model).__name__, **dict(runtime or {})},
-                llm=llm if self.phase == 3 or llm else None,
-                improved_metrics=list(improved) if cname.event == "best" else [],
-                callback_state=callback_state,
-                extra=self.run_info,
-            )
-            for cname in checkpoint_names
-        ]
-
-        compression = self._choose_compression()
+        documents = self._documents(
+            checkpoint_names, clean, metrics_timesteps, improved, type(model).__name__, runtime
+        )
+        compression = self.disk.compression()
 
         # One save in flight: the previous snapshot is written before its buffers are reused.
         self.writer.flush()
@@ -382,17 +293,7 @@ class DynamicCheckpointManager:
             try:
                 self._write(snapshot, checkpoint_names, documents, outcome, val, compression)
             except BaseException as exc:
-                outcome.error = exc
-                with self._state_lock:
-                    self.state.failed_saves += 1
-                if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-                    log.warning(
-                        "disk full while saving %s: nothing was committed, older checkpoints "
-                        "are intact, training goes on",
-                        checkpoint_names[0].filename,
-                    )
-                else:
-                    log.error("saving %s failed: %r", checkpoint_names[0].filename, exc)
+                self._failed(outcome, exc, checkpoint_names[0].filename)
                 return outcome
             if prune_now and self.pruner is not None:
                 self._prune(f"every {self.config.retention.prune_frequency} saves")
@@ -402,6 +303,95 @@ class DynamicCheckpointManager:
         if wait:
             self.writer.flush()
         return future
+
+    def _advance_schedule(self, names: Sequence[str], timesteps: int) -> None:
+        """Periodic and boundary bookkeeping, done before the save so that the state stored
+        with this checkpoint (and any resume from it) already points at the next save."""
+        if "periodic" in names:
+            self.state.next_save_step = self.schedule.next_after(timesteps)
+        for name in names:
+            if name.startswith(BOUNDARY_PREFIX):
+                self.state.fired_boundaries.append(name[len(BOUNDARY_PREFIX) :])
+
+    def _skipped_for_disk(self, outcome: SaveOutcome) -> bool:
+        """The disk guard: True (and the outcome says why) when a periodic or best save is
+        skipped for lack of room; interrupt and phase_end saves are tried anyway."""
+        shortage = self.disk.shortage()
+        if shortage is None:
+            return False
+        events = "+".join(outcome.events)
+        if any(n in ("interrupt", "phase_end") for n in outcome.events):
+            log.warning("%s; trying the %s save anyway", shortage, events)
+            return False
+        self.state.skipped_saves += 1
+        outcome.skipped = shortage
+        log.warning(
+            "skipping %s save at %d steps of %s seed %d: %s (%d skipped so far)",
+            events,
+            outcome.timesteps,
+            self.market,
+            self.seed,
+            shortage,
+            self.state.skipped_saves,
+        )
+        return True
+
+    def _count_save(self, names: Sequence[str]) -> bool:
+        """Count a save (per event kind too); True when retention is due after it."""
+        self.state.saves += 1
+        for name in names:
+            kind = "phase_boundary" if name.startswith(BOUNDARY_PREFIX) else name
+            self.state.saves_by_event[kind] = self.state.saves_by_event.get(kind, 0) + 1
+        self.state.saves_since_prune += 1
+        if self.state.saves_since_prune < self.config.retention.prune_frequency:
+            return False
+        self.state.saves_since_prune = 0
+        return True
+
+    def _documents(
+        self,
+        names: Sequence[CheckpointName],
+        metrics: Mapping[str, float],
+        metrics_timesteps: int | None,
+        improved: Sequence[str],
+        algorithm: str,
+        runtime: Mapping[str, Any] | None,
+    ) -> list[dict[str, Any]]:
+        """The metadata of each checkpoint of one save (they differ only in their event)."""
+        callback_state = self.state_dict()
+        llm: dict[str, float | int] = {
+            k: int(metrics[k]) if k.endswith("_count") else metrics[k]
+            for k in self.config.llm_metadata
+            if k in metrics and math.isfinite(metrics[k])
+        }
+        other = {k: v for k, v in metrics.items() if k not in METRICS and k not in llm}
+        return [
+            build_metadata(
+                name=cname,
+                phase=self.phase,
+                metrics={**{k: metrics[k] for k in METRICS if k in metrics}, **other},
+                metrics_timesteps=metrics_timesteps,
+                runtime={"algorithm": algorithm, **dict(runtime or {})},
+                llm=llm if self.phase == 3 or llm else None,
+                improved_metrics=list(improved) if cname.event == "best" else [],
+                callback_state=callback_state,
+                extra=self.run_info,
+            )
+            for cname in names
+        ]
+
+    def _failed(self, outcome: SaveOutcome, exc: BaseException, filename: str) -> None:
+        outcome.error = exc
+        with self._state_lock:
+            self.state.failed_saves += 1
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            log.warning(
+                "disk full while saving %s: nothing was committed, older checkpoints are "
+                "intact, training goes on",
+                filename,
+            )
+        else:
+            log.error("saving %s failed: %r", filename, exc)
 
     def _write(
         self,
@@ -441,8 +431,8 @@ class DynamicCheckpointManager:
             outcome.paths.append(path)
             if first is None:
                 first = path
-                self._expected_bytes = (
-                    path.stat().st_size + len(snapshot.vecnormalize or b"") + _METADATA_ROOM
+                self.disk.expect(
+                    path.stat().st_size + len(snapshot.vecnormalize or b"") + METADATA_ROOM
                 )
                 log.info("saved %s", path)
         assert first is not None
@@ -457,73 +447,27 @@ class DynamicCheckpointManager:
 
     # ------------------------------------------------------------------ disk
 
-    def _choose_compression(self) -> tuple[str, int]:
-        """``performance.compression`` for this save; adaptive uses the last disk check."""
-        performance = self.config.performance
-        chosen = performance.zip_compression(self._free_bytes_seen)
-        if performance.compression == "adaptive" and chosen != self._zip_compression:
-            free = self._free_bytes_seen
-            log.info(
-                "%s: %.1f GB free (compress_below_free_gb %.1f): checkpoint zips %s",
-                self.folder,
-                (free or 0) / 1e9,
-                performance.compress_below_free_gb,
-                "stored" if chosen[0] == "stored" else f"deflated at level {chosen[1]}",
-            )
-        self._zip_compression = chosen
-        return chosen
-
-    def _free_bytes(self) -> int:
-        import psutil
-
-        probe = self.folder
-        while not probe.exists() and probe != probe.parent:
-            probe = probe.parent
-        return int(psutil.disk_usage(os.fspath(probe)).free)
-
-    def _newest_saved_bytes(self) -> int | None:
-        """The size of this run's newest checkpoint already in the folder (a resumed run),
-        else of the checkpoint the run started from, as the guess for the run's first save;
-        None when there is neither. Closer than the model's guess, which leaves room for an
-        uncompressed zip."""
+    def _first_save_bytes(self, model: BaseAlgorithm) -> int:
+        """The expected size of the run's first save: its newest checkpoint in the folder (a
+        resumed run), else the checkpoint it started from, else the model's guess (which
+        leaves room for an uncompressed zip)."""
         try:
             mine = checkpoints_of(self.folder, self.seed, self.market, self.run_id)
         except OSError:  # an unreadable folder: guess from the model instead
             mine = []
         if mine:
-            zip_path = mine[-1].path  # oldest first
+            size = checkpoint_bytes_on_disk(mine[-1].path)  # oldest first
         elif "started_from" in self.run_info:
-            zip_path = self.models_root / str(self.run_info["started_from"])
+            size = checkpoint_bytes_on_disk(self.models_root / str(self.run_info["started_from"]))
         else:
-            return None
-        try:
-            size = zip_path.stat().st_size
-        except OSError:  # gone since the listing
-            return None
-        try:
-            pkl = vecnormalize_path_for(zip_path).stat().st_size
-        except FileNotFoundError:  # saved without VecNormalize
-            pkl = 0
-        except OSError:
-            return None
-        return size + pkl + _METADATA_ROOM
+            size = None
+        return size or estimated_checkpoint_bytes(model)
 
-    def _disk_shortage(self) -> str | None:
-        """None when there is room for one more checkpoint above the configured minimum."""
-        need = int(self.config.performance.min_disk_space_gb * 1e9) + (self._expected_bytes or 0)
-        free = self._free_bytes_seen = self._free_bytes()
-        if free >= need:
-            return None
+    def _prune_now(self, why: str) -> None:
+        """A retention pass before the next save (the disk guard asks when short of room)."""
         if self.pruner is not None:
             self.writer.flush()
-            self._prune("low disk space")
-            free = self._free_bytes_seen = self._free_bytes()
-            if free >= need:
-                return None
-        return (
-            f"low disk space on {self.folder}: {free / 1e6:,.1f} MB free, "
-            f"need {need / 1e6:,.1f} MB (min_disk_space_gb + one checkpoint)"
-        )
+            self._prune(why)
 
     def _prune(self, why: str) -> None:
         if self.pruner is None:
@@ -550,15 +494,6 @@ def _is_number(value: Any) -> bool:
     except (TypeError, ValueError):
         return False
     return not isinstance(value, bool)
-
-
-_METADATA_ROOM = 64 * 1024  # the metadata JSON and the file system's rounding, generously
-
-
-def _estimated_checkpoint_bytes(model: BaseAlgorithm) -> int:
-    """A checkpoint's size before one was written: float32 parameters and the optimizer's two
-    moments per parameter, plus room for the rest of the zip and the VecNormalize pkl."""
-    return sum(p.numel() for p in model.policy.parameters()) * 4 * 3 + 256 * 1024
 
 
 def _write_snapshot_zip(snapshot: ModelSnapshot, compress: bool, level: int, tmp: Path) -> None:

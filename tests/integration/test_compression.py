@@ -58,7 +58,7 @@ def _save(
     manager = DynamicCheckpointManager(
         replace(defaults, performance=performance), phase=1, market="NQ", seed=42, models_root=root
     )
-    monkeypatch.setattr(manager, "_free_bytes", lambda: free)
+    monkeypatch.setattr(manager.disk, "free_bytes", lambda: free)
     try:
         outcome = manager.save(model, venv, "periodic", metrics={"val_reward": 1.0}, wait=True)
         result = outcome.result()

@@ -30,7 +30,7 @@ from checkpointing import (
     read_checkpoint_metadata,
     verify_checkpoint,
 )
-from checkpointing.manager import _METADATA_ROOM, _estimated_checkpoint_bytes
+from checkpointing.disk import METADATA_ROOM, estimated_checkpoint_bytes
 from checkpointing.snapshot import ModelSnapshot
 from tests.integration.train_script import (
     SKIP_WARNING,
@@ -133,7 +133,7 @@ def test_a_resumed_run_on_a_nearly_full_disk_saves_when_one_checkpoint_fits(
     # checkpoint like that one (plus room for its metadata) and the model's guess for a
     # checkpoint (an uncompressed zip and slack).
     floor = int(MIN_FREE_GB * 1e9)
-    asked, guess = one + _METADATA_ROOM, _estimated_checkpoint_bytes(model)
+    asked, guess = one + METADATA_ROOM, estimated_checkpoint_bytes(model)
     room = (asked + guess) // 2
     assert asked < room < guess, (asked, guess)
     fill(small_tmpfs, floor + room)

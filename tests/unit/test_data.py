@@ -13,17 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tuner.trading.data import (
-    Bars,
-    DataError,
-    estimate_bars_per_year,
-    generate_synthetic,
-    infer_bar_interval,
-    load_bars,
-    load_ohlcv,
-    split_ranges,
-)
+from tuner.trading.bars import Bars, estimate_bars_per_year, infer_bar_interval, split_ranges
+from tuner.trading.data import DataError, load_bars
 from tuner.trading.markets import SplitSpec, load_markets
+from tuner.trading.ohlcv import load_ohlcv
+from tuner.trading.synthetic import generate_synthetic
 
 ROOT = Path(__file__).resolve().parents[2]
 MARKETS = load_markets(ROOT / "config" / "markets.yaml")

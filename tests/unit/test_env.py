@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
+from checkpointing.errors import ConfigError
 from tests.unit.data.handmade import make_bars, make_data, make_spec
-from tuner.trading.data import Bars
+from tuner.trading.bars import Bars
 from tuner.trading.env import EnvConfig, FuturesTradingEnv, MarketData
 from tuner.trading.features import FEATURE_NAMES, compute_features
-from tuner.trading.markets import ConfigError, load_markets
+from tuner.trading.markets import load_markets
 
 ROOT = Path(__file__).resolve().parents[2]
 MARKETS = load_markets(ROOT / "config" / "markets.yaml")

@@ -15,7 +15,6 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from tuner.trading.advisor import ADVISOR_METADATA_FIELDS, AdvisorCounters
-from tuner.trading.data import generate_synthetic
 from tuner.trading.env import EnvConfig, EpisodeStats, MarketData
 from tuner.trading.evaluation import (
     TRADING_METRICS,
@@ -24,6 +23,7 @@ from tuner.trading.evaluation import (
     summarize_episodes,
 )
 from tuner.trading.markets import load_markets
+from tuner.trading.synthetic import generate_synthetic
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = load_markets(ROOT / "config" / "markets.yaml")["ES"]

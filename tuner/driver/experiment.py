@@ -49,17 +49,47 @@ def run_experiment(opts: RunOptions, settings: Any) -> int:
     # before the first trial starts); the JSON and CSV loggers come from tuner.driver.result_logs.
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     import ray
-    from ray import tune
 
     from tuner.driver.progress import Progress, StopHandler
-    from tuner.driver.result_logs import result_loggers
-    from tuner.driver.trainable import StopFlag, TrialConfig, train_trial
+    from tuner.driver.trainable import StopFlag
 
     _init_ray(opts)
     progress = Progress()
     flag_name = f"stop-flag:{opts.name}"
     flag = ray.remote(num_cpus=0)(StopFlag).options(name=flag_name).remote()
     stopper = StopHandler(flag, progress)
+    n_trials = len(opts.markets) * len(opts.seeds)
+    print(
+        f"experiment {opts.name}: {n_trials} trials ({', '.join(opts.markets)} x seeds "
+        f"{', '.join(map(str, opts.seeds))}), phases {','.join(map(str, opts.phases))}",
+        flush=True,
+    )
+    print(f"checkpoints under {opts.models_root}, Tune results under {opts.experiment_dir}")
+    stopper.install()
+    try:
+        try:
+            tuner = _tuner(opts, flag_name, progress.callback)
+        except _CannotRestore as exc:
+            ray.shutdown()
+            return usage_error(exc)
+        tuner.fit()  # the outcome is read from the files below, as the browser reads it
+    finally:
+        stopper.restore()
+    ray.shutdown()  # every trial process is gone: their files are final
+    return _finish(opts, settings, stopper.signum)
+
+
+class _CannotRestore(Exception):
+    """Tune cannot restore the experiment (what the resume check cannot see)."""
+
+
+def _tuner(opts: RunOptions, flag_name: str, progress: Any) -> Any:
+    """A new Tuner of one trial per (market, seed), or the experiment restored (--resume)."""
+    from ray import tune
+
+    from tuner.driver.result_logs import result_loggers
+    from tuner.driver.trainable import TrialConfig, train_trial
+
     trainable = tune.with_resources(train_trial, {"cpu": opts.cpus_per_trial})
     trial = TrialConfig(
         market="",  # one trial per (market, seed): grid searches in the param space
@@ -74,60 +104,39 @@ def run_experiment(opts: RunOptions, settings: Any) -> int:
         stop_flag=flag_name,
     )
     param_space = trial.param_space(list(opts.markets), list(opts.seeds))
-    run_config = tune.RunConfig(
-        name=opts.name,
-        storage_path=os.fspath(opts.storage_path),
-        failure_config=tune.FailureConfig(max_failures=opts.max_failures),
-        # Every Tune checkpoint is a pointer of a few hundred bytes; keeping them all avoids
-        # the experiment-state snapshot Tune forces after num_to_keep checkpoints.
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
-        callbacks=[progress.callback, *result_loggers()],
-        verbose=0,
-    )
-    n_trials = len(opts.markets) * len(opts.seeds)
-    print(
-        f"experiment {opts.name}: {n_trials} trials ({', '.join(opts.markets)} x seeds "
-        f"{', '.join(map(str, opts.seeds))}), phases {','.join(map(str, opts.phases))}",
-        flush=True,
-    )
-    print(f"checkpoints under {opts.models_root}, Tune results under {opts.experiment_dir}")
-    stopper.install()
-    try:
-        if opts.resume:
-            try:
-                tuner = tune.Tuner.restore(
-                    os.fspath(opts.experiment_dir),
-                    trainable=trainable,
-                    param_space=param_space,
-                    resume_unfinished=True,
-                    resume_errored=True,
-                )
-            except Exception as exc:  # what check_resumable cannot see, e.g. a bad tuner.pkl
-                ray.shutdown()
-                return usage_error(
-                    f"--resume: Tune cannot restore experiment {opts.name!r} from "
-                    f"{os.fspath(opts.experiment_dir)} ({type(exc).__name__}: {exc}); start it "
-                    "again without --resume under another --name (checkpoints under "
-                    f"{os.fspath(opts.models_root)} are untouched)"
-                )
-        else:
-            tuner = tune.Tuner(
-                trainable,
+    if opts.resume:
+        try:
+            return tune.Tuner.restore(
+                os.fspath(opts.experiment_dir),
+                trainable=trainable,
                 param_space=param_space,
-                # A reused actor has torch and SB3 imported already: each trial after the
-                # first few starts in well under a second instead of paying ~5 s of imports.
-                tune_config=tune.TuneConfig(
-                    max_concurrent_trials=opts.max_concurrent, reuse_actors=True
-                ),
-                run_config=run_config,
+                resume_unfinished=True,
+                resume_errored=True,
             )
-        results = tuner.fit()
-    finally:
-        stopper.restore()
-
-    del results  # the outcome is read from the files, as the browser reads it
-    ray.shutdown()  # every trial process is gone: their files are final
-    return _finish(opts, settings, stopper.signum)
+        except Exception as exc:  # e.g. a tuner.pkl that unpickles into nonsense
+            raise _CannotRestore(
+                f"--resume: Tune cannot restore experiment {opts.name!r} from "
+                f"{os.fspath(opts.experiment_dir)} ({type(exc).__name__}: {exc}); start it "
+                "again without --resume under another --name (checkpoints under "
+                f"{os.fspath(opts.models_root)} are untouched)"
+            ) from None
+    return tune.Tuner(
+        trainable,
+        param_space=param_space,
+        # A reused actor has torch and SB3 imported already: each trial after the first few
+        # starts in well under a second instead of paying ~5 s of imports.
+        tune_config=tune.TuneConfig(max_concurrent_trials=opts.max_concurrent, reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=opts.name,
+            storage_path=os.fspath(opts.storage_path),
+            failure_config=tune.FailureConfig(max_failures=opts.max_failures),
+            # Every Tune checkpoint is a pointer of a few hundred bytes; keeping them all
+            # avoids the experiment-state snapshot Tune forces after num_to_keep checkpoints.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
+            callbacks=[progress, *result_loggers()],
+            verbose=0,
+        ),
+    )
 
 
 def _finish(opts: RunOptions, settings: Any, signum: int | None) -> int:

@@ -63,29 +63,9 @@ def options_from_args(args: argparse.Namespace) -> tuple[RunOptions, Any]:
     from tuner.training.settings import load_settings
 
     markets = [validate_market(m) for m in _split(args.markets, "markets")]
-    seeds: list[int] = []
-    for text in _split(args.seeds, "seeds"):
-        try:
-            value = int(text)
-        except ValueError:
-            raise ConfigError(f"--seeds must be integers, got {text!r}") from None
-        seeds.append(validate_seed(value))
+    seeds = _seeds(args.seeds)
     phases = parse_phases(args.phases) if args.phases else parse_phases(str(args.phase or 1))
-    if args.timesteps is not None and args.timesteps < 1:
-        raise ConfigError(f"--timesteps must be >= 1, got {args.timesteps!r}")
-    if args.cpus_per_trial <= 0:
-        raise ConfigError(f"--cpus-per-trial must be > 0, got {args.cpus_per_trial!r}")
-    if args.max_concurrent is not None and args.max_concurrent < 1:
-        raise ConfigError(f"--max-concurrent must be >= 1, got {args.max_concurrent!r}")
-    if args.max_failures < 0:
-        raise ConfigError(f"--max-failures must be >= 0, got {args.max_failures!r}")
-    if args.num_cpus is not None and args.num_cpus < 1:
-        raise ConfigError(f"--num-cpus must be >= 1, got {args.num_cpus!r}")
-    if args.num_cpus is not None and (args.address or os.environ.get("RAY_ADDRESS")):
-        raise ConfigError(
-            "--num-cpus applies to a Ray started here; a cluster (--address or RAY_ADDRESS) "
-            "has its own CPUs"
-        )
+    _check_numbers(args)
 
     settings = load_settings(args.config_dir)
     models_root = (
@@ -122,19 +102,55 @@ def options_from_args(args: argparse.Namespace) -> tuple[RunOptions, Any]:
         address=args.address,
         num_cpus=args.num_cpus,
     )
-    state = opts.experiment_dir / "tuner.pkl"
-    if opts.resume and not state.exists():
-        raise ConfigError(
-            f"--resume: no experiment {name!r} in {os.fspath(opts.storage_path)} (nothing to "
-            "resume; run without --resume to start it)"
-        )
-    if opts.resume:  # Tune would restart every trial from scratch on a damaged state
-        from tuner.driver.resume_check import check_resumable
-
-        check_resumable(opts.experiment_dir, opts.models_root)
-    if not opts.resume and opts.experiment_dir.exists():
-        raise ConfigError(
-            f"experiment {name!r} already exists in {os.fspath(opts.storage_path)}: add "
-            "--resume to continue it, or choose another --name"
-        )
+    _check_experiment(opts)
     return opts, settings
+
+
+def _seeds(text: str) -> list[int]:
+    seeds = []
+    for item in _split(text, "seeds"):
+        try:
+            value = int(item)
+        except ValueError:
+            raise ConfigError(f"--seeds must be integers, got {item!r}") from None
+        seeds.append(validate_seed(value))
+    return seeds
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    if args.timesteps is not None and args.timesteps < 1:
+        raise ConfigError(f"--timesteps must be >= 1, got {args.timesteps!r}")
+    if args.cpus_per_trial <= 0:
+        raise ConfigError(f"--cpus-per-trial must be > 0, got {args.cpus_per_trial!r}")
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        raise ConfigError(f"--max-concurrent must be >= 1, got {args.max_concurrent!r}")
+    if args.max_failures < 0:
+        raise ConfigError(f"--max-failures must be >= 0, got {args.max_failures!r}")
+    if args.num_cpus is not None and args.num_cpus < 1:
+        raise ConfigError(f"--num-cpus must be >= 1, got {args.num_cpus!r}")
+    if args.num_cpus is not None and (args.address or os.environ.get("RAY_ADDRESS")):
+        raise ConfigError(
+            "--num-cpus applies to a Ray started here; a cluster (--address or RAY_ADDRESS) "
+            "has its own CPUs"
+        )
+
+
+def _check_experiment(opts: RunOptions) -> None:
+    """A new experiment must not exist yet; one to resume must exist and be readable."""
+    name, storage = opts.name, os.fspath(opts.storage_path)
+    if not opts.resume:
+        if opts.experiment_dir.exists():
+            raise ConfigError(
+                f"experiment {name!r} already exists in {storage}: add --resume to continue "
+                "it, or choose another --name"
+            )
+        return
+    if not (opts.experiment_dir / "tuner.pkl").exists():
+        raise ConfigError(
+            f"--resume: no experiment {name!r} in {storage} (nothing to resume; run without "
+            "--resume to start it)"
+        )
+    # Tune would restart every trial from scratch on a damaged state.
+    from tuner.driver.resume_check import check_resumable
+
+    check_resumable(opts.experiment_dir, opts.models_root)

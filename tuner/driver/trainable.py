@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from tuner.driver.tune_files import write_pointer
 
@@ -132,91 +132,31 @@ def train_trial(config: dict[str, Any]) -> None:
     from ray import tune
 
     from checkpointing import TrainingInterrupted
-    from checkpointing.naming import run_id_for_trial
-    from checkpointing.selection import find_resume_checkpoint
-    from tuner.training.job import PhaseJob
     from tuner.training.settings import load_settings
     from tuner.training.trainer import train_phase
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    trial = TrialConfig.from_tune(config)
-    experiment, trial_id = trial.experiment, tune.get_context().get_trial_id()
-    run_id = run_id_for_trial(experiment, trial_id)
-    settings = load_settings(trial.config_dir)
-    models_root = Path(trial.models_root)
-    stop_requested = _stop_requested(trial.stop_flag)
-    about = {"market": trial.market, "seed": trial.seed, "run_id": run_id}
-
-    completed = 0
-    last = None
-    latest: dict[str, Any] = {}  # the latest evaluation report, for the interrupt report
-    for phase in trial.phases:
-        folder = settings.checkpoint.checkpoint_dir(phase, trial.market, models_root)
-        # Retried or restored: continue the phase from the newest checkpoint of this run that
-        # verifies; a phase this run never started starts as usual.
-        mine = find_resume_checkpoint(
-            folder, "latest", seed=trial.seed, market=trial.market, run_id=run_id
-        )
-
-        def on_evaluation(
-            t: int,
-            metrics: Mapping[str, float],
-            manager: Any,
-            phase: int = phase,
-            completed: int = completed,
-        ) -> None:
-            state = manager.state_dict()
-            report: dict[str, Any] = {
-                **{k: float(v) for k, v in metrics.items()},
-                **about,
-                "phase": phase,
-                "phase_timesteps": t,
-                "timesteps": completed + t,
-                "checkpoint": state.get("last_checkpoint"),
-            }
-            latest.clear()
-            latest.update(report)
-            _report(
-                report,
-                {
-                    **about,
-                    "phase": phase,
-                    "folder": os.fspath(manager.folder),
-                    "checkpoint": state.get("last_checkpoint"),
-                    "callback_state": state,
-                },
-            )
-
-        job = PhaseJob(
-            market=trial.market,
-            seed=trial.seed,
-            phase=phase,
-            timesteps=trial.timesteps,
-            base_interval=trial.base_interval,
-            models_root=models_root,
-            resume_from="latest" if mine is not None else None,
-            run_id=run_id,
-            run_info=(("experiment", experiment), ("trial_id", trial_id)),
-            torch_threads=max(1, int(trial.cpus)),
-            quiet=True,
-        )
+    trial = _Trial(TrialConfig.from_tune(config), tune.get_context().get_trial_id())
+    settings = load_settings(trial.config.config_dir)
+    completed, last = 0, None
+    for phase in trial.config.phases:
+        job = trial.phase_job(phase, settings)
         try:
-            result = train_phase(
+            last = train_phase(
                 job,
                 settings,
-                on_evaluation=on_evaluation,
-                stop_requested=stop_requested,
+                on_evaluation=trial.reporter(phase, completed),
+                stop_requested=trial.stop_requested,
                 handle_signals=False,
             )
         except TrainingInterrupted as exc:
-            _interrupted(exc, trial, about, phase, folder, completed, latest, stop_requested)
-        completed += result.timesteps
-        last = result
+            trial.interrupted(exc, job, completed)  # never returns
+        completed += last.timesteps
     assert last is not None
     _report(
         {
             **{k: float(v) for k, v in last.metrics.items()},
-            **about,
+            **trial.about,
             "phase": last.phase,
             "phase_timesteps": last.timesteps,
             "timesteps": completed,
@@ -227,48 +167,100 @@ def train_trial(config: dict[str, Any]) -> None:
     )
 
 
-def _interrupted(
-    exc: Any,
-    trial: TrialConfig,
-    about: Mapping[str, Any],
-    phase: int,
-    folder: Path,
-    completed: int,
-    latest: Mapping[str, Any],
-    stop_requested: Callable[[], bool],
-) -> None:
-    """Point Tune at the interrupt checkpoint (so ``--resume`` starts from it), acknowledge
-    the driver's stop, and stay unfinished: a returning function would mark the trial as
-    completed. Never returns."""
-    from checkpointing.naming import parse_name
+class _Trial:
+    """One trial's run: its id, its phase jobs, its reports to Tune."""
 
-    log.warning("%s seed %s: %s", trial.market, trial.seed, exc)
-    name = Path(exc.checkpoint).name if exc.checkpoint else None
-    parsed = parse_name(name) if name else None
-    at = parsed.timesteps if parsed is not None else int(latest.get("phase_timesteps", 0))
-    # The metrics are those of the latest evaluation, which the interrupt checkpoint carries.
-    _report(
-        {
-            **{k: v for k, v in latest.items() if k not in ("checkpoint", "finished")},
-            **about,
-            "phase": phase,
-            "phase_timesteps": at,
-            "timesteps": completed + at,
-            "checkpoint": name,
-            "interrupted": True,
-        },
-        {
-            **about,
-            "phase": phase,
-            "folder": os.fspath(folder),
+    def __init__(self, config: TrialConfig, trial_id: str) -> None:
+        from checkpointing.naming import run_id_for_trial
+
+        self.config = config
+        self.trial_id = trial_id
+        self.run_id = run_id_for_trial(config.experiment, trial_id)
+        self.about = {"market": config.market, "seed": config.seed, "run_id": self.run_id}
+        self.stop_requested = _stop_requested(config.stop_flag)
+        self.latest: dict[str, Any] = {}  # the latest evaluation report, for an interrupt's
+        self.folder = Path(config.models_root)  # the checkpoint folder of the current phase
+
+    def phase_job(self, phase: int, settings: Any) -> Any:
+        """The phase as this trial's run. Retried or restored: it continues from the newest
+        checkpoint of this run that verifies; a phase this run never started starts as usual."""
+        from checkpointing.selection import find_resume_checkpoint
+        from tuner.training.job import PhaseJob
+
+        c = self.config
+        folder = self.folder = settings.checkpoint.checkpoint_dir(
+            phase, c.market, Path(c.models_root)
+        )
+        mine = find_resume_checkpoint(
+            folder, "latest", seed=c.seed, market=c.market, run_id=self.run_id
+        )
+        return PhaseJob(
+            market=c.market,
+            seed=c.seed,
+            phase=phase,
+            timesteps=c.timesteps,
+            base_interval=c.base_interval,
+            models_root=Path(c.models_root),
+            resume_from="latest" if mine is not None else None,
+            run_id=self.run_id,
+            run_info=(("experiment", c.experiment), ("trial_id", self.trial_id)),
+            torch_threads=max(1, int(c.cpus)),
+            quiet=True,
+        )
+
+    def reporter(
+        self, phase: int, completed: int
+    ) -> Callable[[int, Mapping[str, float], Any], None]:
+        """After each evaluation: a result and a pointer to the checkpoint just saved."""
+
+        def on_evaluation(t: int, metrics: Mapping[str, float], manager: Any) -> None:
+            state = manager.state_dict()
+            report: dict[str, Any] = {
+                **{k: float(v) for k, v in metrics.items()},
+                **self.about,
+                "phase": phase,
+                "phase_timesteps": t,
+                "timesteps": completed + t,
+                "checkpoint": state.get("last_checkpoint"),
+            }
+            self.latest = report
+            pointer = {
+                **self.about,
+                "phase": phase,
+                "folder": os.fspath(manager.folder),
+                "checkpoint": state.get("last_checkpoint"),
+                "callback_state": state,
+            }
+            _report(report, pointer)
+
+        return on_evaluation
+
+    def interrupted(self, exc: Any, job: Any, completed: int) -> NoReturn:
+        """Point Tune at the interrupt checkpoint (so ``--resume`` starts from it), acknowledge
+        the driver's stop, and stay unfinished: a returning function would mark the trial as
+        completed."""
+        from checkpointing.naming import parse_name
+
+        log.warning("%s seed %s: %s", job.market, job.seed, exc)
+        name = Path(exc.checkpoint).name if exc.checkpoint else None
+        parsed = parse_name(name) if name else None
+        at = parsed.timesteps if parsed is not None else int(self.latest.get("phase_timesteps", 0))
+        # The metrics are those of the latest evaluation, which the interrupt carries too.
+        report = {k: v for k, v in self.latest.items() if k not in ("checkpoint", "finished")}
+        report.update(self.about, phase=job.phase, phase_timesteps=at, timesteps=completed + at)
+        report.update(checkpoint=name, interrupted=True)
+        pointer = {
+            **self.about,
+            "phase": job.phase,
+            "folder": os.fspath(self.folder),
             "checkpoint": name,
             "callback_state": None,
-        },
-    )
-    flag = getattr(stop_requested, "flag", None)
-    if flag is not None:
-        from ray import tune
+        }
+        _report(report, pointer)
+        flag = getattr(self.stop_requested, "flag", None)
+        if flag is not None:
+            from ray import tune
 
-        flag.ack.remote(tune.get_context().get_trial_name() or trial.market, name)
-    while True:
-        time.sleep(1.0)
+            flag.ack.remote(tune.get_context().get_trial_name() or self.trial_id, name)
+        while True:
+            time.sleep(1.0)

@@ -53,7 +53,8 @@ from gymnasium.utils import seeding
 from numpy.typing import NDArray
 
 from tuner.trading.advisor import Advice, Advisor, AdvisorCounters, MarketState, RuleAdvisor
-from tuner.trading.data import SPLIT_NAMES, Bars, SplitRanges, load_bars, split_ranges
+from tuner.trading.bars import SPLIT_NAMES, Bars, SplitRanges, split_ranges
+from tuner.trading.data import load_bars
 from tuner.trading.env_config import EnvConfig
 from tuner.trading.features import FEATURE_CLIP, FeatureSet, compute_features
 from tuner.trading.markets import MarketSpec
@@ -277,6 +278,7 @@ class FuturesTradingEnv(gym.Env[NDArray[np.float32], np.int64]):
         self._length = length
         self._k = 0
         self._pos = 0
+        self._pos_before_bar = 0  # the position held through the last bar (after trading)
         self._entry = 0.0
         self._stop = 0.0
         self._bars_in_pos = 0
@@ -316,69 +318,91 @@ class FuturesTradingEnv(gym.Env[NDArray[np.float32], np.int64]):
         self, action: np.int64 | int
     ) -> tuple[NDArray[np.float32], float, bool, bool, dict[str, Any]]:
         """Trade to the target position of ``action``, then advance one bar."""
+        target = self._target(action)
+        t = self._t
+        c0 = self._close[t]
+        cost = self._trade_to(target, c0, t) if target != self._pos else 0.0
+        t += 1
+        pnl, exit_cost = self._move(c0, t)
+        cost += exit_cost
+        reward = self._reward(pnl, cost)
+
+        k = self._k
+        self._pos_buf[k] = self._pos_before_bar
+        k += 1
+        self._equity_buf[k] = self._equity
+        self._k = k
+        self._t = t
+
+        terminated = self._equity <= 0.0
+        truncated = k >= self._length
+        info: dict[str, Any] = {}
+        if terminated or truncated:
+            info["episode_stats"] = self.episode_stats()
+        return self._observation(), reward, terminated, truncated, info
+
+    def _target(self, action: np.int64 | int) -> int:
+        """The position ``action`` asks for, within this phase's limit and after the advisor."""
         a = int(action)
         if not 0 <= a < self._n_actions:
             raise ValueError(f"action must be in [0, {self._n_actions - 1}], got {action!r}")
-        target = a - self._max_pos
-        limit = self._limit
-        if target > limit:
-            target = limit
-        elif target < -limit:
-            target = -limit
+        target = max(-self._limit, min(self._limit, a - self._max_pos))
         if self._counters is not None:
             self._counters.steps += 1
             if self._k % self._consult_every == 0:
                 target = self._consult(target)
+        return target
 
-        t = self._t
-        c0 = self._close[t]
-        pos = self._pos
-        cpc = self._cost
-        cost = 0.0
-        if target != pos:
-            cost = abs(target - pos) * cpc
-            if pos == 0:
+    def _trade_to(self, target: int, c0: float, t: int) -> float:
+        """Go from the current position to ``target`` at the close ``c0``; returns the cost."""
+        pos, cpc = self._pos, self._cost
+        cost = abs(target - pos) * cpc
+        if pos == 0:
+            self._open_trip(target, c0, t, abs(target) * cpc)
+        elif target == 0 or (target > 0) != (pos > 0):
+            self._close_trip(self._trip_pnl - abs(pos) * cpc)
+            if target != 0:
                 self._open_trip(target, c0, t, abs(target) * cpc)
-            elif target == 0 or (target > 0) != (pos > 0):
-                self._close_trip(self._trip_pnl - abs(pos) * cpc)
-                if target != 0:
-                    self._open_trip(target, c0, t, abs(target) * cpc)
-            else:
-                self._trip_pnl -= cost
-                if abs(target) > abs(pos):  # adding: new average entry and stop
-                    self._entry = (pos * self._entry + (target - pos) * c0) / target
-                    self._set_stop(target, t)
-            self._pos = pos = target
-            if target == 0:
-                self._bars_in_pos = 0
+        else:
+            self._trip_pnl -= cost
+            if abs(target) > abs(pos):  # adding: new average entry and stop
+                self._entry = (pos * self._entry + (target - pos) * c0) / target
+                self._set_stop(target, t)
+        self._pos = target
+        if target == 0:
+            self._bars_in_pos = 0
+        return cost
 
-        t += 1
-        pnl: float
-        if (
+    def _move(self, c0: float, t: int) -> tuple[float, float]:
+        """The position through bar ``t``: (PnL, the cost of a stop exit)."""
+        pos = self._pos_before_bar = self._pos
+        stopped = (
             pos != 0
             and self._stop_mult > 0.0
             and (
                 (pos > 0 and self._low[t] <= self._stop)
                 or (pos < 0 and self._high[t] >= self._stop)
             )
-        ):
-            opened = self._open[t]
-            fill = min(opened, self._stop) if pos > 0 else max(opened, self._stop)
-            pnl = pos * (fill - c0) * self._pv
-            exit_cost = abs(pos) * cpc
-            cost += exit_cost
-            self._close_trip(self._trip_pnl + pnl - exit_cost)
-            self._n_stops += 1
-            self._pos = 0
-            self._bars_in_pos = 0
-        else:
+        )
+        if not stopped:
             pnl = pos * (self._close[t] - c0) * self._pv
             if pos != 0:
                 self._trip_pnl += pnl
                 self._bars_in_pos += 1
+            return pnl, 0.0
+        opened = self._open[t]
+        fill = min(opened, self._stop) if pos > 0 else max(opened, self._stop)
+        pnl = pos * (fill - c0) * self._pv
+        exit_cost = abs(pos) * self._cost
+        self._close_trip(self._trip_pnl + pnl - exit_cost)
+        self._n_stops += 1
+        self._pos = 0
+        self._bars_in_pos = 0
+        return pnl, exit_cost
 
-        equity = self._equity + pnl - cost
-        self._equity = equity
+    def _reward(self, pnl: float, cost: float) -> float:
+        """Book the bar's PnL and costs; the drawdown penalty; the scaled, clipped reward."""
+        equity = self._equity = self._equity + pnl - cost
         penalty = 0.0
         if equity > self._peak:
             self._peak = equity
@@ -393,20 +417,7 @@ class FuturesTradingEnv(gym.Env[NDArray[np.float32], np.int64]):
         elif reward < -self._clip:
             reward = -self._clip
         self._reward_sum += reward
-
-        k = self._k
-        self._pos_buf[k] = pos
-        k += 1
-        self._equity_buf[k] = equity
-        self._k = k
-        self._t = t
-
-        terminated = equity <= 0.0
-        truncated = k >= self._length
-        info: dict[str, Any] = {}
-        if terminated or truncated:
-            info["episode_stats"] = self.episode_stats()
-        return self._observation(), reward, terminated, truncated, info
+        return reward
 
     def _open_trip(self, target: int, price: float, t: int, cost: float) -> None:
         self._entry = price

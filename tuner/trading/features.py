@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from tuner.trading.data import Bars
+from tuner.trading.bars import Bars
 
 __all__ = ["FEATURE_CLIP", "FEATURE_NAMES", "MAX_LOOKBACK", "FeatureSet", "compute_features"]
 

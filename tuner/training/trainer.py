@@ -63,17 +63,13 @@ def train_phase(
     """
     import torch
 
-    from checkpointing import (
-        DynamicCheckpointManager,
-        MetricTrackingEvalCallback,
-        learn_with_checkpoints,
-    )
+    from checkpointing import MetricTrackingEvalCallback, learn_with_checkpoints
     from tuner.trading.evaluation import evaluate_trading
 
     say = report or (lambda line: None)
     t0 = time.monotonic()
 
-    # --- config, data and where to start ---------------------------------------------------
+    # --- config, data, where to start and as which run --------------------------------------
     data, target = prepare(job, settings)
     checkpoint_cfg = settings.checkpoint
     if job.base_interval is not None:
@@ -81,18 +77,7 @@ def train_phase(
         checkpoint_cfg = checkpoint_cfg.with_phase(job.phase, schedule)
     torch.set_num_threads(max(1, job.torch_threads))
     start = choose_start(job, checkpoint_cfg)
-    models_root = checkpoint_cfg.models_root(job.models_root)
-    manager = DynamicCheckpointManager(
-        checkpoint_cfg,
-        phase=job.phase,
-        market=job.market,
-        seed=job.seed,
-        run_id=start.run.run_id,
-        run_info=start.run_info(models_root, dict(job.run_info)),
-        models_root=job.models_root,
-        target_timesteps=target,
-        **retention_hooks(checkpoint_cfg, job.models_root),
-    )
+    manager = _manager(job, checkpoint_cfg, start, target)
     say(f"{tag(job)}: {start.describe()}")
 
     # --- environments and model ------------------------------------------------------------
@@ -139,6 +124,23 @@ def train_phase(
     result.phase_end = outcome.paths[0] if outcome is not None and outcome.paths else None
     result.elapsed_seconds = time.monotonic() - t0
     return result
+
+
+def _manager(job: PhaseJob, config: CheckpointConfig, start: Start, target: int) -> Any:
+    """The run's checkpoint manager, with the registry and in-run retention."""
+    from checkpointing import DynamicCheckpointManager
+
+    return DynamicCheckpointManager(
+        config,
+        phase=job.phase,
+        market=job.market,
+        seed=job.seed,
+        run_id=start.run.run_id,
+        run_info=start.run_info(config.models_root(job.models_root), dict(job.run_info)),
+        models_root=job.models_root,
+        target_timesteps=target,
+        **retention_hooks(config, job.models_root),
+    )
 
 
 def _environments(job: PhaseJob, settings: Settings, data: Any) -> _Envs:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tuner.trading.data import Bars
+from tuner.trading.bars import Bars
 from tuner.trading.env import MarketData
 from tuner.trading.markets import FileSource, MarketSpec, SplitSpec
 
