@@ -147,6 +147,12 @@ CASES = [
         id="top-twins-kept-together-per-run",
     ),
     pytest.param(
+        TopK("sharpe_ratio", 1),
+        [ck(10, sharpe=2.0), ck(15, "interrupt", sharpe=2.0)],
+        [0],
+        id="top-never-an-interrupt-with-its-evaluations-metrics",
+    ),
+    pytest.param(
         LatestPeriodic(1),
         [ck(10, run="a"), ck(20, run="a"), ck(30, run="b"), ck(40, run="b"), ck(50)],
         [1, 3, 4],
