@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 from hypothesis import given
@@ -13,14 +14,23 @@ from checkpointing.naming import (
     CheckpointName,
     LegacyName,
     format_checkpoint_name,
+    new_run_id,
     parse_checkpoint_filename,
     parse_name,
+    run_id_for_trial,
+    validate_run_id,
 )
 
 markets = st.from_regex(r"\A[A-Za-z0-9]([A-Za-z0-9]|[.-][A-Za-z0-9]){0,8}\Z", fullmatch=True)
 events = st.one_of(
     st.sampled_from(["periodic", "best", "phase_end", "interrupt"]),
     st.from_regex(r"\Aphase_boundary_[A-Za-z0-9]{1,5}(_[A-Za-z0-9]{1,5}){0,2}\Z", fullmatch=True),
+)
+
+# Run ids of up to 49 characters (the long ones are tested below); None is the legacy run.
+run_ids = st.one_of(
+    st.none(),
+    st.from_regex(r"\A[A-Za-z0-9]([A-Za-z0-9]|[.-][A-Za-z0-9]){0,24}\Z", fullmatch=True),
 )
 
 
@@ -37,6 +47,7 @@ names = st.builds(
     val_reward=metric(3),
     sharpe_ratio=metric(2),
     seed=st.integers(0, 2**32 - 1),
+    run_id=run_ids,
 )
 
 
@@ -45,7 +56,8 @@ def same(a: CheckpointName, b: CheckpointName) -> bool:
         return (math.isnan(x) and math.isnan(y)) or x == y
 
     return (
-        (a.market, a.timesteps, a.event, a.seed) == (b.market, b.timesteps, b.event, b.seed)
+        (a.market, a.timesteps, a.event, a.seed, a.run_id)
+        == (b.market, b.timesteps, b.event, b.seed, b.run_id)
         and eq(a.val_reward, b.val_reward)
         and eq(a.sharpe_ratio, b.sharpe_ratio)
     )
@@ -159,3 +171,89 @@ def test_negative_timesteps_refused() -> None:
 def test_foreign_names_are_not_ours(filename: str) -> None:
     assert parse_name(filename) is None
     assert parse_checkpoint_filename(filename) is None
+
+
+def test_a_run_id_ends_the_name_and_parses_back() -> None:
+    name = format_checkpoint_name("NQ", 25000, "best", 0.112, 1.45, 42, "20261205-031644-3fa2")
+    assert (
+        name
+        == "NQ_ts-0025000_evt-best_val-+0.112_sharpe-+1.45_seed-42_run-20261205-031644-3fa2.zip"
+    )
+    info = parse_checkpoint_filename(f"models/phase1/NQ/checkpoints/{name}")
+    assert info == {
+        "market": "NQ",
+        "timesteps": 25000,
+        "event_tag": "best",
+        "val_reward": 0.112,
+        "sharpe_ratio": 1.45,
+        "seed": 42,
+        "run_id": "20261205-031644-3fa2",
+    }
+
+
+@pytest.mark.parametrize(
+    "run_id", ["a", "7", "20261205-031644-3fa2", "NQ-ES-s42-p1-a1b2c-00001", "v1.2-B", "x" * 64]
+)
+def test_valid_run_ids_accepted(run_id: str) -> None:
+    assert validate_run_id(run_id) == run_id
+    parsed = parse_name(format_checkpoint_name("NQ", 1, "periodic", 0.0, 0.0, 1, run_id))
+    assert isinstance(parsed, CheckpointName) and parsed.run_id == run_id
+
+
+@pytest.mark.parametrize(
+    "run_id",
+    ["", "a_b", "a/b", "../a", "a..b", "-a", "a-", ".a", "a b", "x" * 65, "ü", None, 42],
+)
+def test_bad_run_ids_refused(run_id: object) -> None:
+    with pytest.raises(CheckpointNameError, match="run id") as err:
+        validate_run_id(run_id)
+    assert repr(run_id) in str(err.value)
+    if run_id is None:
+        return  # a name without a run id is the legacy run's
+    with pytest.raises(CheckpointNameError, match="run id"):
+        CheckpointName("NQ", 1, "periodic", 0.0, 0.0, 1, run_id)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("experiment", "trial_id", "expected"),
+    [
+        ("NQ-ES_s42-7_p1", "a1b2c_00001", "NQ-ES-s42-7-p1-a1b2c-00001"),
+        ("exp.v2 / lr=3e-4", "t__1", "exp-v2-lr-3e-4-t-1"),
+        ("_NQ_", "-7-", "NQ-7"),
+        ("__", "..", "x-x"),
+    ],
+)
+def test_run_id_for_trial_joins_experiment_and_trial_in_the_run_id_alphabet(
+    experiment: str, trial_id: str, expected: str
+) -> None:
+    assert run_id_for_trial(experiment, trial_id) == expected
+
+
+def test_run_id_for_a_long_experiment_is_valid_and_keeps_names_apart() -> None:
+    stem = "NQ-ES_" + "x" * 113
+    first = run_id_for_trial(stem + "1", "a1b2c_00001")
+    second = run_id_for_trial(stem + "2", "a1b2c_00001")
+    assert len(stem + "1") == 120
+    for run_id in (first, second):
+        assert validate_run_id(run_id) == run_id and len(run_id) <= 64
+        assert run_id.startswith("NQ-ES-x") and run_id.endswith("-a1b2c-00001")
+    assert first != second
+
+
+def test_new_run_ids_are_valid_stamped_and_differ() -> None:
+    now = 1_796_000_000.0
+    ids = [new_run_id(now) for _ in range(5)]
+    for run_id in ids:
+        assert validate_run_id(run_id) == run_id
+        assert re.fullmatch(r"\d{8}-\d{6}-[0-9a-f]{4}", run_id)
+    assert len(set(ids)) > 1  # same second: the random part tells them apart
+
+
+def test_model_is_shared_by_a_best_and_its_periodic_twin_only() -> None:
+    def model(event: str = "periodic", run: str | None = "r1", ts: int = 5000) -> str:
+        return CheckpointName("NQ", ts, event, 0.25, 1.5, 42, run).model
+
+    assert model("best") == model("periodic")
+    assert model("best", run="r1") != model("best", run="r2")
+    assert model(run="r1") != model(run=None)
+    assert model(ts=5000) != model(ts=6000)
