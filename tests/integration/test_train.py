@@ -549,9 +549,11 @@ def test_resume_from_the_best_of_any_run_starts_a_new_run_from_it(
         main([*nq, "--resume-from", "best:sharpe_ratio", "--any-run", "--timesteps", "1300"]) == 0
     )
     out = capsys.readouterr().out
-    (new,) = re.findall(
+    started = re.findall(
         rf"run (\S+) \(new\), from {re.escape(best.path.name)} of run a \(best:sharpe_ratio\)", out
     )
+    assert len(started) == 1, out
+    (new,) = started
     assert new not in ("a", "b") and run_ids(folder) == {"a", "b", new}
     for info in of_run(folder, new):
         meta = read_checkpoint_metadata(info.path)
