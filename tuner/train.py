@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import logging
 import math
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -132,20 +133,20 @@ def _resume_line(
     args: argparse.Namespace, job: PhaseJob, rest: list[int], run_id: str | None
 ) -> str:
     """The command that continues an interrupted run (the run written to last when its id
-    is unknown: no interrupt checkpoint could be saved)."""
-    extra = f" --run-id {run_id}" if run_id else ""
+    is unknown: no interrupt checkpoint could be saved), quoted for a shell."""
+    command = ["python", "-m", "tuner.train", "--market", job.market, "--seed", str(job.seed)]
+    command += ["--phases", ",".join(map(str, rest)), "--resume-from", "latest"]
+    if run_id:
+        command += ["--run-id", run_id]
     if args.models_root:
-        extra += f" --models-root {args.models_root}"
+        command += ["--models-root", args.models_root]
     if args.config_dir != "config":
-        extra += f" --config-dir {args.config_dir}"
+        command += ["--config-dir", args.config_dir]
     if args.timesteps:
-        extra += f" --timesteps {args.timesteps}"
+        command += ["--timesteps", str(args.timesteps)]
     if args.base_interval:
-        extra += f" --base-interval {args.base_interval}"
-    return (
-        f"resume with: python -m tuner.train --market {job.market} --seed {job.seed} "
-        f"--phases {','.join(map(str, rest))} --resume-from latest{extra}"
-    )
+        command += ["--base-interval", str(args.base_interval)]
+    return f"resume with: {shlex.join(command)}"
 
 
 def _done_lines(job: PhaseJob, result: PhaseResult) -> list[str]:

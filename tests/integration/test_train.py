@@ -311,8 +311,9 @@ def first_run(tmp_path_factory: pytest.TempPathFactory, config_dir: Path) -> tup
 
 @pytest.fixture
 def root(first_run: tuple[Path, str], tmp_path: Path) -> Path:
-    """A copy of the first run's models root, for one test to write into."""
-    return Path(shutil.copytree(first_run[0], tmp_path / "models"))
+    """A copy of the first run's models root, for one test to write into (a space in its path:
+    the printed resume command must quote it)."""
+    return Path(shutil.copytree(first_run[0], tmp_path / "my models"))
 
 
 @pytest.mark.parametrize(

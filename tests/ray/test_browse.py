@@ -26,6 +26,7 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -217,7 +218,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
             if _name(i).run_id == solo_run and _name(i).event == "interrupt"
         ]
         again = subprocess.run(
-            [sys.executable, *resume.split()[1:]],
+            [sys.executable, *shlex.split(resume)[1:]],
             cwd=workdir,
             env=driver_env(),
             capture_output=True,

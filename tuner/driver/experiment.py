@@ -4,6 +4,7 @@ cross-trial summary. Entered from ``python -m tuner.run`` once the options are c
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 from typing import Any
 
@@ -157,7 +158,7 @@ def _finish(opts: RunOptions, settings: Any, signum: int | None) -> int:
     if signum is not None or missing or summary["unfinished"]:
         print(
             "interrupted: every running trial saved an interrupt checkpoint. Resume with:\n"
-            f"  python -m tuner.run {' '.join(_resume_args(opts))} --resume",
+            f"  python -m tuner.run {shlex.join(_resume_args(opts))} --resume",
             flush=True,
         )
         return 128 + (signum or signal.SIGINT)
