@@ -181,12 +181,6 @@ class CheckpointConfig:
         """The checkpoint folder of (phase, market) under ``root`` (see :class:`Layout`)."""
         return self.layout(root).checkpoint_dir(phase, market)
 
-    def phase_root(
-        self, phase: int, market: str, root: str | os.PathLike[str] | None = None
-    ) -> Path:
-        """The folder above ``{market}/checkpoints``: home of best_model.zip and final models."""
-        return self.layout(root).market_dir(phase, market).parent
-
     def with_phase(self, phase: int, schedule: PhaseSchedule) -> CheckpointConfig:
         """A copy with the schedule of ``phase`` replaced."""
         self.phase(phase)  # validates the number

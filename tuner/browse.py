@@ -27,9 +27,9 @@ from checkpointing.ranking import METRICS
 from tuner.driver.browse_view import best_checkpoints, format_listing, format_view
 from tuner.driver.experiments import (
     BrowseError,
-    _clean,
     _storage,
     find_experiments,
+    json_ready,
     load_experiment,
 )
 
@@ -95,7 +95,7 @@ def _run(args: argparse.Namespace) -> None:
                 "storage_path": os.fspath(storage.resolve()),
                 "experiments": [e.overview() for e in experiments],
             }
-            print(json.dumps(_clean(doc), indent=2, allow_nan=False))
+            print(json.dumps(json_ready(doc), indent=2, allow_nan=False))
         else:
             print(format_listing(storage, experiments))
         return

@@ -167,7 +167,7 @@ def test_a_filling_tmpfs_skips_saves_and_keeps_room_for_interrupt_and_phase_end(
         infos = list_checkpoints(folder)
         _check_skips(t, second, infos)
         with t.attempt("retention frees room on a full disk, then the phase_end save"):
-            deleted = re.findall(r"checkpointing\.retention:.*: delete (\S+)", second.stderr)
+            deleted = re.findall(r"checkpointing\.plan:.*: delete (\S+)", second.stderr)
             assert deleted, f"retention freed no room\n{second.diagnostics()}"
             saved = [m[1] for m in SAVED.finditer(second.stderr)]
             assert [n for n in saved if "_evt-periodic_" in n], second.diagnostics()

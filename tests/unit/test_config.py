@@ -73,7 +73,7 @@ def test_overlay_override_changes_only_phase3(tmp_path: Path) -> None:
 def test_models_root_rebases_every_phase() -> None:
     cfg = load_config(ROOT / "config/checkpoint_config.yaml")
     assert cfg.checkpoint_dir(1, "NQ", "/data/m") == Path("/data/m/phase1/NQ/checkpoints")
-    assert cfg.phase_root(3, "NQ", "/data/m") == Path("/data/m/phase3_hybrid")
+    assert cfg.layout("/data/m").market_dir(3, "NQ") == Path("/data/m/phase3_hybrid/NQ")
 
 
 BAD = [

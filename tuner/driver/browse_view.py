@@ -11,7 +11,7 @@ from typing import Any
 
 from checkpointing.ranking import METRICS
 from tuner.driver.bests import BestCheckpoint, Bests, experiment_bests
-from tuner.driver.experiments import Experiment, TrialInfo, _clean, _local
+from tuner.driver.experiments import Experiment, TrialInfo, _local, json_ready
 
 __all__ = ["ExperimentView", "best_checkpoints", "format_listing", "format_view"]
 
@@ -35,7 +35,7 @@ class ExperimentView:
         exp, bests = self.experiment, self.bests
         roots = {r for r in bests.models_roots.values() if r is not None}
         summaries = [root / "summaries" / f"{exp.name}.json" for root in roots]
-        return _clean(
+        return json_ready(
             {
                 **exp.overview(),
                 # Where the checkpoints were read (--models-root, else what the trials say).

@@ -39,6 +39,8 @@ from tuner.driver.tune_files import (
     Damaged,
     StateTrial,
     TrialResults,
+    finite,
+    integer,
     read_experiment_state,
     read_json,
     read_results,
@@ -50,6 +52,7 @@ __all__ = [
     "Experiment",
     "TrialInfo",
     "find_experiments",
+    "json_ready",
     "load_experiment",
 ]
 
@@ -65,23 +68,6 @@ class BrowseError(ValueError):
 
 
 # --------------------------------------------------------------------------- small helpers
-
-
-def _finite(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    out = float(value)
-    return out if math.isfinite(out) else None
-
-
-def _int(value: object) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return None
 
 
 def _mtime(path: Path) -> float | None:
@@ -103,28 +89,16 @@ def _local(epoch: float | None) -> str:
     return datetime.fromtimestamp(epoch).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _epoch_of(timestamp: str | None) -> float | None:
-    if not timestamp:
-        return None
-    try:
-        moment = datetime.fromisoformat(timestamp)
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
-
-
-def _clean(value: Any) -> Any:
+def json_ready(value: Any) -> Any:
     """NaN/inf -> None and paths -> str, so the output is strict JSON."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, Path):
         return os.fspath(value)
     if isinstance(value, Mapping):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k): json_ready(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [json_ready(v) for v in value]
     return value
 
 
@@ -201,7 +175,7 @@ def _trial_status(
         return "finished"
     if last.get("interrupted") is True:
         return "interrupted"
-    pid, host = _int(last.get("pid")), last.get("hostname")
+    pid, host = integer(last.get("pid")), last.get("hostname")
     if pid is not None and host == socket.gethostname():
         if pid_alive(pid):
             return "running"
@@ -247,7 +221,7 @@ def _load_trial(folder: Path, state: StateTrial | None) -> TrialInfo:
             config.update(source)
     phases = config.get("phases")
     phase_list = (
-        tuple(p for p in (_int(x) for x in phases) if p is not None)
+        tuple(p for p in (integer(x) for x in phases) if p is not None)
         if isinstance(phases, list)
         else ()
     )
@@ -257,7 +231,7 @@ def _load_trial(folder: Path, state: StateTrial | None) -> TrialInfo:
 
     first = results.first or {}
     starts = [state.start_time if state else None]
-    first_time, first_total = _finite(first.get("timestamp")), _finite(first.get("time_total_s"))
+    first_time, first_total = finite(first.get("timestamp")), finite(first.get("time_total_s"))
     if first_time is not None:
         starts.append(first_time - (first_total or 0.0))
     started = min((s for s in starts if s is not None), default=None)
@@ -274,7 +248,7 @@ def _load_trial(folder: Path, state: StateTrial | None) -> TrialInfo:
         trial_id=trial_id,
         folder=folder,
         market=market if isinstance(market, str) else None,
-        seed=_int(config.get("seed")),
+        seed=integer(config.get("seed")),
         run_id=_run_id(
             experiment if isinstance(experiment, str) else folder.parent.name, trial_id, results
         ),

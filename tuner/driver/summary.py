@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner.driver.bests import BestCheckpoint, experiment_bests
-from tuner.driver.experiments import Experiment, TrialInfo
+from tuner.driver.experiments import Experiment, TrialInfo, json_ready
 
 __all__ = ["BEST_BY", "SUMMARY_METRICS", "build_summary", "format_table", "write_summary"]
 
@@ -34,16 +34,6 @@ def _num(value: Any) -> float:
         return float(value)
     except (TypeError, ValueError):
         return math.nan
-
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_clean(v) for v in value]
-    return value
 
 
 def _checkpoint(best: BestCheckpoint | None) -> dict[str, Any] | None:
@@ -137,7 +127,9 @@ def write_summary(summary: Mapping[str, Any], folder: str | os.PathLike[str]) ->
     name = str(summary["experiment"])
     json_path, csv_path = out / f"{name}.json", out / f"{name}.csv"
     tmp = json_path.with_name(f".{json_path.name}.tmp")
-    tmp.write_text(json.dumps(_clean(dict(summary)), indent=2, allow_nan=False), encoding="utf-8")
+    tmp.write_text(
+        json.dumps(json_ready(dict(summary)), indent=2, allow_nan=False), encoding="utf-8"
+    )
     os.replace(tmp, json_path)
     columns = [
         "market",

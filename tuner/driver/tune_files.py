@@ -38,6 +38,8 @@ __all__ = [
     "StateTrial",
     "TrialResults",
     "check_complete_pickle",
+    "finite",
+    "integer",
     "newest_state_file",
     "parse_pointer",
     "pointer_of",
@@ -74,14 +76,16 @@ def read_json(path: Path) -> Any:
         return None
 
 
-def _finite(value: object) -> float | None:
+def finite(value: object) -> float | None:
+    """A finite number as float, else None (bools, NaN, infinities and non-numbers)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     out = float(value)
     return out if math.isfinite(out) else None
 
 
-def _int(value: object) -> int | None:
+def integer(value: object) -> int | None:
+    """An integer (or an integral float) as int, else None (bools and non-integers)."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
@@ -163,8 +167,8 @@ def _state_trial(trial: dict[str, Any], runtime: dict[str, Any]) -> StateTrial:
         trial_id=str(trial["trial_id"]) if isinstance(trial.get("trial_id"), str) else None,
         status=trial.get("status") if isinstance(trial.get("status"), str) else None,
         config=config if isinstance(config, dict) else {},
-        start_time=_finite(runtime.get("start_time")),
-        num_failures=_int(runtime.get("num_failures")) or 0,
+        start_time=finite(runtime.get("start_time")),
+        num_failures=integer(runtime.get("num_failures")) or 0,
         checkpoint_dir_name=name if isinstance(name, str) and _CHECKPOINT_DIR.match(name) else None,
     )
 
@@ -282,8 +286,8 @@ def _take(out: TrialResults, row: dict[str, Any]) -> None:
         out.first = row
     out.last = row
     if any(isinstance(row.get(m), (int, float)) for m in METRICS):
-        out.metrics = {m: _finite(row.get(m)) for m in METRICS}
-    phase, steps = _int(row.get("phase")), _int(row.get("timesteps"))
+        out.metrics = {m: finite(row.get(m)) for m in METRICS}
+    phase, steps = integer(row.get("phase")), integer(row.get("timesteps"))
     if phase is not None:
         out.phase = phase
     if steps is not None:
@@ -296,7 +300,7 @@ def _take(out: TrialResults, row: dict[str, Any]) -> None:
             out.run_id = parsed.run_id
     if isinstance(row.get("run_id"), str):
         out.run_id = row["run_id"]
-    stamp = _finite(row.get("timestamp"))
+    stamp = finite(row.get("timestamp"))
     if stamp is not None:
         out.last_time = stamp if out.last_time is None else max(out.last_time, stamp)
 
