@@ -22,7 +22,7 @@ from typing import Any
 from checkpointing.config import CheckpointConfig, load_config, resolve_config
 from checkpointing.errors import CheckpointNameError, ConfigError
 from checkpointing.naming import validate_market
-from checkpointing.ranking import METRICS
+from checkpointing.ranking import METRICS, Ranked
 from checkpointing.registry import Registry, RegistryEntry, rank_entries
 from tuner.driver.experiments import BrowseError, Experiment, TrialInfo
 
@@ -85,10 +85,16 @@ class Bests:
     checkpoint_paths: dict[str, Path | None]
     other_runs: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # Per trial and phase: the best of the trial's own run (the same rule, one run at a time).
+    of_trial: dict[tuple[str, int], BestCheckpoint] = field(default_factory=dict)
 
     def first(self, market: str, phase: int) -> BestCheckpoint | None:
         """The best of ``market`` in ``phase``, or None."""
         return next((b for b in self.best.get(market, []) if b.entry.phase == phase), None)
+
+    def of_run(self, trial_id: str, phase: int) -> BestCheckpoint | None:
+        """The best checkpoint of one trial's run in ``phase``, or None."""
+        return self.of_trial.get((trial_id, phase))
 
 
 def _root_of(trial: TrialInfo, override: Path | None) -> Path | None:
@@ -262,8 +268,20 @@ def _rank_folder(
     bests.other_runs[market] += len(entries) - len(mine)
     ranked = rank_entries(entries if all_runs else mine, bests.metric)
     for place, model in enumerate(ranked[: bests.top], start=1):
-        entry = model.item
-        trial = runs.get((entry.market, entry.seed, entry.run_id))  # type: ignore[arg-type]
-        events = tuple(e.event for e in model.items)
-        path = entry.absolute(root)
-        bests.best[market].append(BestCheckpoint(place, bests.metric, entry, path, events, trial))
+        bests.best[market].append(_best(bests.metric, place, model, root, runs))
+    by_run: dict[RunKey, list[RegistryEntry]] = {}
+    for entry in mine:
+        by_run.setdefault((entry.market, entry.seed, entry.run_id), []).append(entry)  # type: ignore[arg-type]
+    for key, members in by_run.items():
+        own = rank_entries(members, bests.metric)
+        if own:
+            bests.of_trial[(runs[key], phase)] = _best(bests.metric, 1, own[0], root, runs)
+
+
+def _best(
+    metric: str, place: int, model: Ranked[RegistryEntry], root: Path, runs: Mapping[RunKey, str]
+) -> BestCheckpoint:
+    entry = model.item
+    trial = runs.get((entry.market, entry.seed, entry.run_id))  # type: ignore[arg-type]
+    events = tuple(e.event for e in model.items)
+    return BestCheckpoint(place, metric, entry, entry.absolute(root), events, trial)

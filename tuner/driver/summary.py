@@ -11,7 +11,6 @@ experiment per phase.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import math
 import os
@@ -20,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tuner.driver.bests import BestCheckpoint, experiment_bests
+from tuner.driver.bests import BestCheckpoint, Bests, experiment_bests
 from tuner.driver.experiments import Experiment, TrialInfo, json_ready
 
 __all__ = ["BEST_BY", "SUMMARY_METRICS", "build_summary", "format_table", "write_summary"]
@@ -52,14 +51,10 @@ def _checkpoint(best: BestCheckpoint | None) -> dict[str, Any] | None:
     }
 
 
-def _trial_row(experiment: Experiment, trial: TrialInfo, phases: Sequence[int]) -> dict[str, Any]:
-    assert trial.market is not None  # build_summary leaves out folders that name no market
+def _trial_row(
+    trial: TrialInfo, phases: Sequence[int], ranked: Mapping[str, Bests]
+) -> dict[str, Any]:
     phase = trial.phase or phases[-1]
-    alone = dataclasses.replace(experiment, trials=(trial,))
-    best = {}
-    for metric in BEST_BY:
-        ranked = experiment_bests(alone, metric, top=1).first(trial.market, phase)
-        best[metric] = _checkpoint(ranked)
     row: dict[str, Any] = {
         "market": trial.market,
         "seed": trial.seed,
@@ -69,7 +64,7 @@ def _trial_row(experiment: Experiment, trial: TrialInfo, phases: Sequence[int]) 
         "phase": phase,
         "timesteps": trial.timesteps or 0,
         "metrics": {m: _num(trial.metrics.get(m)) for m in SUMMARY_METRICS},
-        "best": best,
+        "best": {m: _checkpoint(ranked[m].of_run(trial.trial_id, phase)) for m in BEST_BY},
     }
     if trial.error_file is not None:
         row["error"] = os.fspath(trial.error_file)
@@ -77,10 +72,9 @@ def _trial_row(experiment: Experiment, trial: TrialInfo, phases: Sequence[int]) 
 
 
 def _market_rows(
-    experiment: Experiment, rows: Sequence[Mapping[str, Any]]
+    rows: Sequence[Mapping[str, Any]], by_metric: Mapping[str, Bests]
 ) -> dict[str, dict[str, Any]]:
     markets: dict[str, dict[str, Any]] = {}
-    by_metric = {metric: experiment_bests(experiment, metric, top=1) for metric in BEST_BY}
     for market in sorted({r["market"] for r in rows if r["market"]}):
         mine = [r for r in rows if r["market"] == market]
         agg: dict[str, Any] = {"seeds": sorted(r["seed"] for r in mine if r["seed"] is not None)}
@@ -105,14 +99,15 @@ def build_summary(experiment: Experiment, *, phases: Sequence[int]) -> dict[str,
 
     Trials are those of Tune's files; a trial that never started is ``pending``.
     """
-    rows = [_trial_row(experiment, t, phases) for t in experiment.trials if t.market]
+    ranked = {metric: experiment_bests(experiment, metric, top=1) for metric in BEST_BY}
+    rows = [_trial_row(t, phases, ranked) for t in experiment.trials if t.market]
     roots = sorted({os.fspath(t.models_root) for t in experiment.trials if t.models_root})
     return {
         "experiment": experiment.name,
         "phases": list(phases),
         "models_roots": roots,
         "trials": rows,
-        "markets": _market_rows(experiment, rows),
+        "markets": _market_rows(rows, ranked),
         "failed": [f"{r['market']}/{r['seed']}" for r in rows if r["status"] == "errored"],
         "unfinished": [
             f"{r['market']}/{r['seed']}" for r in rows if r["status"] not in ("finished", "errored")
