@@ -6,6 +6,7 @@ import math
 import os
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -52,13 +53,13 @@ class RegistryEntry:
     def name(self) -> str:
         return self.path.rsplit("/", 1)[-1]
 
-    @property
+    @cached_property
     def run_id(self) -> str | None:
         """The run that wrote it, from its name (None: a legacy run)."""
         parsed = parse_name(self.name)
         return parsed.run_id if isinstance(parsed, CheckpointName) else None
 
-    @property
+    @cached_property
     def model(self) -> str:
         """Equal for the entries of one model saved under several events (see
         :attr:`checkpointing.naming.CheckpointName.model`), in its folder."""

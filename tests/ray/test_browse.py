@@ -44,7 +44,7 @@ from checkpointing.metadata import read_checkpoint_metadata
 from checkpointing.naming import CheckpointName
 from checkpointing.store import list_checkpoints
 from tests.ray.conftest import Crash, Driver, crash_trial, driver_env, trial_results
-from tests.tiny_config import PROJECT_ROOT, tiny_config_dir
+from tests.tiny_config import tiny_config_dir
 from tuner.browse import main
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -732,4 +732,3 @@ def test_the_cli_never_imports_ray_nor_writes(built: Built) -> None:
         timeout=60,
     )
     assert helped.returncode == 0 and "--all-runs" in helped.stdout
-    assert PROJECT_ROOT.is_dir()

@@ -100,31 +100,40 @@ def _report(metrics: Mapping[str, Any], pointer: Mapping[str, Any] | None) -> No
         tune.report(dict(metrics), checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
-def _stop_requested(name: str | None) -> Callable[[], bool]:
-    """Polls the driver's stop flag at most once a second; False when there is none."""
-    if not name:
-        return lambda: False
-    import ray
+class _StopPoll:
+    """Polls the driver's stop flag at most once a second (``poll()``); False when there is
+    no flag or the driver is gone. ``ack`` tells the driver an interrupt checkpoint is saved."""
 
-    try:
-        flag = ray.get_actor(name)
-    except ValueError:
-        log.warning("stop flag actor %r not found; trial will not see driver interrupts", name)
-        return lambda: False
-    last_poll = [0.0, False]
+    def __init__(self, name: str | None) -> None:
+        self.flag: Any = None
+        self._at = 0.0
+        self._set = False
+        if not name:
+            return
+        import ray
 
-    def requested() -> bool:
+        try:
+            self.flag = ray.get_actor(name)
+        except ValueError:
+            log.warning("stop flag actor %r not found; trial will not see driver interrupts", name)
+
+    def __call__(self) -> bool:
+        if self.flag is None:
+            return False
         now = time.monotonic()
-        if now - float(last_poll[0]) >= 1.0:
-            last_poll[0] = now
-            try:
-                last_poll[1] = bool(ray.get(flag.is_set.remote(), timeout=10))
-            except Exception:  # the driver is gone; keep training, Tune decides
-                last_poll[1] = False
-        return bool(last_poll[1])
+        if now - self._at >= 1.0:
+            import ray
 
-    requested.flag = flag  # type: ignore[attr-defined]
-    return requested
+            self._at = now
+            try:
+                self._set = bool(ray.get(self.flag.is_set.remote(), timeout=10))
+            except Exception:  # the driver is gone; keep training, Tune decides
+                self._set = False
+        return self._set
+
+    def ack(self, trial: str, checkpoint: str | None) -> None:
+        if self.flag is not None:
+            self.flag.ack.remote(trial, checkpoint)
 
 
 def train_trial(config: dict[str, Any]) -> None:
@@ -177,7 +186,7 @@ class _Trial:
         self.trial_id = trial_id
         self.run_id = run_id_for_trial(config.experiment, trial_id)
         self.about = {"market": config.market, "seed": config.seed, "run_id": self.run_id}
-        self.stop_requested = _stop_requested(config.stop_flag)
+        self.stop_requested = _StopPoll(config.stop_flag)
         self.latest: dict[str, Any] = {}  # the latest evaluation report, for an interrupt's
         self.folder = Path(config.models_root)  # the checkpoint folder of the current phase
 
@@ -257,10 +266,9 @@ class _Trial:
             "callback_state": None,
         }
         _report(report, pointer)
-        flag = getattr(self.stop_requested, "flag", None)
-        if flag is not None:
+        if self.stop_requested.flag is not None:
             from ray import tune
 
-            flag.ack.remote(tune.get_context().get_trial_name() or self.trial_id, name)
+            self.stop_requested.ack(tune.get_context().get_trial_name() or self.trial_id, name)
         while True:
             time.sleep(1.0)

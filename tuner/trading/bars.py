@@ -10,7 +10,6 @@ spanning less than 30 days falls back to ``365.25 days / bar_interval``.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -29,8 +28,6 @@ __all__ = [
     "infer_bar_interval",
     "split_ranges",
 ]
-
-log = logging.getLogger(__name__)
 
 SPLIT_NAMES = ("train", "validation", "test")
 _YEAR = timedelta(days=365.25)
