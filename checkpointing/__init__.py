@@ -20,6 +20,7 @@ __all__ = [
     "LoadedCheckpoint",
     "MetricTrackingEvalCallback",
     "TrainingInterrupted",
+    "TrainingStopped",
     "find_resume_checkpoint",
     "format_checkpoint_name",
     "learn_with_checkpoints",
@@ -49,6 +50,7 @@ _WHERE = {
     "DynamicCheckpointManager": "manager",
     "MetricTrackingEvalCallback": "callback",
     "TrainingInterrupted": "callback",
+    "TrainingStopped": "callback",
     "learn_with_checkpoints": "callback",
     "LoadedCheckpoint": "loading",
     "find_resume_checkpoint": "selection",
@@ -61,6 +63,7 @@ if TYPE_CHECKING:
     from checkpointing.callback import (
         MetricTrackingEvalCallback,
         TrainingInterrupted,
+        TrainingStopped,
         learn_with_checkpoints,
     )
     from checkpointing.config import CheckpointConfig, load_config

@@ -55,6 +55,12 @@ def default_evaluator(model: BaseAlgorithm, env: VecEnv, n_episodes: int) -> dic
     return {"val_reward": float(sum(rewards) / len(rewards)) if rewards else math.nan}
 
 
+class TrainingStopped(Exception):
+    """Raised by an ``on_evaluation`` hook to end training right after an evaluation (a
+    scheduler stopped a weak trial): the evaluation's checkpoint is saved already, so no
+    ``interrupt`` checkpoint is written and the run ends as it stands."""
+
+
 class TrainingInterrupted(Exception):
     """Training stopped on a signal after saving an ``interrupt`` checkpoint."""
 
@@ -301,11 +307,16 @@ def learn_with_checkpoints(
     Runs until ``total_timesteps`` more steps (``reset_num_timesteps=False``, so resumed runs
     keep counting). An exception raised inside ``learn()`` saves an ``interrupt`` checkpoint,
     then propagates. A SIGINT/SIGTERM stops training with an interrupt save and raises
-    :class:`TrainingInterrupted` (``exit_code`` 130 / 143).
+    :class:`TrainingInterrupted` (``exit_code`` 130 / 143). :class:`TrainingStopped` from an
+    evaluation hook ends training without an interrupt save.
     """
     learn_kwargs.setdefault("reset_num_timesteps", False)
     try:
         model.learn(total_timesteps=total_timesteps, callback=callback, **learn_kwargs)
+    except TrainingStopped:
+        callback.manager.flush()
+        callback._restore_signals()
+        raise
     except BaseException as exc:
         if callback.model is not None and callback.interrupt_outcome is None:
             try:

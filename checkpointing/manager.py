@@ -61,7 +61,16 @@ log = logging.getLogger(__name__)
 BEST_MODEL = "best_model"
 # The run's own metadata fields besides run_id (a Tune trial's experiment and trial id, the
 # checkpoint a run started from).
-RUN_FIELDS = ("experiment", "trial_id", "started_from", "started_from_run")
+RUN_FIELDS = (
+    "experiment",
+    "trial_id",
+    "started_from",
+    "started_from_run",
+    "config_id",
+    "hyperparameters",
+    "exploited",
+    "start_metrics",
+)
 
 
 @dataclass

@@ -27,6 +27,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--config-dir", default="config", help="folder of the YAML configs")
     parser.add_argument("--models-root", help="where checkpoints go (default: paths.root)")
+    parser.add_argument(
+        "--training-config",
+        metavar="PATH",
+        help="a training.yaml overlay laid over the config folder's, e.g. the settings a "
+        "search chose (<models-root>/summaries/<experiment>_<market>_training.yaml)",
+    )
 
 
 def check_path_argument(value: str | os.PathLike[str], what: str, *, folder: bool = False) -> Path:

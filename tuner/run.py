@@ -40,6 +40,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted experiment")
     p.add_argument("--address", help="Ray cluster address (default: start Ray on this machine)")
     p.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
+    s = p.add_argument_group(
+        "hyperparameter search",
+        "--search samples configurations per market on the first seed, then trains the best "
+        "--confirm-top of each market on every seed and ranks them by mean over the seeds",
+    )
+    s.add_argument("--search", metavar="PATH", help="a search space, e.g. config/search.yaml")
+    s.add_argument("--num-samples", type=int, help="configurations per market (default 8)")
+    s.add_argument("--searcher", choices=("random", "optuna"), help="default: optuna (TPE)")
+    s.add_argument("--scheduler", choices=("none", "asha", "pbt"), help="default: asha")
+    s.add_argument("--metric", help="validation metric to select by (default val_reward)")
+    s.add_argument(
+        "--confirm-top",
+        type=int,
+        help="configurations per market confirmed on every seed (default 3)",
+    )
+    s.add_argument("--search-seed", type=int, help="seed of the sampler (default 0)")
     return p
 
 

@@ -142,6 +142,8 @@ def _resume_line(
         command += ["--models-root", args.models_root]
     if args.config_dir != "config":
         command += ["--config-dir", args.config_dir]
+    if args.training_config:
+        command += ["--training-config", args.training_config]
     if args.timesteps:
         command += ["--timesteps", str(args.timesteps)]
     if args.base_interval:
@@ -173,10 +175,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from checkpointing.errors import CheckpointCorruptError
     from checkpointing.naming import CheckpointName, parse_name
     from tuner.trading.data import DataError
-    from tuner.training.settings import load_settings
+    from tuner.training.settings import load_run_settings
 
     try:
-        settings = load_settings(args.config_dir)
+        settings = load_run_settings(args.config_dir, args.training_config)
         jobs = _jobs(args, settings)
     except (ConfigError, CheckpointNameError, DataError, ValueError) as exc:
         return usage_error(exc)

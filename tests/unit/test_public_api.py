@@ -30,6 +30,7 @@ PUBLIC = {
     "ConfigError",
     "LoadedCheckpoint",
     "TrainingInterrupted",
+    "TrainingStopped",
     "format_checkpoint_name",
     "learn_with_checkpoints",
     "list_checkpoints",

@@ -59,41 +59,58 @@ def run_experiment(opts: RunOptions, settings: Any) -> int:
     flag_name = f"stop-flag:{opts.name}"
     flag = ray.remote(num_cpus=0)(StopFlag).options(name=flag_name).remote()
     stopper = StopHandler(flag, progress)
-    n_trials = len(opts.markets) * len(opts.seeds)
-    print(
-        f"experiment {opts.name}: {n_trials} trials ({', '.join(opts.markets)} x seeds "
-        f"{', '.join(map(str, opts.seeds))}), phases {','.join(map(str, opts.phases))}",
-        flush=True,
-    )
-    print(f"checkpoints under {opts.models_root}, Tune results under {opts.experiment_dir}")
+    _announce(opts)
     stopper.install()
     try:
         try:
-            tuner = _tuner(opts, flag_name, progress.callback)
+            _tuner(opts, settings, flag_name, progress.callback).fit()
+            if opts.search is not None and stopper.signum is None:
+                confirm = _confirm_tuner(opts, flag_name, progress.callback)
+                if confirm is not None:
+                    confirm.fit()
         except _CannotRestore as exc:
             ray.shutdown()
             return usage_error(exc)
-        tuner.fit()  # the outcome is read from the files below, as the browser reads it
+        # The outcome is read from the files below, as the browser reads it.
     finally:
         stopper.restore()
     ray.shutdown()  # every trial process is gone: their files are final
     return _finish(opts, settings, stopper.signum)
 
 
+def _announce(opts: RunOptions) -> None:
+    phases = ",".join(map(str, opts.phases))
+    if opts.search is None:
+        n_trials = len(opts.markets) * len(opts.seeds)
+        print(
+            f"experiment {opts.name}: {n_trials} trials ({', '.join(opts.markets)} x seeds "
+            f"{', '.join(map(str, opts.seeds))}), phases {phases}",
+            flush=True,
+        )
+    else:
+        s = opts.search
+        print(
+            f"search {opts.name}: {s.num_samples} configurations per market of "
+            f"{', '.join(opts.markets)} ({s.searcher}, scheduler {s.scheduler}, seed "
+            f"{opts.seeds[0]}, by {s.metric}), phases {phases}; then the best {s.confirm_top} "
+            f"per market on seeds {', '.join(map(str, opts.seeds))} ({opts.confirm_name})",
+            flush=True,
+        )
+    print(f"checkpoints under {opts.models_root}, Tune results under {opts.experiment_dir}")
+
+
 class _CannotRestore(Exception):
     """Tune cannot restore the experiment (what the resume check cannot see)."""
 
 
-def _tuner(opts: RunOptions, flag_name: str, progress: Any) -> Any:
-    """A new Tuner of one trial per (market, seed), or the experiment restored (--resume)."""
-    from ray import tune
+def _trial_base(opts: RunOptions, flag_name: str) -> dict[str, Any]:
+    """The trial config every trial of the experiment shares, as Tune's dict."""
+    from dataclasses import asdict
 
-    from tuner.driver.result_logs import result_loggers
-    from tuner.driver.trainable import TrialConfig, train_trial
+    from tuner.driver.trainable import TrialConfig
 
-    trainable = tune.with_resources(train_trial, {"cpu": opts.cpus_per_trial})
     trial = TrialConfig(
-        market="",  # one trial per (market, seed): grid searches in the param space
+        market="",  # set per trial: a grid search, the searcher or a confirmation case
         seed=0,
         phases=opts.phases,
         experiment=opts.name,
@@ -103,21 +120,78 @@ def _tuner(opts: RunOptions, flag_name: str, progress: Any) -> Any:
         base_interval=opts.base_interval,
         cpus=opts.cpus_per_trial,
         stop_flag=flag_name,
+        training=dict(opts.training_overlay),
     )
-    param_space = trial.param_space(list(opts.markets), list(opts.seeds))
-    if opts.resume:
+    base = asdict(trial)
+    base["phases"] = list(trial.phases)
+    return base
+
+
+def _tuner(opts: RunOptions, settings: Any, flag_name: str, progress: Any) -> Any:
+    """A new Tuner (one trial per (market, seed), or the search stage of ``--search``), or
+    the experiment restored (--resume)."""
+    from ray import tune
+
+    base = _trial_base(opts, flag_name)
+    tune_kwargs: dict[str, Any] = {}
+    if opts.search is None:
+        param_space = {
+            **base,
+            "market": tune.grid_search(list(opts.markets)),
+            "seed": tune.grid_search(list(opts.seeds)),
+        }
+    else:
+        from tuner.driver.search import search_tune_config
+
+        param_space, tune_kwargs = search_tune_config(opts, settings, base)
+    return _new_or_restored(opts, opts.name, param_space, tune_kwargs, progress)
+
+
+def _confirm_tuner(opts: RunOptions, flag_name: str, progress: Any) -> Any:
+    """The confirmation stage of a search: its top configurations on every seed (None when
+    every such run exists already)."""
+    from tuner.driver.search import confirm_cases, confirm_param_space
+
+    base = _trial_base(opts, flag_name)
+    base["experiment"] = opts.confirm_name
+    restoring = (opts.storage_path / opts.confirm_name / "tuner.pkl").exists()
+    cases = [] if restoring else confirm_cases(opts, load_experiment(opts.storage_path, opts.name))
+    if not restoring and not cases:
+        print("confirmation: every top configuration has run on every seed already", flush=True)
+        return None
+    if not restoring:
+        print(f"confirmation {opts.confirm_name}: {len(cases)} trials", flush=True)
+    param_space = confirm_param_space(base, cases)
+    return _new_or_restored(opts, opts.confirm_name, param_space, {}, progress)
+
+
+def _new_or_restored(
+    opts: RunOptions,
+    name: str,
+    param_space: dict[str, Any],
+    tune_kwargs: dict[str, Any],
+    progress: Any,
+) -> Any:
+    from ray import tune
+
+    from tuner.driver.result_logs import result_loggers
+    from tuner.driver.trainable import train_trial
+
+    trainable = tune.with_resources(train_trial, {"cpu": opts.cpus_per_trial})
+    experiment_dir = opts.storage_path / name
+    if (experiment_dir / "tuner.pkl").exists():  # --resume (a new experiment was refused)
         try:
             return tune.Tuner.restore(
-                os.fspath(opts.experiment_dir),
+                os.fspath(experiment_dir),
                 trainable=trainable,
-                param_space=param_space,
+                param_space=param_space if "case" not in param_space else None,
                 resume_unfinished=True,
                 resume_errored=True,
             )
         except Exception as exc:  # e.g. a tuner.pkl that unpickles into nonsense
             raise _CannotRestore(
-                f"--resume: Tune cannot restore experiment {opts.name!r} from "
-                f"{os.fspath(opts.experiment_dir)} ({type(exc).__name__}: {exc}); start it "
+                f"--resume: Tune cannot restore experiment {name!r} from "
+                f"{os.fspath(experiment_dir)} ({type(exc).__name__}: {exc}); start it "
                 "again without --resume under another --name (checkpoints under "
                 f"{os.fspath(opts.models_root)} are untouched)"
             ) from None
@@ -126,9 +200,11 @@ def _tuner(opts: RunOptions, flag_name: str, progress: Any) -> Any:
         param_space=param_space,
         # A reused actor has torch and SB3 imported already: each trial after the first few
         # starts in well under a second instead of paying ~5 s of imports.
-        tune_config=tune.TuneConfig(max_concurrent_trials=opts.max_concurrent, reuse_actors=True),
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=opts.max_concurrent, reuse_actors=True, **tune_kwargs
+        ),
         run_config=tune.RunConfig(
-            name=opts.name,
+            name=name,
             storage_path=os.fspath(opts.storage_path),
             failure_config=tune.FailureConfig(max_failures=opts.max_failures),
             # Every Tune checkpoint is a pointer of a few hundred bytes; keeping them all
@@ -143,29 +219,67 @@ def _tuner(opts: RunOptions, flag_name: str, progress: Any) -> Any:
 def _finish(opts: RunOptions, settings: Any, signum: int | None) -> int:
     """Retention over every folder the trials touched, the summary, and the exit code."""
     print(retention_pass(settings.checkpoint, opts.models_root, opts.phases, opts.markets))
-    experiment = load_experiment(opts.storage_path, opts.name)
-    summary = build_summary(experiment, phases=opts.phases)
-    json_path, csv_path = write_summary(summary, opts.models_root / "summaries")
-    print()
-    print(format_table(summary))
-    print()
-    print(f"summary: {json_path}")
-    print(f"         {csv_path}")
-    browse = f"--storage-path {opts.storage_path} --experiment {opts.name}"
-    print(f"browse:  python -m tuner.browse {browse}")
-    statuses = {(t.market, t.seed): t.status for t in experiment.trials}
-    missing = [(m, s) for m in opts.markets for s in opts.seeds if (m, s) not in statuses]
-    if signum is not None or missing or summary["unfinished"]:
+    names = [opts.name]
+    if opts.search is not None and (opts.storage_path / opts.confirm_name).is_dir():
+        names.append(opts.confirm_name)
+    experiments = {n: load_experiment(opts.storage_path, n) for n in names}
+    summaries = {n: build_summary(e, phases=opts.phases) for n, e in experiments.items()}
+    for name, summary in summaries.items():
+        json_path, csv_path = write_summary(summary, opts.models_root / "summaries")
+        print()
+        print(format_table(summary))
+        print()
+        print(f"summary: {json_path}")
+        print(f"         {csv_path}")
+        browse = f"--storage-path {opts.storage_path} --experiment {name}"
+        print(f"browse:  python -m tuner.browse {browse}")
+    if opts.search is not None:
+        _finish_search(opts, experiments, summaries)
+    unfinished = [u for s in summaries.values() for u in s["unfinished"]]
+    failed = [f for s in summaries.values() for f in s["failed"]]
+    if signum is not None or _missing(opts, experiments[opts.name]) or unfinished:
         print(
             "interrupted: every running trial saved an interrupt checkpoint. Resume with:\n"
             f"  python -m tuner.run {shlex.join(_resume_args(opts))} --resume",
             flush=True,
         )
         return 128 + (signum or signal.SIGINT)
-    if summary["failed"]:
-        print(f"{len(summary['failed'])} trial(s) failed: " + ", ".join(summary["failed"]))
+    if failed:
+        print(f"{len(failed)} trial(s) failed: " + ", ".join(failed))
         return EXIT_FAILED_TRIALS
     return 0
+
+
+def _missing(opts: RunOptions, experiment: Any) -> list[tuple[str, int]]:
+    """Trials of a grid Tune never created (the driver stopped before it got to them)."""
+    if opts.search is not None:
+        return []
+    statuses = {(t.market, t.seed): t.status for t in experiment.trials}
+    return [(m, s) for m in opts.markets for s in opts.seeds if (m, s) not in statuses]
+
+
+def _finish_search(
+    opts: RunOptions, experiments: dict[str, Any], summaries: dict[str, Any]
+) -> None:
+    import json
+
+    from tuner.driver.experiments import json_ready
+    from tuner.driver.search import format_search, search_summary, write_overlays
+
+    verdict = search_summary(
+        opts, experiments[opts.name], experiments.get(opts.confirm_name), summaries
+    )
+    folder = opts.models_root / "summaries"
+    path = folder / f"{opts.name}_search.json"
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(json_ready(verdict), indent=2, allow_nan=False), encoding="utf-8")
+    os.replace(tmp, path)
+    print()
+    print(format_search(verdict))
+    print()
+    print(f"search:  {path}")
+    for overlay in write_overlays(verdict, folder):
+        print(f"chosen:  {overlay}  (train with --training-config {overlay})")
 
 
 def _resume_args(opts: RunOptions) -> list[str]:
@@ -185,6 +299,13 @@ def _resume_args(opts: RunOptions) -> list[str]:
         "--config-dir",
         os.fspath(opts.config_dir),
     ]
+    if opts.training_config is not None:
+        args += ["--training-config", os.fspath(opts.training_config)]
+    if opts.search is not None:
+        s = opts.search
+        args += ["--search", os.fspath(s.path), "--num-samples", str(s.num_samples)]
+        args += ["--searcher", s.searcher, "--scheduler", s.scheduler, "--metric", s.metric]
+        args += ["--confirm-top", str(s.confirm_top), "--search-seed", str(s.seed)]
     if opts.timesteps:
         args += ["--timesteps", str(opts.timesteps)]
     if opts.base_interval:

@@ -5,11 +5,12 @@ Reads what ``python -m tuner.run`` left under a storage path, through
 (market, seed, run id, phases, models root, config folder), each trial's latest reported
 result and its status, from the files:
 
-``finished`` (the last result says ``finished``), ``interrupted`` (the last result says
-``interrupted``, or the trial stopped without finishing or failing), ``running`` (its worker
-process is alive on this machine, or for a remote worker, its results changed in the last 10
-minutes), ``errored`` (Tune left ``error.txt`` / ``error.pkl`` in the trial folder, or its
-state says ERROR), ``pending`` (nothing reported yet).
+``finished`` (the last result says ``finished``), ``stopped`` (a search's scheduler stopped
+it early: Tune terminated it after a result that did not finish), ``interrupted`` (the last
+result says ``interrupted``, or the trial stopped without finishing or failing), ``running``
+(its worker process is alive on this machine, or for a remote worker, its results changed in
+the last 10 minutes), ``errored`` (Tune left ``error.txt`` / ``error.pkl`` in the trial
+folder, or its state says ERROR), ``pending`` (nothing reported yet).
 
 A trial's checkpoints are those whose names carry its run id (every result reports it; a
 trial of an experiment written before runs had ids owns the legacy run of its market and seed).
@@ -45,6 +46,7 @@ from tuner.driver.tune_files import (
     read_json,
     read_results,
 )
+from tuner.training.settings import overlay_id
 
 __all__ = [
     "STATUSES",
@@ -58,7 +60,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("running", "finished", "interrupted", "errored", "pending")
+STATUSES = ("running", "finished", "stopped", "interrupted", "errored", "pending")
 REMOTE_RUNNING_S = 600.0  # a remote trial whose results changed this recently is running
 
 
@@ -136,6 +138,9 @@ class TrialInfo:
     started: float | None = None
     last_activity: float | None = None
     error_file: Path | None = None
+    stage: str | None = None  # grid, search or confirm
+    config_id: str | None = None  # the configuration's id (overlay_id of ``training``)
+    training: Mapping[str, Any] = field(default_factory=dict)  # the overlay on training.yaml
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -158,6 +163,9 @@ class TrialInfo:
             "started": _iso(self.started),
             "last_activity": _iso(self.last_activity),
             "error_file": None if self.error_file is None else os.fspath(self.error_file),
+            "stage": self.stage,
+            "config_id": self.config_id,
+            "training": dict(self.training),
         }
 
 
@@ -175,6 +183,8 @@ def _trial_status(
         return "finished"
     if last.get("interrupted") is True:
         return "interrupted"
+    if tune_status == "TERMINATED" and not failed:
+        return "stopped"
     pid, host = integer(last.get("pid")), last.get("hostname")
     if pid is not None and host == socket.gethostname():
         if pid_alive(pid):
@@ -216,9 +226,19 @@ def _load_trial(folder: Path, state: StateTrial | None) -> TrialInfo:
     params = read_json(folder / PARAMS_FILE)
     results = read_results(folder / RESULT_FILE)
     config: dict[str, Any] = {}
-    for source in (state.config if state else None, (results.first or {}).get("config"), params):
+    # The newest config last: a PBT exploit gives a trial another configuration.
+    for source in (
+        state.config if state else None,
+        (results.first or {}).get("config"),
+        params,
+        (results.last or {}).get("config"),
+    ):
         if isinstance(source, dict):
             config.update(source)
+    case = config.pop("case", None)  # a confirmation trial's market, seed and configuration
+    if isinstance(case, dict):
+        config.update(case)
+    training = _training(config)
     phases = config.get("phases")
     phase_list = (
         tuple(p for p in (integer(x) for x in phases) if p is not None)
@@ -266,7 +286,24 @@ def _load_trial(folder: Path, state: StateTrial | None) -> TrialInfo:
         started=started,
         last_activity=last_activity,
         error_file=error_file,
+        stage=str(config.get("stage") or "grid"),
+        config_id=None if training is None else overlay_id(training),
+        training=training or {},
     )
+
+
+def _training(config: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A trial's configuration (its overlay on training.yaml) as the trial trained with it,
+    or None for a trial of an experiment from before configurations."""
+    from tuner.search.space import decode
+
+    training = config.get("training")
+    if not isinstance(training, dict):
+        return None
+    try:
+        return decode(training)
+    except ValueError:  # ConfigError: a network that is no network
+        return None
 
 
 # --------------------------------------------------------------------------- experiments

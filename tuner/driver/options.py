@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +16,23 @@ from checkpointing.errors import ConfigError
 from checkpointing.naming import validate_market, validate_seed
 from tuner.cli import check_path_argument
 
-__all__ = ["RunOptions", "options_from_args"]
+__all__ = ["RunOptions", "SearchOptions", "options_from_args"]
 
 _EXPERIMENT_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_]|[.-](?=[A-Za-z0-9_]))*\Z", re.ASCII)
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """A hyperparameter search (``--search``): the space and how it is searched."""
+
+    path: Path
+    spec: Any  # tuner.search.space.SearchSpec, for the trained phases
+    num_samples: int = 8
+    searcher: str = "optuna"
+    scheduler: str = "asha"
+    metric: str = "val_reward"
+    confirm_top: int = 3
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -38,10 +52,18 @@ class RunOptions:
     resume: bool
     address: str | None
     num_cpus: int | None
+    training_config: Path | None = None
+    training_overlay: dict[str, Any] = field(default_factory=dict)
+    search: SearchOptions | None = None
 
     @property
     def experiment_dir(self) -> Path:
         return self.storage_path / self.name
+
+    @property
+    def confirm_name(self) -> str:
+        """The confirmation stage's experiment of a search."""
+        return f"{self.name}-confirm"
 
 
 def _split(text: str, what: str) -> list[str]:
@@ -60,14 +82,15 @@ def options_from_args(args: argparse.Namespace) -> tuple[RunOptions, Any]:
     DataError naming the culprit.
     """
     from tuner.training.job import PhaseJob, parse_phases, prepare
-    from tuner.training.settings import load_settings
+    from tuner.training.settings import load_run_settings
 
     markets = [validate_market(m) for m in _split(args.markets, "markets")]
     seeds = _seeds(args.seeds)
     phases = parse_phases(args.phases) if args.phases else parse_phases(str(args.phase or 1))
     _check_numbers(args)
 
-    settings = load_settings(args.config_dir)
+    settings = load_run_settings(args.config_dir, args.training_config)
+    search = _search_options(args, settings, phases)
     models_root = (
         check_path_argument(args.models_root, "--models-root", folder=True)
         if args.models_root is not None
@@ -101,9 +124,69 @@ def options_from_args(args: argparse.Namespace) -> tuple[RunOptions, Any]:
         resume=args.resume,
         address=args.address,
         num_cpus=args.num_cpus,
+        training_config=Path(args.training_config).resolve() if args.training_config else None,
+        training_overlay=dict(settings.training_overlay),
+        search=search,
     )
     _check_experiment(opts)
     return opts, settings
+
+
+_SEARCH_FLAGS = ("num_samples", "searcher", "scheduler", "metric", "confirm_top", "search_seed")
+
+
+def _search_options(
+    args: argparse.Namespace, settings: Any, phases: list[int]
+) -> SearchOptions | None:
+    """The search of ``--search``, its file validated; None without ``--search``."""
+    if args.search is None:
+        given = [f for f in _SEARCH_FLAGS if getattr(args, f) is not None]
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise ConfigError(f"{flag} goes with --search (a search space to sample)")
+        return None
+    from checkpointing.ranking import METRICS
+    from tuner.search.space import load_search
+
+    path = check_path_argument(args.search, "--search")
+    spec = load_search(path, settings.training).for_phases(phases)
+    if spec.is_empty:
+        raise ConfigError(
+            f"{os.fspath(path)}: nothing to search for phases {phases} (the space only names "
+            "phases that are not trained)"
+        )
+    scheduler = args.scheduler or "asha"
+    searcher = args.searcher or ("random" if scheduler == "pbt" else "optuna")
+    if scheduler == "pbt":
+        if searcher != "random":
+            raise ConfigError(
+                "--scheduler pbt samples its first population at random: use --searcher random "
+                "(or leave --searcher out)"
+            )
+        spec.require_pbt()
+    metric = args.metric or "val_reward"
+    if metric not in METRICS:
+        raise ConfigError(f"--metric must be one of {list(METRICS)}, got {metric!r}")
+    for flag, value, low in (
+        ("--num-samples", args.num_samples, 1),
+        ("--confirm-top", args.confirm_top, 1),
+        ("--search-seed", args.search_seed, 0),
+    ):
+        if value is not None and value < low:
+            raise ConfigError(f"{flag} must be >= {low}, got {value!r}")
+    samples = args.num_samples or 8
+    if scheduler == "pbt" and samples < 2:
+        raise ConfigError("--scheduler pbt needs a population: --num-samples 2 or more")
+    return SearchOptions(
+        path=path.resolve(),
+        spec=spec,
+        num_samples=samples,
+        searcher=searcher,
+        scheduler=scheduler,
+        metric=metric,
+        confirm_top=args.confirm_top or 3,
+        seed=args.search_seed or 0,
+    )
 
 
 def _seeds(text: str) -> list[int]:
@@ -139,6 +222,11 @@ def _check_experiment(opts: RunOptions) -> None:
     """A new experiment must not exist yet; one to resume must exist and be readable."""
     name, storage = opts.name, os.fspath(opts.storage_path)
     if not opts.resume:
+        if opts.search is not None and (opts.storage_path / opts.confirm_name).exists():
+            raise ConfigError(
+                f"experiment {opts.confirm_name!r} (the confirmation stage of {name!r}) already "
+                f"exists in {storage}: add --resume to continue it, or choose another --name"
+            )
         if opts.experiment_dir.exists():
             raise ConfigError(
                 f"experiment {name!r} already exists in {storage}: add --resume to continue "

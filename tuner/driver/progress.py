@@ -5,6 +5,7 @@ Imported after Ray has been chosen (it subclasses ``ray.tune.Callback``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -50,7 +51,12 @@ class Progress:
             ) -> None:
                 outer.running.discard(trial.trial_id)
                 last = outer.last.get(trial.trial_id, {})
-                outer.say(f"[done]   {outer.label(trial)}  {outer.metrics(last)}")
+                if last.get("finished") or not last:
+                    outer.say(f"[done]   {outer.label(trial)}  {outer.metrics(last)}")
+                else:  # a search's scheduler stopped it after this result
+                    outer.say(
+                        f"[stop]   {outer.label(trial)}  {outer.metrics(last)}  stopped early"
+                    )
 
             def on_trial_error(
                 self, iteration: int, trials: list[Any], trial: Any, **info: Any
@@ -74,8 +80,16 @@ class Progress:
 
     @staticmethod
     def label(trial: Any) -> str:
-        cfg = trial.config
-        return f"{cfg.get('market')} seed {cfg.get('seed')}"
+        """``NQ seed 42``, and a search trial's configuration: ``NQ seed 42 config 1a2b3c4d``."""
+        cfg = {**trial.config, **(trial.config.get("case") or {})}
+        label = f"{cfg.get('market')} seed {cfg.get('seed')}"
+        if cfg.get("stage") in ("search", "confirm"):
+            from tuner.search.space import decode
+            from tuner.training.settings import overlay_id
+
+            with contextlib.suppress(ValueError):
+                label += f" config {overlay_id(decode(cfg.get('training') or {}))}"
+        return label
 
     @staticmethod
     def metrics(result: dict[str, Any]) -> str:

@@ -110,7 +110,9 @@ def build_summary(experiment: Experiment, *, phases: Sequence[int]) -> dict[str,
         "markets": _market_rows(rows, ranked),
         "failed": [f"{r['market']}/{r['seed']}" for r in rows if r["status"] == "errored"],
         "unfinished": [
-            f"{r['market']}/{r['seed']}" for r in rows if r["status"] not in ("finished", "errored")
+            f"{r['market']}/{r['seed']}"
+            for r in rows
+            if r["status"] not in ("finished", "stopped", "errored")
         ],
     }
 

@@ -12,15 +12,16 @@ rerun, another experiment) are never taken for its own. Uses the ``ray.tune`` AP
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, NoReturn
 
-from tuner.driver.tune_files import write_pointer
+from tuner.driver.tune_files import read_pointer, write_pointer
 
 __all__ = ["StopFlag", "TrialConfig", "train_trial"]
 
@@ -45,18 +46,32 @@ class TrialConfig:
     base_interval: int | None = None
     cpus: float = 1.0
     stop_flag: str | None = None
+    training: Mapping[str, Any] = field(default_factory=dict)  # overlay on training.yaml
+    stage: str = "grid"  # grid (one trial per market and seed), search, confirm
 
     @classmethod
     def from_tune(cls, config: Mapping[str, Any]) -> TrialConfig:
-        """The trial config from Tune's ``config`` dict (unknown keys are refused)."""
+        """The trial config from Tune's ``config`` dict (unknown keys are refused). A
+        ``case`` (a confirmation trial's market, seed and configuration) is merged in; the
+        configuration is decoded from Tune's representation (networks as ``"64x64"``)."""
+        from tuner.search.space import decode
+
+        values = dict(config)
+        values.update(values.pop("case", None) or {})
         names = {f.name for f in fields(cls)}
-        unknown = set(config) - names
+        unknown = set(values) - names
         if unknown:
             raise ValueError(f"unknown trial config keys {sorted(unknown)}")
-        values = dict(config)
         values["seed"] = int(values["seed"])
         values["phases"] = tuple(int(p) for p in values["phases"])
+        values["training"] = decode(_plain(values.get("training") or {}))
         return cls(**values)
+
+    @property
+    def config_id(self) -> str:
+        from tuner.training.settings import overlay_id
+
+        return overlay_id(self.training)
 
     def param_space(self, markets: list[str], seeds: list[int]) -> dict[str, Any]:
         """Tune's ``param_space``: this config with one trial per (market, seed)."""
@@ -89,15 +104,36 @@ class StopFlag:
         return dict(self._acks)
 
 
-def _report(metrics: Mapping[str, Any], pointer: Mapping[str, Any] | None) -> None:
+def _plain(value: Any) -> Any:
+    """Tune's config values as plain JSON-ready dicts and lists."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _report(
+    metrics: Mapping[str, Any], pointer: Mapping[str, Any] | None, *, stoppable: bool = False
+) -> None:
+    """Report to Tune. A scheduler that stops the trial (ASHA) answers the report by ending
+    the training thread; ``stoppable`` turns that into :class:`TrainingStopped`, so training
+    ends without an interrupt checkpoint (the evaluation's checkpoint is saved already)."""
     from ray import tune
 
-    if pointer is None:
-        tune.report(dict(metrics))
-        return
-    with tempfile.TemporaryDirectory(prefix="tune-pointer-") as tmp:
-        write_pointer(tmp, pointer)
-        tune.report(dict(metrics), checkpoint=tune.Checkpoint.from_directory(tmp))
+    from checkpointing import TrainingStopped
+
+    try:
+        if pointer is None:
+            tune.report(dict(metrics))
+            return
+        with tempfile.TemporaryDirectory(prefix="tune-pointer-") as tmp:
+            write_pointer(tmp, pointer)
+            tune.report(dict(metrics), checkpoint=tune.Checkpoint.from_directory(tmp))
+    except SystemExit:
+        if not stoppable:
+            raise
+        raise TrainingStopped("stopped early by the scheduler") from None
 
 
 class _StopPoll:
@@ -140,15 +176,18 @@ def train_trial(config: dict[str, Any]) -> None:
     """Ray Tune function trainable; ``config`` is a :class:`TrialConfig` as a dict."""
     from ray import tune
 
-    from checkpointing import TrainingInterrupted
+    from checkpointing import TrainingInterrupted, TrainingStopped
     from tuner.training.settings import load_settings
     from tuner.training.trainer import train_phase
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     trial = _Trial(TrialConfig.from_tune(config), tune.get_context().get_trial_id())
-    settings = load_settings(trial.config.config_dir)
-    completed, last = 0, None
-    for phase in trial.config.phases:
+    settings = load_settings(
+        trial.config.config_dir, trial.config.training, overlay_from="the trial's configuration"
+    )
+    phases, completed = trial.start(tune.get_checkpoint(), settings)
+    last = None
+    for phase in phases:
         job = trial.phase_job(phase, settings)
         try:
             last = train_phase(
@@ -160,6 +199,8 @@ def train_trial(config: dict[str, Any]) -> None:
             )
         except TrainingInterrupted as exc:
             trial.interrupted(exc, job, completed)  # never returns
+        except TrainingStopped:
+            raise SystemExit(0) from None  # how Tune's own report ends a stopped trial
         completed += last.timesteps
     assert last is not None
     _report(
@@ -176,23 +217,125 @@ def train_trial(config: dict[str, Any]) -> None:
     )
 
 
+# Where a trial's run came from, kept in its pointers so that its later checkpoints say it too.
+_LINEAGE = ("exploited", "start_metrics", "started_from", "started_from_run")
+
+
 class _Trial:
-    """One trial's run: its id, its phase jobs, its reports to Tune."""
+    """One trial's run: its id, where it starts, its phase jobs, its reports to Tune."""
 
     def __init__(self, config: TrialConfig, trial_id: str) -> None:
         from checkpointing.naming import run_id_for_trial
+        from tuner.search.space import flatten as flatten_overlay
 
         self.config = config
         self.trial_id = trial_id
         self.run_id = run_id_for_trial(config.experiment, trial_id)
-        self.about = {"market": config.market, "seed": config.seed, "run_id": self.run_id}
         self.stop_requested = _StopPoll(config.stop_flag)
         self.latest: dict[str, Any] = {}  # the latest evaluation report, for an interrupt's
         self.folder = Path(config.models_root)  # the checkpoint folder of the current phase
+        self.hyperparameters = flatten_overlay(config.training)
+        self.run_info: dict[str, Any] = {
+            "experiment": config.experiment,
+            "trial_id": trial_id,
+            "config_id": config.config_id,
+            "hyperparameters": self.hyperparameters or None,
+        }
+        self.exploit: Path | None = None  # the checkpoint of another trial to continue from
+
+    @property
+    def about(self) -> dict[str, Any]:
+        """What every result says of the trial, with the data splits its process has used
+        (a search selects on validation only: ``test`` never appears)."""
+        from tuner.trading.env import splits_opened
+
+        c = self.config
+        return {
+            "market": c.market,
+            "seed": c.seed,
+            "run_id": self.run_id,
+            "config_id": c.config_id,
+            "stage": c.stage,
+            "splits": ",".join(splits_opened()),
+        }
+
+    def start(self, checkpoint: Any, settings: Any) -> tuple[tuple[int, ...], int]:
+        """The phases left to train and the steps before them, from the Tune checkpoint the
+        trial starts with: none (a new trial: every phase), its own (a retry or ``--resume``:
+        its run goes on from the pointer's phase), or another trial's (a PBT exploit: a new
+        run of this trial continues from that trial's checkpoint, see :meth:`_exploit`)."""
+        phases = self.config.phases
+        if checkpoint is None:
+            return phases, 0
+        with checkpoint.as_directory() as folder:
+            pointer = read_pointer(folder)
+        phase = int(pointer["phase"])
+        if phase not in phases:
+            raise ValueError(f"the trial's checkpoint is of phase {phase}, not one of {phases}")
+        completed = pointer.get("completed")
+        if not isinstance(completed, int):  # a pointer of an older version: phase lengths
+            completed = sum(_length(p, self.config, settings) for p in phases if p < phase)
+        if self._owns(pointer):
+            self.run_id = str(pointer.get("run_id") or self.run_id)
+            lineage = pointer.get("lineage")  # a run continued after a PBT exploit keeps it
+            if isinstance(lineage, Mapping):
+                self.run_info.update({k: v for k, v in lineage.items() if k in _LINEAGE})
+        else:
+            self._exploit(pointer, settings)
+        return phases[phases.index(phase) :], completed
+
+    def _owns(self, pointer: Mapping[str, Any]) -> bool:
+        owner = pointer.get("trial_id")
+        if isinstance(owner, str):
+            return owner == self.trial_id
+        run_id = str(pointer.get("run_id") or "")
+        return run_id == self.run_id or run_id.startswith(f"{self.run_id}-x")
+
+    def _exploit(self, pointer: Mapping[str, Any], settings: Any) -> None:
+        """PBT copies a better trial of the same market into this one: continue from that
+        trial's checkpoint (weights, optimizer, VecNormalize statistics and callback state)
+        as a new run of this trial, with this trial's (perturbed) configuration, and record
+        the lineage in every checkpoint's metadata."""
+        from tuner.search.space import flatten as flatten_overlay
+
+        c = self.config
+        if (pointer.get("market"), pointer.get("seed")) != (c.market, c.seed):
+            raise ValueError(
+                f"refusing to continue {c.market} seed {c.seed} from a checkpoint of "
+                f"{pointer.get('market')} seed {pointer.get('seed')}"
+            )
+        phase = int(pointer["phase"])
+        folder = settings.checkpoint.checkpoint_dir(phase, c.market, Path(c.models_root))
+        source = _verified_source(folder, pointer)
+        self.run_id = _next_run(folder, c.market, c.seed, c.experiment, self.trial_id)
+        self.exploit = source
+        old = flatten_overlay(pointer.get("training") or {})
+        changed = {
+            key: {"old": old.get(key), "new": value}
+            for key, value in self.hyperparameters.items()
+            if old.get(key) != value
+        }
+        self.run_info["exploited"] = {
+            "from_trial": pointer.get("trial_id"),
+            "from_run": pointer.get("run_id"),
+            "from_checkpoint": source.name,
+            "at_timesteps": pointer.get("phase_timesteps"),
+            "changed": changed,
+        }
+        log.warning(
+            "%s seed %s: continuing from %s of run %s as run %s (%s)",
+            c.market,
+            c.seed,
+            source.name,
+            pointer.get("run_id"),
+            self.run_id,
+            ", ".join(f"{k} {v['old']} -> {v['new']}" for k, v in changed.items()) or "same",
+        )
 
     def phase_job(self, phase: int, settings: Any) -> Any:
-        """The phase as this trial's run. Retried or restored: it continues from the newest
-        checkpoint of this run that verifies; a phase this run never started starts as usual."""
+        """The phase as this trial's run. After a PBT exploit: from the source checkpoint.
+        Retried or restored: it continues from the newest checkpoint of this run that
+        verifies; a phase this run never started starts as usual."""
         from checkpointing.selection import find_resume_checkpoint
         from tuner.training.job import PhaseJob
 
@@ -200,9 +343,12 @@ class _Trial:
         folder = self.folder = settings.checkpoint.checkpoint_dir(
             phase, c.market, Path(c.models_root)
         )
-        mine = find_resume_checkpoint(
-            folder, "latest", seed=c.seed, market=c.market, run_id=self.run_id
-        )
+        source, self.exploit = self.exploit, None
+        mine = None
+        if source is None:
+            mine = find_resume_checkpoint(
+                folder, "latest", seed=c.seed, market=c.market, run_id=self.run_id
+            )
         return PhaseJob(
             market=c.market,
             seed=c.seed,
@@ -210,11 +356,13 @@ class _Trial:
             timesteps=c.timesteps,
             base_interval=c.base_interval,
             models_root=Path(c.models_root),
+            model_path=source,
             resume_from="latest" if mine is not None else None,
             run_id=self.run_id,
-            run_info=(("experiment", c.experiment), ("trial_id", self.trial_id)),
+            run_info=tuple((k, v) for k, v in self.run_info.items() if v is not None),
             torch_threads=max(1, int(c.cpus)),
             quiet=True,
+            check_start=source is not None,
         )
 
     def reporter(
@@ -235,12 +383,17 @@ class _Trial:
             self.latest = report
             pointer = {
                 **self.about,
+                "trial_id": self.trial_id,
+                "training": self.config.training,
                 "phase": phase,
+                "completed": completed,
+                "phase_timesteps": t,
                 "folder": os.fspath(manager.folder),
                 "checkpoint": state.get("last_checkpoint"),
                 "callback_state": state,
+                "lineage": {k: v for k, v in manager.run_info.items() if k in _LINEAGE},
             }
-            _report(report, pointer)
+            _report(report, pointer, stoppable=True)
 
         return on_evaluation
 
@@ -254,16 +407,25 @@ class _Trial:
         name = Path(exc.checkpoint).name if exc.checkpoint else None
         parsed = parse_name(name) if name else None
         at = parsed.timesteps if parsed is not None else int(self.latest.get("phase_timesteps", 0))
-        # The metrics are those of the latest evaluation, which the interrupt carries too.
-        report = {k: v for k, v in self.latest.items() if k not in ("checkpoint", "finished")}
+        # The metrics are those of the latest evaluation, which the interrupt carries too;
+        # NaN before the first one (a search's scheduler needs its metric in every result).
+        from checkpointing.ranking import METRICS
+
+        report: dict[str, Any] = dict.fromkeys(METRICS, math.nan)
+        report.update((k, v) for k, v in self.latest.items() if k not in ("checkpoint", "finished"))
         report.update(self.about, phase=job.phase, phase_timesteps=at, timesteps=completed + at)
         report.update(checkpoint=name, interrupted=True)
         pointer = {
             **self.about,
+            "trial_id": self.trial_id,
+            "training": self.config.training,
             "phase": job.phase,
+            "completed": completed,
+            "phase_timesteps": at,
             "folder": os.fspath(self.folder),
             "checkpoint": name,
             "callback_state": None,
+            "lineage": {k: v for k, v in self.run_info.items() if k in _LINEAGE},
         }
         _report(report, pointer)
         if self.stop_requested.flag is not None:
@@ -272,3 +434,52 @@ class _Trial:
             self.stop_requested.ack(tune.get_context().get_trial_name() or self.trial_id, name)
         while True:
             time.sleep(1.0)
+
+
+def _length(phase: int, config: TrialConfig, settings: Any) -> int:
+    """A phase's length: ``--timesteps``, else the checkpoint config's target."""
+    return int(config.timesteps or settings.checkpoint.phase(phase).target_timesteps)
+
+
+def _verified_source(folder: Path, pointer: Mapping[str, Any]) -> Path:
+    """The checkpoint a pointer names if it verifies, else the newest of its run that does."""
+    from checkpointing.errors import CheckpointCorruptError
+    from checkpointing.selection import find_resume_checkpoint
+    from checkpointing.store import verify_checkpoint
+
+    name = pointer.get("checkpoint")
+    if isinstance(name, str) and name and "/" not in name:
+        path = folder / name
+        try:
+            verify_checkpoint(path)
+            return path
+        except (CheckpointCorruptError, OSError) as exc:
+            log.warning("%s does not verify (%s); taking its run's newest that does", name, exc)
+    run_id = pointer.get("run_id")
+    found = find_resume_checkpoint(
+        folder,
+        "latest",
+        seed=int(pointer["seed"]),
+        market=str(pointer["market"]),
+        run_id=str(run_id) if run_id else None,
+    )
+    if found is None:
+        raise ValueError(f"no checkpoint of run {run_id} that verifies in {folder}")
+    return found
+
+
+def _next_run(folder: Path, market: str, seed: int, experiment: str, trial_id: str) -> str:
+    """The id of this trial's next run after a PBT exploit: ``<run id>-x<N>``, the first N
+    without checkpoints of the market and seed in ``folder``."""
+    from checkpointing.naming import CheckpointName, run_id_for_trial
+    from checkpointing.store import list_checkpoints
+
+    runs = {
+        i.name.run_id
+        for i in list_checkpoints(folder)
+        if isinstance(i.name, CheckpointName) and i.name.market == market and i.name.seed == seed
+    }
+    n = 1
+    while run_id_for_trial(experiment, f"{trial_id}-x{n}") in runs:
+        n += 1
+    return run_id_for_trial(experiment, f"{trial_id}-x{n}")

@@ -66,6 +66,7 @@ __all__ = [
     "EpisodeStats",
     "FuturesTradingEnv",
     "MarketData",
+    "splits_opened",
 ]
 
 log = logging.getLogger(__name__)
@@ -145,6 +146,15 @@ class EpisodeStats:
     advisor: AdvisorCounters | None
 
 
+_OPENED: set[str] = set()  # the splits any environment of this process has walked
+
+
+def splits_opened() -> tuple[str, ...]:
+    """The splits environments of this process have been built on, in split order: what a
+    search reports with every result, so anyone can check it never touched ``test``."""
+    return tuple(s for s in SPLIT_NAMES if s in _OPENED)
+
+
 class FuturesTradingEnv(gym.Env[NDArray[np.float32], np.int64]):
     """Trading one futures market on precomputed features (see the module docstring).
 
@@ -191,6 +201,7 @@ class FuturesTradingEnv(gym.Env[NDArray[np.float32], np.int64]):
                 f"{window_offset!r} and {window_stride!r}"
             )
         cfg = config or EnvConfig()
+        _OPENED.add(split)
         part = data.ranges[split]
         n = part.stop - part.start
         if n < 2:

@@ -35,9 +35,10 @@ class PhaseJob:
     resume_from: str | None = None  # latest | phase_end | best:<metric>
     run_id: str | None = None
     any_run: bool = False
-    run_info: tuple[tuple[str, str], ...] = ()
+    run_info: tuple[tuple[str, Any], ...] = ()
     torch_threads: int = 1
     quiet: bool = False
+    check_start: bool = False  # evaluate the starting checkpoint once it is loaded
 
 
 @dataclass
@@ -56,6 +57,7 @@ class PhaseResult:
     skipped: bool = False
     started_from: str = "scratch"
     elapsed_seconds: float = 0.0
+    start_metrics: dict[str, float] = field(default_factory=dict)  # with check_start
 
 
 def parse_phases(text: str) -> list[int]:

@@ -32,8 +32,12 @@ __all__ = [
     "PhaseTraining",
     "Settings",
     "TrainingConfig",
+    "load_run_settings",
     "load_settings",
     "load_training_config",
+    "merge_overlay",
+    "overlay_id",
+    "read_training_overlay",
 ]
 
 PHASES = (1, 2, 3)
@@ -190,8 +194,8 @@ def _parse_training(sec: Section) -> TrainingConfig:
     return cfg
 
 
-def load_training_config(path: str | os.PathLike[str]) -> TrainingConfig:
-    """Load ``training.yaml``; errors name the file, the key path and the value."""
+def _training_section(path: str | os.PathLike[str]) -> Any:
+    """The ``training:`` mapping of a file shaped like ``training.yaml``."""
     where_file = os.fspath(path)
     doc = read_yaml(path)
     if doc is None:
@@ -199,9 +203,51 @@ def load_training_config(path: str | os.PathLike[str]) -> TrainingConfig:
     try:
         top = Section(doc, "<top level>")
         top.only("training")
-        return _parse_training(Section(top.raw("training"), "training"))
+        section = top.raw("training")
+        Section(section, "training")  # a mapping
     except ConfigError as exc:
         raise ConfigError(f"{where_file}: {exc}") from None
+    return section
+
+
+def merge_overlay(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overlay`` laid over it: mappings merge key by key, anything else
+    (a number, a list such as ``net_arch``) replaces."""
+    merged = dict(base)
+    for key, value in overlay.items():
+        below = merged.get(key)
+        if isinstance(value, Mapping) and isinstance(below, Mapping):
+            merged[key] = merge_overlay(below, value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_training_config(
+    path: str | os.PathLike[str],
+    overlay: Mapping[str, Any] | None = None,
+    overlay_from: str = "the overlay",
+) -> TrainingConfig:
+    """Load ``training.yaml``, with ``overlay`` (a ``training:`` mapping: a search trial's
+    configuration, ``--training-config``) laid over it; errors name the file, the key path
+    and the value, and ``overlay_from`` when the overlay holds the culprit."""
+    section = _training_section(path)
+    where_file = os.fspath(path)
+    if overlay:
+        where_file = f"{where_file} with {overlay_from}"
+        section = merge_overlay(section or {}, overlay)
+    try:
+        return _parse_training(Section(section, "training"))
+    except ConfigError as exc:
+        raise ConfigError(f"{where_file}: {exc}") from None
+
+
+def read_training_overlay(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``training:`` mapping of an overlay file (``--training-config``: the settings a
+    search chose, written beside its summary); validated when laid over ``training.yaml``."""
+    check_path_argument(path, "--training-config")
+    section = _training_section(path)
+    return dict(section or {})
 
 
 @dataclass(frozen=True)
@@ -213,10 +259,16 @@ class Settings:
     markets: Mapping[str, MarketSpec]
     training: TrainingConfig
     advisor: AdvisorConfig
+    training_overlay: Mapping[str, Any] = field(default_factory=dict)
 
 
-def load_settings(config_dir: str | os.PathLike[str] = "config") -> Settings:
-    """Load and validate every config file of ``config_dir``.
+def load_settings(
+    config_dir: str | os.PathLike[str] = "config",
+    training_overlay: Mapping[str, Any] | None = None,
+    overlay_from: str = "the overlay",
+) -> Settings:
+    """Load and validate every config file of ``config_dir``, with ``training_overlay`` (a
+    ``training:`` mapping) laid over ``training.yaml``.
 
     The checkpoint config is ``llm_config.yaml`` when present (it inherits
     ``checkpoint_config.yaml`` and overrides phase 3), else ``checkpoint_config.yaml``.
@@ -238,5 +290,29 @@ def load_settings(config_dir: str | os.PathLike[str] = "config") -> Settings:
             except ConfigError as exc:
                 raise ConfigError(f"{os.fspath(llm_path)}: {exc}") from None
     markets = load_markets(folder / "markets.yaml")
-    training = load_training_config(folder / "training.yaml")
-    return Settings(folder, checkpoint, markets, training, advisor)
+    overlay = dict(training_overlay or {})
+    training = load_training_config(folder / "training.yaml", overlay, overlay_from)
+    return Settings(folder, checkpoint, markets, training, advisor, overlay)
+
+
+def load_run_settings(
+    config_dir: str | os.PathLike[str], training_config: str | None = None
+) -> Settings:
+    """The settings of ``--config-dir`` with the overlay file ``--training-config`` (if any)
+    laid over its ``training.yaml``."""
+    if not training_config:
+        return load_settings(config_dir)
+    overlay = read_training_overlay(training_config)
+    return load_settings(config_dir, overlay, overlay_from=training_config)
+
+
+def overlay_id(overlay: Mapping[str, Any]) -> str:
+    """A short id of a configuration (an overlay): the same settings give the same id, in
+    any key order; ``default`` for no overlay (training.yaml as it is)."""
+    import hashlib
+    import json
+
+    if not overlay:
+        return "default"
+    text = json.dumps(overlay, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.blake2s(text.encode(), digest_size=4).hexdigest()

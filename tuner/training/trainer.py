@@ -83,12 +83,14 @@ def train_phase(
     # --- environments and model ------------------------------------------------------------
     envs = _environments(job, settings, data)
     model, train_env = _model(job, settings, start, envs, manager)
+    start_metrics = _check_start(job, settings, start, model, train_env, envs, manager, say)
 
     # --- checkpoint callback, learn ----------------------------------------------------------
     result = PhaseResult(
         job.market, job.seed, job.phase, manager.folder, model.num_timesteps, manager.run_id
     )
     result.started_from = start.how
+    result.start_metrics = start_metrics
     last: dict[str, float] = {}
     callback = MetricTrackingEvalCallback(
         manager,
@@ -202,6 +204,7 @@ def _model(
     model: PPO = loaded.model  # type: ignore[assignment]
     train_env = loaded.vec_normalize
     train_env.training = True
+    _in_effect(model, train_env, ppo_cfg)
     if start.new_phase:
         model.num_timesteps = 0  # a new phase counts from 0, with a fresh schedule
     elif loaded.callback_state is not None:
@@ -209,6 +212,49 @@ def _model(
     else:  # a checkpoint without our state (v1): the schedule goes on from its timesteps
         manager.start_at(model.num_timesteps)
     return model, train_env
+
+
+def _check_start(
+    job: PhaseJob,
+    settings: Settings,
+    start: Start,
+    model: PPO,
+    train_env: Any,
+    envs: _Envs,
+    manager: Any,
+    say: Reporter,
+) -> dict[str, float]:
+    """With ``job.check_start``: the starting checkpoint evaluated on validation as loaded
+    (weights and VecNormalize statistics), recorded in every checkpoint of the run. A model
+    continued from another run's checkpoint (a PBT exploit) must score what that checkpoint
+    scored."""
+    if not job.check_start or start.path is None:
+        return {}
+    from stable_baselines3.common.vec_env import sync_envs_normalization
+
+    from tuner.trading.evaluation import evaluate_trading
+
+    sync_envs_normalization(train_env, envs.eval_env)
+    metrics = {
+        k: float(v)
+        for k, v in evaluate_trading(model, envs.eval_env, settings.training.eval_episodes).items()
+    }
+    manager.run_info["start_metrics"] = metrics
+    say(
+        f"{tag(job)}: {start.path.name} evaluates at val_reward={metrics.get('val_reward', 0):+.3f}"
+    )
+    return metrics
+
+
+def _in_effect(model: PPO, train_env: Any, ppo: Any) -> None:
+    """Make this run's settings the ones in effect on a loaded model: SB3 rebuilds the
+    learning-rate and clip-range schedules from the values passed to ``load``, but the
+    optimizer keeps the learning rate it was saved with until the first update, and the
+    VecNormalize keeps its own discount for the return statistics."""
+    lr = float(model.lr_schedule(model._current_progress_remaining))
+    for group in model.policy.optimizer.param_groups:
+        group["lr"] = lr
+    train_env.gamma = ppo.gamma
 
 
 def _progress(
