@@ -1,0 +1,721 @@
+"""The hyperparameter search file (``config/search.yaml``): a space over training.yaml's keys.
+
+A trial's configuration is an *overlay* on the ``training:`` section of ``training.yaml``: the
+same nesting and key names, holding only the keys the search sets::
+
+    {"phase1": {"ppo": {"learning_rate": 0.0004, "net_arch": [128, 128]}},
+     "env": {"drawdown_penalty": 0.3}}
+
+:func:`load_search` reads the file and checks, before Ray starts, that every configuration the
+space can produce is one ``training.yaml`` would accept (its own bounds, and ``batch_size``
+dividing ``n_steps x n_envs``). The :class:`SearchSpec` then builds the Tune objects::
+
+    spec = load_search("config/search.yaml", settings.training).for_phases((1,))
+    if spec.is_empty: ...                    # nothing to search in the phases trained
+    param_space = {"training": spec.param_space(), ...}
+    pbt = spec.require_pbt()                 # --scheduler pbt: its settings, or ConfigError
+    PopulationBasedTraining(
+        hyperparam_mutations={"training": spec.pbt_mutations()},
+        custom_explore_fn=lambda c: {**c, "training": spec.explore(c["training"])}, ...)
+    overlay = decode(config["training"])     # in the trial: Tune's values -> training.yaml's
+
+The file::
+
+    search:                # phase1, phase2, phase3 (each a ppo: mapping) and env
+      phase1:
+        ppo:
+          learning_rate: {loguniform: [1.0e-5, 1.0e-3]}
+          n_epochs: 5                            # a plain value fixes the key
+    asha: {grace_period: 25000, reduction_factor: 3}    # --scheduler asha; these defaults
+    pbt:                                                 # --scheduler pbt; no section, no PBT
+      perturbation_interval: 4000                        # required, as is mutate
+      mutate: [phase1.ppo.learning_rate]                 # searched keys PBT perturbs
+
+Distributions: ``uniform: [low, high]``, ``loguniform: [low, high]`` (low > 0), ``int: [low,
+high]`` (both ends included), ``qint``, ``quniform``, ``qloguniform: [low, high, q]`` (the
+multiples of ``q`` from ``low`` to ``high``; both must be multiples of ``q``, so Tune and Optuna
+draw from the same grid) and ``choice: [v1, v2, ...]``.
+
+Tune's values differ from training.yaml's: a ``net_arch`` is the string ``"64x64"`` (Optuna's
+categorical choices must be numbers or strings), and numbers may be numpy's or carry float noise;
+:func:`decode` turns them into training.yaml's (``[64, 64]``). Optuna samples ``qloguniform``
+log-uniformly without its grid (it cannot do both); the values stay inside the range.
+
+Loading and checking need no Ray: the methods that build Tune objects import it when called.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from checkpointing.errors import ConfigError
+from checkpointing.validation import Section, read_yaml, suggest
+from tuner.trading.env_config import EnvConfig
+from tuner.training.settings import _PPO_FLOATS, _PPO_INTS, PHASES, TrainingConfig
+
+__all__ = [
+    "AshaSettings",
+    "Dist",
+    "PbtSettings",
+    "SearchSpec",
+    "decode",
+    "flatten",
+    "load_search",
+    "unflatten",
+]
+
+# Distribution -> its arguments (``choice`` takes a list of any length).
+_ARGS = {
+    "uniform": "low, high",
+    "loguniform": "low, high",
+    "int": "low, high",
+    "qint": "low, high, q",
+    "quniform": "low, high, q",
+    "qloguniform": "low, high, q",
+    "choice": "v1, v2, ...",
+}
+_KINDS = (*_ARGS, "fixed")
+_INTEGER_KINDS = frozenset({"int", "qint", "choice", "fixed"})
+_LISTED_KINDS = frozenset({"choice", "fixed"})
+
+# The env keys worth searching: they change how the agent is trained, not what is measured.
+# episode_length (training episodes only; evaluation windows are training.eval_episode_length),
+# drawdown_penalty and reward_clip (reward shaping), stop_atr_multiple (the phase 2-3 stop rule,
+# part of the strategy every trial is evaluated with).
+_ENV_SEARCHABLE = ("episode_length", "stop_atr_multiple", "drawdown_penalty", "reward_clip")
+_ENV_REFUSED = {
+    "max_position": "it fixes the action space (2 x max_position + 1 actions), which every "
+    "phase and every PBT copy of a model must share",
+    "initial_capital": "it scales every dollar metric (returns, drawdowns), so trials with "
+    "different values cannot be compared",
+    "phase1_cost_ticks": "it is also the cost phase-1 evaluation charges, so the search would "
+    "favour cheaper trading instead of better trading",
+    "reward_scale": "it is in dollars, which differ by market; null (the default) derives it "
+    "from each market's training split",
+    "eval_episode_length": "every trial must be evaluated on the same windows; it is "
+    "training.eval_episode_length in training.yaml",
+    "consult_every": "the phase-3 advisor is set in llm_config.yaml",
+    "min_confidence": "the phase-3 advisor is set in llm_config.yaml",
+}
+# Keys PBT cannot perturb under a trained model, and why.
+_NOT_MUTABLE = {
+    "net_arch": "the network's shape cannot change under trained weights",
+    "n_steps": "it changes the rollout buffer, and batch_size must keep dividing n_steps x n_envs",
+    "batch_size": "batch_size must keep dividing n_steps x n_envs, which a perturbation "
+    "cannot guarantee",
+}
+_LOCKSTEP = ("n_steps", "batch_size")  # searched as fixed values or choices only
+_ARCH = re.compile(r"[1-9][0-9]*(x[1-9][0-9]*)*")
+
+
+def _is_number(x: object) -> bool:
+    # numbers.Real: Tune samples numpy numbers.
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _on_grid(x: float, q: float) -> bool:
+    return math.isclose(x / q, round(x / q), rel_tol=1e-9, abs_tol=1e-9)
+
+
+def _tidy(x: float) -> float:
+    """``3 * 0.05`` as ``0.15``: a grid value without float noise."""
+    return float(f"{x:.12g}")
+
+
+def _encode(value: Any) -> Any:
+    """Tune's representation of a value: a network ``(64, 64)`` is ``"64x64"``."""
+    if isinstance(value, list | tuple):
+        return "x".join(str(u) for u in value)
+    return value
+
+
+def _freeze(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+@dataclass(frozen=True)
+class Dist:
+    """One key's distribution, or its fixed value.
+
+    Attributes:
+        kind: ``uniform``, ``loguniform``, ``int``, ``qint``, ``quniform``, ``qloguniform``,
+            ``choice`` or ``fixed``.
+        args: ``(low, high)``, ``(low, high, q)``, the choices, or ``(value,)`` for ``fixed``;
+            a network is a tuple of layer widths.
+
+    Raises:
+        ConfigError: an unknown kind, wrong arguments, an empty range, a log range not above
+            0, a ``q`` that is not > 0, larger than the range or off the bounds' grid, an empty
+            choice or a choice listed twice.
+    """
+
+    kind: str
+    args: tuple[Any, ...]
+
+    def __post_init__(self) -> None:
+        if self.kind not in _KINDS:
+            raise ConfigError(_unknown_distribution(self.kind))
+        if self.kind == "choice":
+            _check_choices(self.args)
+        elif self.kind == "fixed":
+            if len(self.args) != 1:
+                raise ConfigError(f"a fixed value is one value, got {list(self.args)!r}")
+        else:
+            _check_range(self.kind, self.args)
+
+    def to_tune(self) -> Any:
+        """The Ray Tune domain (``fixed``: the value itself), in Tune's representation."""
+        from ray import tune
+
+        a = self.args
+        if self.kind == "fixed":
+            return _encode(a[0])
+        if self.kind == "choice":
+            return tune.choice([_encode(v) for v in a])
+        if self.kind == "int" or (self.kind == "qint" and a[2] == 1):
+            return tune.randint(a[0], a[1] + 1)  # Tune's upper bound is excluded
+        builders: dict[str, Callable[..., Any]] = {
+            "uniform": tune.uniform,
+            "loguniform": tune.loguniform,
+            "qint": tune.qrandint,
+            "quniform": tune.quniform,
+            "qloguniform": tune.qloguniform,
+        }
+        return builders[self.kind](*a)
+
+    def clip(self, value: Any) -> Any:
+        """The value the distribution can produce nearest to ``value`` (in Tune's
+        representation): within the bounds, rounded to an integer or onto the grid of ``q``,
+        or the nearest choice.
+
+        Raises:
+            ValueError: a value that is not a number for a range, or that matches no
+                non-numeric choice.
+        """
+        if self.kind in _LISTED_KINDS:
+            return _nearest(tuple(_encode(v) for v in self.args), _encode(value))
+        if not _is_number(value):
+            raise ValueError(f"{value!r} is not a number within {self.kind} {list(self.args)}")
+        low, high = self.args[0], self.args[1]
+        if self.kind == "int":
+            return int(min(max(round(value), low), high))
+        if self.kind in ("uniform", "loguniform"):
+            return float(min(max(value, low), high))
+        q = self.args[2]
+        steps = min(max(round(value / q), round(low / q)), round(high / q))
+        return int(steps * q) if self.kind == "qint" else _tidy(steps * q)
+
+    def values(self) -> tuple[Any, ...] | None:
+        """The values of a ``choice`` or ``fixed``; ``None`` for a range."""
+        return self.args if self.kind in _LISTED_KINDS else None
+
+    @property
+    def is_fixed(self) -> bool:
+        return self.kind == "fixed"
+
+    def __str__(self) -> str:
+        shown = [list(v) if isinstance(v, tuple) else v for v in self.args]
+        return repr(shown[0]) if self.is_fixed else f"{self.kind} {shown!r}"
+
+
+def _unknown_distribution(name: object) -> str:
+    return (
+        f"unknown distribution {name!r}{suggest(name, _ARGS)}; one of {', '.join(_ARGS)}, "
+        "or a plain value"
+    )
+
+
+def _check_range(kind: str, args: tuple[Any, ...]) -> None:
+    got = f"got {list(args)!r}"
+    if len(args) != len(_ARGS[kind].split(", ")) or not all(_is_number(a) for a in args):
+        raise ConfigError(f"{kind} takes [{_ARGS[kind]}] (numbers), {got}")
+    low, high = args[0], args[1]
+    if kind in ("int", "qint") and not all(isinstance(a, int) for a in args):
+        raise ConfigError(f"{kind} takes integers, {got}")
+    if low >= high:
+        raise ConfigError(f"the range is empty: low must be < high, {got}")
+    if kind in ("loguniform", "qloguniform") and low <= 0:
+        raise ConfigError(f"a log range must be > 0, {got}")
+    if len(args) == 3:
+        q = args[2]
+        if q <= 0:
+            raise ConfigError(f"q must be > 0, {got}")
+        if q > high - low:
+            raise ConfigError(f"q must be <= high - low ({_tidy(high - low):g}), {got}")
+        if not (_on_grid(low, q) and _on_grid(high, q)):
+            raise ConfigError(f"low and high must be multiples of q, {got}")
+
+
+def _check_choices(choices: tuple[Any, ...]) -> None:
+    if not choices:
+        raise ConfigError("choice takes a non-empty list of values, got []")
+    seen: list[Any] = []
+    for value in choices:
+        if value in seen:
+            raise ConfigError(f"choice lists {_show(value)!r} twice")
+        seen.append(value)
+
+
+def _show(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _nearest(choices: tuple[Any, ...], value: Any) -> Any:
+    if value in choices:
+        return choices[choices.index(value)]
+    numeric = [c for c in choices if _is_number(c)]
+    if not _is_number(value) or not numeric:
+        raise ValueError(f"{value!r} is none of {list(choices)!r}")
+    return min(numeric, key=lambda c: abs(c - value))
+
+
+@dataclass(frozen=True)
+class AshaSettings:
+    """``asha:`` (``--scheduler asha``). Defaults: a trial trains ``grace_period=25000``
+    timesteps (phase 1's first evaluation with the shipped checkpoint config) before it can be
+    stopped; each rung keeps ``1 / reduction_factor`` (3) of the trials."""
+
+    grace_period: int = 25_000
+    reduction_factor: float = 3.0
+
+
+@dataclass(frozen=True)
+class PbtSettings:
+    """``pbt:`` (``--scheduler pbt``): every ``perturbation_interval`` timesteps the trials of
+    the bottom ``quantile`` copy a top-quantile trial and perturb its ``mutate`` keys (each
+    resampled with ``resample_probability``, else multiplied by one of
+    ``perturbation_factors``; a choice moves to a neighbouring choice). After
+    :meth:`SearchSpec.for_phases`, ``mutate`` holds only the keys of the phases trained."""
+
+    perturbation_interval: int
+    mutate: tuple[str, ...]
+    quantile: float = 0.25
+    resample_probability: float = 0.25
+    perturbation_factors: tuple[float, ...] = (1.2, 0.8)
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """A loaded search file: the space (dotted key -> :class:`Dist`) and the schedulers'
+    settings. Build it with :func:`load_search`."""
+
+    path: Path
+    space: Mapping[str, Dist]
+    asha: AshaSettings = field(default_factory=AshaSettings)
+    pbt: PbtSettings | None = None
+
+    @property
+    def searched(self) -> tuple[str, ...]:
+        """The keys the search varies (every key of the space but the fixed ones)."""
+        return tuple(k for k, d in self.space.items() if not d.is_fixed)
+
+    @property
+    def is_empty(self) -> bool:
+        """True when nothing is left to search (e.g. after :meth:`for_phases`)."""
+        return not self.searched
+
+    def for_phases(self, phases: Sequence[int]) -> SearchSpec:
+        """The space of a run that trains ``phases``: the ``phaseN`` keys of the other phases
+        are dropped (from ``pbt.mutate`` too); the ``env`` keys stay."""
+        bad = [p for p in phases if p not in PHASES]
+        if bad:
+            raise ConfigError(f"phases must be among {list(PHASES)}, got {list(phases)!r}")
+        keep = ("env", *(f"phase{p}" for p in phases))
+        space = {k: d for k, d in self.space.items() if k.split(".")[0] in keep}
+        pbt = self.pbt
+        if pbt is not None:
+            pbt = replace(pbt, mutate=tuple(k for k in pbt.mutate if k in space))
+        return replace(self, space=space, pbt=pbt)
+
+    def require_pbt(self) -> PbtSettings:
+        """The PBT settings, for ``--scheduler pbt``.
+
+        Raises:
+            ConfigError: the file has no ``pbt:`` section, or none of its ``mutate`` keys is
+                trained.
+        """
+        where = os.fspath(self.path)
+        if self.pbt is None:
+            raise ConfigError(
+                f"{where}: --scheduler pbt needs a 'pbt:' section (perturbation_interval, "
+                "mutate: the searched keys to perturb)"
+            )
+        if not self.pbt.mutate:
+            raise ConfigError(
+                f"{where}: pbt.mutate names no key of the phases trained; PBT would have "
+                "nothing to perturb"
+            )
+        return self.pbt
+
+    def param_space(self) -> dict[str, Any]:
+        """The space as Tune's nested ``param_space`` (``{"phase1": {"ppo": {...}}, "env":
+        {...}}``): a domain per searched key, the value of each fixed one."""
+        return unflatten({k: d.to_tune() for k, d in self.space.items()})
+
+    def pbt_mutations(self) -> dict[str, Any]:
+        """``hyperparam_mutations`` for PBT: a domain per mutated key, nested like the
+        overlay; a choice is its list of values, so PBT moves to a neighbouring choice
+        instead of multiplying one."""
+        mutate = self.pbt.mutate if self.pbt is not None else ()
+        out: dict[str, Any] = {}
+        for key in mutate:
+            dist = self.space[key]
+            out[key] = [_encode(v) for v in dist.args] if dist.kind == "choice" else dist.to_tune()
+        return unflatten(out)
+
+    def explore(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        """A copy of the overlay ``config`` (in Tune's representation) with the value of every
+        key of the space clipped into its distribution (:meth:`Dist.clip`): PBT's
+        ``custom_explore_fn``, so a perturbed value stays a value the space can produce."""
+        flat = flatten(config)
+        for key, dist in self.space.items():
+            if key in flat:
+                flat[key] = dist.clip(flat[key])
+        return unflatten(flat)
+
+    def describe(self, overlay: Mapping[str, Any]) -> dict[str, Any]:
+        """The searched keys' values of an overlay, flat (``{"phase1.ppo.gamma": 0.97}``), in
+        the space's order, for tables; a network reads ``"64x64"``. Fixed keys are left out:
+        they are the same in every trial."""
+        flat = flatten(overlay)
+        return {k: _encode(flat[k]) for k in self.searched if k in flat}
+
+
+def flatten(overlay: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"phase1": {"ppo": {"gamma": 0.99}}}`` -> ``{"phase1.ppo.gamma": 0.99}`` (a list such
+    as ``net_arch`` is a value)."""
+    flat: dict[str, Any] = {}
+    for key, value in overlay.items():
+        if isinstance(value, Mapping):
+            flat.update({f"{key}.{k}": v for k, v in flatten(value).items()})
+        else:
+            flat[str(key)] = value
+    return flat
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"phase1.ppo.gamma": 0.99}`` -> ``{"phase1": {"ppo": {"gamma": 0.99}}}``.
+
+    Raises:
+        ValueError: a key that is both a value and a mapping (``a.b`` and ``a.b.c``).
+    """
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, last = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"{key!r} lies under {part!r}, which is a value")
+        if last in node:
+            raise ValueError(f"{key!r} is both a value and a mapping")
+        node[last] = value
+    return out
+
+
+def decode(overlay: Mapping[str, Any]) -> dict[str, Any]:
+    """The training.yaml overlay of a trial's configuration as Tune gives it: every
+    ``net_arch`` string ``"64x64"`` becomes ``[64, 64]``, numbers become plain ``int`` and
+    ``float``, and floats lose the noise of quantized sampling (Tune's ``quniform`` over
+    ``[0.1, 0.3, 0.05]`` yields ``0.30000000000000004``, which could pass a bound of
+    training.yaml) by rounding to 12 significant digits.
+
+    Raises:
+        ConfigError: a ``net_arch`` string that is not layer widths joined by ``x``.
+    """
+    flat = flatten(overlay)
+    for key, value in flat.items():
+        if key.rsplit(".", 1)[-1] == "net_arch" and isinstance(value, str):
+            if not _ARCH.fullmatch(value):
+                raise ConfigError(f"{key} must be layer widths like '64x64', got {value!r}")
+            flat[key] = [int(u) for u in value.split("x")]
+        elif isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            flat[key] = int(value)
+        elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+            flat[key] = _tidy(float(value))
+    return unflatten(flat)
+
+
+# ---- loading -------------------------------------------------------------------------------
+
+
+def load_search(path: str | os.PathLike[str], training: TrainingConfig) -> SearchSpec:
+    """Load and check a search file against the training config it overlays.
+
+    Every value the space can produce must pass training.yaml's own checks, ``n_steps`` and
+    ``batch_size`` must be fixed or choices such that every ``batch_size`` divides every
+    ``n_steps x training.n_envs``, and ``pbt.mutate`` must name searched keys.
+
+    Raises:
+        ConfigError: ``<path>: <key path>: <problem>``, for the first problem found.
+    """
+    where_file = os.fspath(path)
+    doc = read_yaml(path)
+    if doc is None:
+        raise ConfigError(f"{where_file}: the file is empty; expected a 'search:' section")
+    try:
+        return _parse(doc, Path(path), training)
+    except ConfigError as exc:
+        raise ConfigError(f"{where_file}: {exc}") from None
+
+
+def _parse(doc: object, path: Path, training: TrainingConfig) -> SearchSpec:
+    top = Section(doc, "<top level>")
+    top.only("search", "asha", "pbt")
+    if top.raw("search", None) is None:
+        raise ConfigError(
+            "no 'search:' section: expected the space over training.yaml's keys, e.g. "
+            "search.phase1.ppo.learning_rate: {loguniform: [1.0e-5, 1.0e-3]}"
+        )
+    space = _parse_space(Section(top.raw("search"), "search"))
+    if not any(not d.is_fixed for d in space.values()):
+        raise ConfigError("search has nothing to search: every key given is a fixed value")
+    _check_minibatches(space, training)
+    asha = _parse_asha(Section(top.raw("asha"), "asha")) if top.has("asha") else AshaSettings()
+    pbt = _parse_pbt(Section(top.raw("pbt"), "pbt"), space) if top.has("pbt") else None
+    return SearchSpec(path, space, asha, pbt)
+
+
+def _parse_space(sec: Section) -> dict[str, Dist]:
+    space: dict[str, Dist] = {}
+    phases = [f"phase{n}" for n in PHASES]
+    sec.known(*phases, "env")
+    sec.done()
+    for n, name in zip(PHASES, phases, strict=True):
+        if sec.has(name):
+            phase = sec.section(name)
+            phase.only("ppo")
+            ppo = phase.section("ppo")
+            if n != 1 and ppo.has("net_arch"):
+                raise ConfigError(
+                    f"{ppo.where('net_arch')} is not a setting here: phase {n} continues from "
+                    "the phase-1 network; its shape is training.phase1.ppo.net_arch"
+                )
+            space.update(_parse_keys(ppo, f"{name}.ppo", _ppo_checks(n)))
+    if sec.has("env"):
+        env = sec.section("env")
+        for key in env.data:
+            if key in _ENV_REFUSED:
+                raise ConfigError(f"{env.where(key)} cannot be searched: {_ENV_REFUSED[key]}")
+        space.update(_parse_keys(env, "env", _env_checks()))
+    return space
+
+
+# A searchable key: the distributions it allows, and training.yaml's check of one value.
+_Check = tuple[frozenset[str], Callable[[Any], object]]
+
+
+def _ppo_checks(phase: int) -> dict[str, _Check]:
+    where = f"training.phase{phase}.ppo"
+    checks: dict[str, _Check] = {}
+    for key, bounds in _PPO_FLOATS.items():
+        checks[key] = (frozenset(_KINDS), partial(_check_float, where, key, bounds))
+    for key, low in _PPO_INTS.items():
+        kinds = _LISTED_KINDS if key in _LOCKSTEP else _INTEGER_KINDS
+        checks[key] = (kinds, partial(_check_int, where, key, low))
+    if phase == 1:
+        checks["net_arch"] = (_LISTED_KINDS, partial(_check_net_arch, where))
+    return checks
+
+
+def _env_checks() -> dict[str, _Check]:
+    default = EnvConfig()
+    checks: dict[str, _Check] = {}
+    for key in _ENV_SEARCHABLE:
+        integer = isinstance(getattr(default, key), int)
+        kinds = _INTEGER_KINDS if integer else frozenset(_KINDS)
+        checks[key] = (kinds, partial(_check_env, key))
+    return checks
+
+
+def _check_float(where: str, key: str, bounds: Mapping[str, float], value: Any) -> None:
+    Section({key: value}, where).get_float(key, **bounds)
+
+
+def _check_int(where: str, key: str, low: int, value: Any) -> None:
+    Section({key: value}, where).get_int(key, ge=low)
+
+
+def _check_env(key: str, value: Any) -> None:
+    EnvConfig.from_mapping({key: value}, "training.env")
+
+
+def _check_net_arch(where: str, value: Any) -> None:
+    # training.yaml's rule for training.phase1.ppo.net_arch.
+    if (
+        not isinstance(value, tuple)
+        or not value
+        or any(isinstance(u, bool) or not isinstance(u, int) or u < 1 for u in value)
+    ):
+        raise ConfigError(
+            f"{where}.net_arch must be a non-empty list of positive integers, got {_show(value)!r}"
+        )
+
+
+def _parse_keys(sec: Section, prefix: str, checks: Mapping[str, _Check]) -> dict[str, Dist]:
+    sec.known(*checks)
+    sec.done()
+    space: dict[str, Dist] = {}
+    for key in sec.names():  # in the file's order, for tables
+        kinds, check = checks[key]
+        where = f"search.{prefix}.{key}"
+        try:
+            dist = _parse_dist(sec.raw(key), listed=key == "net_arch")
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        if dist.kind not in kinds:
+            raise ConfigError(f"{where}: {_why_not(key, kinds)}, got {dist}")
+        _check_values(dist, check, where)
+        space[f"{prefix}.{key}"] = dist
+    return space
+
+
+def _why_not(key: str, kinds: frozenset[str]) -> str:
+    if key in _LOCKSTEP:
+        return (
+            f"{key} must be a fixed value or a choice: batch_size must divide n_steps x n_envs "
+            "for every value searched, which a range cannot guarantee"
+        )
+    return f"{key} is an integer: search it with {', '.join(sorted(kinds - {'fixed'}))}"
+
+
+def _parse_dist(raw: Any, *, listed: bool) -> Dist:
+    """A distribution ``{name: args}`` or a fixed value (a list only where ``listed``)."""
+    if isinstance(raw, Mapping):
+        if len(raw) != 1:
+            raise ConfigError(
+                f"a distribution is one mapping {{name: [args]}}, got {dict(raw)!r}; "
+                f"names: {', '.join(_ARGS)}"
+            )
+        ((name, args),) = raw.items()
+        if name not in _ARGS:  # "fixed" too: a fixed value is written plain
+            raise ConfigError(_unknown_distribution(name))
+        if not isinstance(args, list):
+            raise ConfigError(f"{name} takes a list [{_ARGS[name]}], got {args!r}")
+        if name == "choice":
+            return Dist("choice", tuple(_freeze(v) for v in args))
+        return Dist(name, tuple(_integral(a) if name in ("int", "qint") else a for a in args))
+    if raw is None or (isinstance(raw, list) and not listed):
+        raise ConfigError(
+            f"expected a distribution such as {{uniform: [low, high]}} or {{choice: [...]}}, or "
+            f"a plain value, got {raw!r}"
+        )
+    return Dist("fixed", (_freeze(raw),))
+
+
+def _integral(x: Any) -> Any:
+    return int(x) if isinstance(x, float) and x.is_integer() else x
+
+
+def _check_values(dist: Dist, check: Callable[[Any], object], where: str) -> None:
+    """Every value ``dist`` can produce passes training.yaml's check (the bounds are
+    intervals, so a range's two ends stand for all its values)."""
+    values = dist.values()
+    for value in values if values is not None else dist.args[:2]:
+        try:
+            check(value)
+        except ConfigError as exc:
+            produces = "" if dist.is_fixed else f"{dist} can produce {_show(value)!r}, but "
+            raise ConfigError(f"{where}: {produces}{exc}") from None
+
+
+def _check_minibatches(space: Mapping[str, Dist], training: TrainingConfig) -> None:
+    """PPO splits each rollout of ``n_steps x n_envs`` into minibatches of ``batch_size``:
+    every combination the space can produce must split evenly."""
+    n_envs = training.n_envs
+    for n in PHASES:
+        ppo = training.phase(n).ppo
+        steps, batches = (space.get(f"phase{n}.ppo.{k}") for k in _LOCKSTEP)
+        if steps is None and batches is None:
+            continue
+        blame = "batch_size" if batches is not None else "n_steps"
+        for s in _values_or(steps, ppo.n_steps):
+            for b in _values_or(batches, ppo.batch_size):
+                if (s * n_envs) % b:
+                    raise ConfigError(
+                        f"search.phase{n}.ppo.{blame}: batch_size {b} does not divide n_steps x "
+                        f"n_envs ({s} x {n_envs} = {s * n_envs}); every combination the space "
+                        "can produce must (training.yaml's value stands for a key not searched)"
+                    )
+
+
+def _values_or(dist: Dist | None, default: int) -> Iterable[int]:
+    # n_steps and batch_size are fixed values or choices: their args are their values.
+    return (default,) if dist is None else dist.args
+
+
+def _parse_asha(sec: Section) -> AshaSettings:
+    sec.only("grace_period", "reduction_factor")
+    d = AshaSettings()
+    return AshaSettings(
+        grace_period=sec.get_int("grace_period", d.grace_period, ge=1),
+        reduction_factor=sec.get_float("reduction_factor", d.reduction_factor, gt=1.0),
+    )
+
+
+def _parse_pbt(sec: Section, space: Mapping[str, Dist]) -> PbtSettings:
+    sec.only(
+        "perturbation_interval",
+        "quantile",
+        "resample_probability",
+        "perturbation_factors",
+        "mutate",
+    )
+    d = PbtSettings(perturbation_interval=1, mutate=())
+    factors = sec.raw("perturbation_factors", list(d.perturbation_factors))
+    if not isinstance(factors, list) or not factors or not all(_is_number(f) for f in factors):
+        raise ConfigError(
+            f"{sec.where('perturbation_factors')} must be a non-empty list of numbers, "
+            f"got {factors!r}"
+        )
+    for f in factors:
+        if f <= 0:
+            raise ConfigError(f"{sec.where('perturbation_factors')} must be > 0, got {f!r}")
+    return PbtSettings(
+        perturbation_interval=sec.get_int("perturbation_interval", ge=1),
+        mutate=_parse_mutate(sec, space),
+        quantile=sec.get_float("quantile", d.quantile, gt=0.0, le=0.5),
+        resample_probability=sec.get_float(
+            "resample_probability", d.resample_probability, ge=0.0, le=1.0
+        ),
+        perturbation_factors=tuple(float(f) for f in factors),
+    )
+
+
+def _parse_mutate(sec: Section, space: Mapping[str, Dist]) -> tuple[str, ...]:
+    keys = sec.raw("mutate")
+    where = sec.where("mutate")
+    if not isinstance(keys, list) or not keys:
+        raise ConfigError(
+            f"{where} must be a non-empty list of searched keys such as "
+            f"phase1.ppo.learning_rate, got {keys!r}"
+        )
+    searched = [k for k, d in space.items() if not d.is_fixed]
+    for i, key in enumerate(keys):
+        if not isinstance(key, str):
+            raise ConfigError(
+                f"{where}[{i}] must be a dotted key such as phase1.ppo.gamma, got {key!r}"
+            )
+        name = key.rsplit(".", 1)[-1]
+        if name in _NOT_MUTABLE:
+            raise ConfigError(f"{where}[{i}]: PBT cannot perturb {key}: {_NOT_MUTABLE[name]}")
+        if key not in space:
+            raise ConfigError(
+                f"{where}[{i}]: {key!r} is not in the search space; "
+                f"PBT perturbs searched keys: {', '.join(searched)}"
+            )
+        if space[key].is_fixed:
+            raise ConfigError(
+                f"{where}[{i}]: {key} is fixed in the search space; PBT perturbs searched keys only"
+            )
+        if key in keys[:i]:
+            raise ConfigError(f"{where} lists {key!r} twice")
+    return tuple(keys)
