@@ -27,6 +27,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--config-dir", default="config", help="folder of the YAML configs")
     parser.add_argument("--models-root", help="where checkpoints go (default: paths.root)")
+    parser.add_argument(
+        "--allow-ephemeral",
+        action="store_true",
+        help="as a Ray job, write into Ray's temporary copy of the working directory anyway "
+        "(Ray may delete it after the job)",
+    )
 
 
 def check_path_argument(value: str | os.PathLike[str], what: str, *, folder: bool = False) -> Path:

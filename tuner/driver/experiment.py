@@ -12,6 +12,7 @@ from checkpointing.errors import usage_error
 from tuner.driver.experiments import load_experiment
 from tuner.driver.options import RunOptions
 from tuner.driver.summary import build_summary, format_table, write_summary
+from tuner.job_paths import job_notes
 from tuner.training.trainer import retention_pass
 
 __all__ = ["EXIT_FAILED_TRIALS", "run_experiment"]
@@ -66,6 +67,8 @@ def run_experiment(opts: RunOptions, settings: Any) -> int:
         flush=True,
     )
     print(f"checkpoints under {opts.models_root}, Tune results under {opts.experiment_dir}")
+    for line in _job_notes(opts):
+        print(line, flush=True)
     stopper.install()
     try:
         try:
@@ -153,6 +156,8 @@ def _finish(opts: RunOptions, settings: Any, signum: int | None) -> int:
     print(f"         {csv_path}")
     browse = f"--storage-path {opts.storage_path} --experiment {opts.name}"
     print(f"browse:  python -m tuner.browse {browse}")
+    for line in _job_notes(opts):
+        print(line, flush=True)
     statuses = {(t.market, t.seed): t.status for t in experiment.trials}
     missing = [(m, s) for m in opts.markets for s in opts.seeds if (m, s) not in statuses]
     if signum is not None or missing or summary["unfinished"]:
@@ -166,6 +171,11 @@ def _finish(opts: RunOptions, settings: Any, signum: int | None) -> int:
         print(f"{len(summary['failed'])} trial(s) failed: " + ", ".join(summary["failed"]))
         return EXIT_FAILED_TRIALS
     return 0
+
+
+def _job_notes(opts: RunOptions) -> list[str]:
+    """Where the files are when the driver runs as a Ray job (nothing otherwise)."""
+    return job_notes({"checkpoints": opts.models_root, "Tune results": opts.experiment_dir})
 
 
 def _resume_args(opts: RunOptions) -> list[str]:
