@@ -33,6 +33,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="a training.yaml overlay laid over the config folder's, e.g. the settings a "
         "search chose (<models-root>/summaries/<experiment>_<market>_training.yaml)",
     )
+    parser.add_argument(
+        "--allow-ephemeral",
+        action="store_true",
+        help="as a Ray job, write into Ray's temporary copy of the working directory anyway "
+        "(Ray may delete it after the job)",
+    )
 
 
 def check_path_argument(value: str | os.PathLike[str], what: str, *, folder: bool = False) -> Path:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from checkpointing.errors import CheckpointNameError, ConfigError, usage_error
 from tuner.cli import add_run_arguments, check_path_argument
+from tuner.job_paths import check_job_paths, job_notes
 from tuner.training.job import PhaseJob, PhaseResult, parse_phases, prepare, tag
 from tuner.training.trainer import retention_pass, train_phase
 
@@ -107,6 +108,10 @@ def _jobs(args: argparse.Namespace, settings: Settings) -> list[PhaseJob]:
         if args.models_root is not None
         else None
     )
+    check_job_paths(
+        {"--models-root": settings.checkpoint.models_root(models_root)},
+        allow_ephemeral=args.allow_ephemeral,
+    )
     jobs = [
         PhaseJob(
             market=market,
@@ -187,6 +192,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(line, flush=True)
 
     phases, market = [job.phase for job in jobs], jobs[0].market
+    notes = job_notes({"checkpoints": settings.checkpoint.models_root(jobs[0].models_root)})
+    for line in notes:
+        say(line)
     code = 0
     run_id = jobs[0].run_id
     for i, job in enumerate(jobs):
@@ -207,6 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in _done_lines(job, result):
             say(line)
     say(retention_pass(settings.checkpoint, jobs[0].models_root, phases, [market]))
+    for line in notes:
+        say(line)
     return code
 
 

@@ -1,13 +1,15 @@
 """Cluster submission: ``cluster.yaml`` passes Ray's own validation, and ``ray job submit``
 runs ``tuner.run`` on a real token-authenticated ``ray start --head`` on loopback (the test's
-own, see ``tests/ray/head.py``). Clients without the token, and every port of such a head, are
-tried in ``tests/reliability/test_cluster_access.py``.
+own, see ``tests/ray/head.py``), after refusing a models root and storage path in Ray's
+temporary copy of the working directory. Clients without the token, and every port of such a
+head, are tried in ``tests/reliability/test_cluster_access.py``.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -95,31 +97,27 @@ def test_job_submit_runs_tuner_on_a_token_authenticated_loopback_head(
     status, body = head.request("/api/jobs/", head.token)
     assert status == 200 and json.loads(body) == [], body
 
-    # With it (RAY_AUTH_MODE=token + RAY_AUTH_TOKEN), the experiment runs as a Ray job.
-    entrypoint = [
-        "python",
-        "-m",
-        "tuner.run",
-        "--markets",
-        "NQ",
-        "--seeds",
-        "1",
-        "--timesteps",
-        "1000",
-        "--name",
-        "cluster",
-        "--config-dir",
-        str(configs),
-        "--models-root",
-        str(models),
-        "--storage-path",
-        str(storage),
-    ]
-    rc, out = job_submit(
-        head, client_env(home, head.token, "token"), entrypoint, 300, tmp_path / "job.log"
-    )
+    # With it (RAY_AUTH_MODE=token + RAY_AUTH_TOKEN), the experiment runs as a Ray job. The
+    # default models root and storage path would be in Ray's temporary copy of the working
+    # directory: refused before anything is written, naming the flag and where it resolves.
+    command = ["python", "-m", "tuner.run", "--markets", "NQ", "--seeds", "1", "--timesteps"]
+    command += ["1000", "--name", "cluster", "--config-dir", str(configs)]
+    env = client_env(home, head.token, "token")
+    rc, out = job_submit(head, env, command, 300, tmp_path / "refused.log")
+    assert rc != 0 and "failed with exit code 2" in out, out[-5000:]
+    ray_copy = r"/session_[^/']+/runtime_resources/working_dir_files/_ray_pkg_[0-9a-f]+"
+    assert re.search(rf"--models-root resolves to '[^']*{ray_copy}/models'", out), out[-5000:]
+    assert re.search(rf"--storage-path resolves to '[^']*{ray_copy}/ray_results'", out), out[-5000:]
+    assert "--models-root /mnt/shared/models --storage-path /mnt/shared/ray_results" in out
+
+    # With both on storage outside it, the job runs and says where its files are.
+    entrypoint = [*command, "--models-root", str(models), "--storage-path", str(storage)]
+    rc, out = job_submit(head, env, entrypoint, 300, tmp_path / "job.log")
     assert rc == 0 and "succeeded" in out, out[-5000:]
     assert "[done]   NQ seed 1" in out, out[-5000:]
+    assert (
+        out.count(f"on the cluster: checkpoints under {models.resolve()}, Tune results under ") == 2
+    )
 
     infos = list_checkpoints(models / "phase1" / "NQ" / "checkpoints")
     names = [i.name for i in infos if isinstance(i.name, CheckpointName)]
@@ -132,8 +130,8 @@ def test_job_submit_runs_tuner_on_a_token_authenticated_loopback_head(
     assert rows[("NQ", 1)]["status"] == "finished"
 
     status, body = head.request("/api/jobs/", head.token)
-    jobs = json.loads(body)
-    assert status == 200 and [j["status"] for j in jobs] == ["SUCCEEDED"], body
+    jobs = sorted(json.loads(body), key=lambda j: j["start_time"])
+    assert status == 200 and [j["status"] for j in jobs] == ["FAILED", "SUCCEEDED"], body
 
     # The upload was the project's code, not its venv, git objects or caches.
     uploads = head.temp_dir.glob("session_*/runtime_resources/working_dir_files/_ray_pkg_*")
@@ -142,6 +140,7 @@ def test_job_submit_runs_tuner_on_a_token_authenticated_loopback_head(
     for pkg in packages:
         assert (pkg / "tuner" / "run.py").exists()
         assert not any((pkg / name).exists() for name in (".venv", ".git", ".mypy_cache"))
+        assert not any((pkg / name).exists() for name in ("models", "ray_results")), pkg
         size = sum(f.stat().st_size for f in pkg.rglob("*") if f.is_file())
         assert size < 5 * 2**20, f"working_dir upload is {size} bytes"
 

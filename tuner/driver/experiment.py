@@ -12,6 +12,7 @@ from checkpointing.errors import usage_error
 from tuner.driver.experiments import load_experiment
 from tuner.driver.options import RunOptions
 from tuner.driver.summary import build_summary, format_table, write_summary
+from tuner.job_paths import job_notes
 from tuner.training.trainer import retention_pass
 
 __all__ = ["EXIT_FAILED_TRIALS", "run_experiment"]
@@ -60,6 +61,8 @@ def run_experiment(opts: RunOptions, settings: Any) -> int:
     flag = ray.remote(num_cpus=0)(StopFlag).options(name=flag_name).remote()
     stopper = StopHandler(flag, progress)
     _announce(opts)
+    for line in _job_notes(opts):
+        print(line, flush=True)
     stopper.install()
     try:
         try:
@@ -233,6 +236,8 @@ def _finish(opts: RunOptions, settings: Any, signum: int | None) -> int:
         print(f"         {csv_path}")
         browse = f"--storage-path {opts.storage_path} --experiment {name}"
         print(f"browse:  python -m tuner.browse {browse}")
+    for line in _job_notes(opts):
+        print(line, flush=True)
     if opts.search is not None:
         _finish_search(opts, experiments, summaries)
     unfinished = [u for s in summaries.values() for u in s["unfinished"]]
@@ -280,6 +285,11 @@ def _finish_search(
     print(f"search:  {path}")
     for overlay in write_overlays(verdict, folder):
         print(f"chosen:  {overlay}  (train with --training-config {overlay})")
+
+
+def _job_notes(opts: RunOptions) -> list[str]:
+    """Where the files are when the driver runs as a Ray job (nothing otherwise)."""
+    return job_notes({"checkpoints": opts.models_root, "Tune results": opts.experiment_dir})
 
 
 def _resume_args(opts: RunOptions) -> list[str]:

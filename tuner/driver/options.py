@@ -15,6 +15,7 @@ from typing import Any
 from checkpointing.errors import ConfigError
 from checkpointing.naming import validate_market, validate_seed
 from tuner.cli import check_path_argument
+from tuner.job_paths import check_job_paths
 
 __all__ = ["RunOptions", "SearchOptions", "options_from_args"]
 
@@ -97,6 +98,10 @@ def options_from_args(args: argparse.Namespace) -> tuple[RunOptions, Any]:
         else Path(settings.checkpoint.paths.root)
     )
     storage = check_path_argument(args.storage_path, "--storage-path", folder=True)
+    check_job_paths(
+        {"--models-root": models_root, "--storage-path": storage},
+        allow_ephemeral=args.allow_ephemeral,
+    )
     name = args.name or (
         f"{'-'.join(markets)}_s{'-'.join(map(str, seeds))}_p{''.join(map(str, phases))}"
     )
