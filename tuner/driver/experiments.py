@@ -174,6 +174,7 @@ def _trial_status(
     error_file: Path | None,
     tune_status: str | None,
     result_mtime: float | None,
+    stoppable: bool = False,
 ) -> str:
     last = results.last
     failed = error_file is not None or tune_status == "ERROR"
@@ -183,8 +184,8 @@ def _trial_status(
         return "finished"
     if last.get("interrupted") is True:
         return "interrupted"
-    if tune_status == "TERMINATED" and not failed:
-        return "stopped"
+    if stoppable and tune_status == "TERMINATED" and not failed:
+        return "stopped"  # only a search's scheduler ends a trial before it finishes
     pid, host = integer(last.get("pid")), last.get("hostname")
     if pid is not None and host == socket.gethostname():
         if pid_alive(pid):
@@ -247,7 +248,13 @@ def _load_trial(folder: Path, state: StateTrial | None) -> TrialInfo:
     )
     error_file = next((folder / n for n in ERROR_FILES if (folder / n).is_file()), None)
     tune_status = state.status if state else None
-    status = _trial_status(results, error_file, tune_status, _mtime(folder / RESULT_FILE))
+    status = _trial_status(
+        results,
+        error_file,
+        tune_status,
+        _mtime(folder / RESULT_FILE),
+        stoppable=config.get("stage") == "search",
+    )
 
     first = results.first or {}
     starts = [state.start_time if state else None]
