@@ -17,6 +17,7 @@ from checkpointing.metadata import read_checkpoint_metadata
 from checkpointing.naming import CheckpointName
 from checkpointing.store import list_checkpoints
 from tests.ray.conftest import Driver, results_so_far, wait_for
+from tuner.browse import main as browse
 from tuner.driver.experiments import load_experiment
 from tuner.run import main
 
@@ -80,7 +81,11 @@ def every_result(experiment_dir: Path) -> list[dict[str, Any]]:
 
 
 def test_random_search_with_asha_stops_early_and_confirms_on_every_seed(
-    tiny_configs: Path, space: Path, tmp_path: Path, drivers: list[Driver]
+    tiny_configs: Path,
+    space: Path,
+    tmp_path: Path,
+    drivers: list[Driver],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     run = Driver(
         [
@@ -133,6 +138,37 @@ def test_random_search_with_asha_stops_early_and_confirms_on_every_seed(
     assert rows and all(r["splits"] == "train,validation" for r in rows), {
         r["splits"] for r in rows
     }
+
+    # The browser shows each trial's configuration and ranks the configurations across seeds
+    # (the confirmation's trials included), as the search's verdict does.
+    capsys.readouterr()
+    assert (
+        browse(
+            [
+                "--storage-path",
+                str(storage),
+                "--experiment",
+                "asha",
+                "--json",
+                "--metric",
+                "val_reward",
+            ]
+        )
+        == 0
+    )
+    view = json.loads(capsys.readouterr().out)
+    rows = {r["trial_id"]: r for r in view["trial_rows"]}
+    assert {rows[t.trial_id]["status"] for t in search.trials if t.status == "stopped"} == {
+        "stopped"
+    }
+    assert all(r["config_id"] and r["training"]["phase1"]["ppo"] for r in rows.values())
+    ranked = view["configurations"]["NQ"]
+    assert [c["config_id"] for c in ranked] == [c["config_id"] for c in configs]
+    assert ranked[0]["config_id"] == chosen["config_id"]
+    assert browse(["--storage-path", str(storage), "--experiment", "asha"]) == 0
+    text = capsys.readouterr().out
+    assert "NQ: configurations ranked across seeds by sharpe_ratio" in text
+    assert "stopped" in text
 
     # The chosen settings, as an overlay training.yaml takes.
     from tuner.training.settings import load_run_settings
@@ -232,7 +268,10 @@ def test_an_interrupted_search_resumes_to_the_end(
         (["--num-samples", "4"], "--num-samples goes with --search"),
         (["--search", "{space}", "--num-samples", "0"], "--num-samples must be >= 1"),
         (["--search", "{space}", "--metric", "profit"], "--metric must be one of"),
-        (["--search", "{space}", "--scheduler", "pbt", "--searcher", "optuna"], "--searcher random"),
+        (
+            ["--search", "{space}", "--scheduler", "pbt", "--searcher", "optuna"],
+            "--searcher random",
+        ),
         (["--search", "{space}", "--scheduler", "pbt", "--num-samples", "1"], "population"),
         (["--search", "{missing}"], "config file not found"),
         (["--search", "{space}", "--phases", "2"], "nothing to search for phases [2]"),

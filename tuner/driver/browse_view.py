@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ class ExperimentView:
     experiment: Experiment
     bests: Bests
     all_runs: bool = False
+    # A search's configurations per market, ranked across seeds (with its confirmation).
+    configurations: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def best(self) -> dict[str, list[BestCheckpoint]]:
@@ -47,6 +50,7 @@ class ExperimentView:
                 "trial_rows": [self._trial_json(t) for t in bests.trials],
                 "best": {m: [b.to_json() for b in rows] for m, rows in bests.best.items()},
                 "other_runs_skipped": {} if self.all_runs else bests.other_runs,
+                "configurations": self.configurations,
                 "summaries": sorted(os.fspath(p) for p in summaries if p.is_file()),
                 "notes": bests.notes,
             }
@@ -74,7 +78,30 @@ def best_checkpoints(
     bests = experiment_bests(
         experiment, metric, top=top, markets=markets, models_root=models_root, all_runs=all_runs
     )
-    return ExperimentView(experiment, bests, all_runs)
+    return ExperimentView(experiment, bests, all_runs, _configurations(experiment, bests))
+
+
+def _configurations(experiment: Experiment, bests: Bests) -> dict[str, list[dict[str, Any]]]:
+    """A search's configurations per market, ranked across seeds by the browser's metric,
+    its confirmation stage included (``<name>-confirm`` beside ``<name>``, or the other way
+    round); nothing for an experiment without a search."""
+    from tuner.driver.experiments import load_experiment
+    from tuner.driver.search import rank_configurations
+
+    if not any(t.stage in ("search", "confirm") for t in experiment.trials):
+        return {}
+    name = experiment.name
+    other = name.removesuffix("-confirm") if name.endswith("-confirm") else f"{name}-confirm"
+    trials = list(experiment.trials)
+    if (experiment.path.parent / other).is_dir():
+        with contextlib.suppress(ValueError, OSError):
+            trials += load_experiment(experiment.path.parent, other).trials
+    best_of = {
+        trial_id: {"value": b.value, "path": os.fspath(b.path)}
+        for (trial_id, _), b in bests.of_trial.items()
+    }
+    seeds = sorted({t.seed for t in trials if t.seed is not None})
+    return {m: rank_configurations(trials, m, bests.metric, seeds, best_of) for m in bests.markets}
 
 
 # --------------------------------------------------------------------------- text output
@@ -168,12 +195,15 @@ def format_view(view: ExperimentView) -> str:
                 *(_num(t.metrics.get(m), _SPECS[m]) if t.metrics else "-" for m in METRICS),
                 t.run_id or "(legacy)",
                 t.trial_id,
+                *([t.config_id or "-"] if view.configurations else []),
                 last,
             ]
         )
     headers = ["market", "seed", "status", "phase", "steps"]
-    headers += [_SHORT[m] for m in METRICS] + ["run", "trial", "last checkpoint"]
+    headers += [_SHORT[m] for m in METRICS] + ["run", "trial"]
+    headers += [*(["config"] if view.configurations else []), "last checkpoint"]
     lines += _table(headers, trial_rows, right=set(range(1, 10)) - {2})
+    lines += _configuration_lines(view)
     scope = "every run in its folders" if view.all_runs else "its runs"
     lines += [
         "",
@@ -216,3 +246,30 @@ def _best_rows(bests: Bests) -> list[list[str]]:
                 ]
             )
     return rows
+
+
+def _configuration_lines(view: ExperimentView) -> list[str]:
+    """A search's configurations per market, ranked across seeds."""
+    lines: list[str] = []
+    metric = view.bests.metric
+    for market, configs in view.configurations.items():
+        lines += ["", f"{market}: configurations ranked across seeds by {metric} (last result)"]
+        rows = [
+            [
+                c["config_id"],
+                str(len(c["seeds"])),
+                _num(c["mean"], _SPECS[metric]),
+                _num(c["std"], ".3f"),
+                f"{c['timesteps']:,}",
+                "yes" if c["stopped_early"] else "no",
+                ", ".join(f"{k.rsplit('.', 1)[-1]}={_short(v)}" for k, v in c["values"].items()),
+            ]
+            for c in configs
+        ]
+        headers = ["config", "seeds", "mean", "std", "steps", "stopped", "values"]
+        lines += _table(headers, rows, right={1, 2, 3, 4})
+    return lines
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -137,6 +137,7 @@ def options_from_args(args: argparse.Namespace) -> tuple[RunOptions, Any]:
     return opts, settings
 
 
+_REWARD_SHAPING = ("env.drawdown_penalty", "env.reward_clip")
 _SEARCH_FLAGS = ("num_samples", "searcher", "scheduler", "metric", "confirm_top", "search_seed")
 
 
@@ -172,6 +173,14 @@ def _search_options(
     metric = args.metric or "val_reward"
     if metric not in METRICS:
         raise ConfigError(f"--metric must be one of {list(METRICS)}, got {metric!r}")
+    shaping = [k for k in spec.searched if k in _REWARD_SHAPING]
+    if shaping and metric == "val_reward":
+        print(
+            f"note: {os.fspath(path)} searches {', '.join(shaping)}, which change what "
+            "val_reward measures from one trial to the next; --metric sharpe_ratio compares "
+            "them on one scale",
+            flush=True,
+        )
     for flag, value, low in (
         ("--num-samples", args.num_samples, 1),
         ("--confirm-top", args.confirm_top, 1),

@@ -32,6 +32,7 @@ __all__ = [
     "confirm_cases",
     "confirm_param_space",
     "format_search",
+    "rank_configurations",
     "search_summary",
     "search_tune_config",
     "write_overlays",
@@ -257,7 +258,7 @@ def search_summary(
     }
     markets = {}
     for market in opts.markets:
-        configs = _configs(trials, market, search, opts.seeds, best_of)
+        configs = rank_configurations(trials, market, search.metric, opts.seeds, best_of)
         chosen = _choose(configs, len(opts.seeds))
         markets[market] = {"chosen": chosen, "configs": configs}
     return {
@@ -276,14 +277,20 @@ def search_summary(
     }
 
 
-def _configs(
+def rank_configurations(
     trials: Sequence[TrialInfo],
     market: str,
-    search: SearchOptions,
+    metric: str,
     seeds: Sequence[int],
-    best_of: Mapping[str, Any],
+    best_of: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
+    """The configurations ``trials`` of ``market`` tried, ranked across ``seeds``: those
+    trained on more of the seeds first, then by the mean of the last ``metric`` of their
+    finished trials (one per seed), then by the smaller spread. ``best_of``: a best checkpoint
+    per trial id (the summary's), for each configuration's best."""
     from tuner.search.space import flatten as flatten_overlay
+
+    best_of = best_of or {}
 
     groups: dict[str, list[TrialInfo]] = {}
     for t in trials:
@@ -291,14 +298,7 @@ def _configs(
             groups.setdefault(t.config_id, []).append(t)
     rows: list[dict[str, Any]] = []
     for config_id, group in groups.items():
-        per_seed: dict[int, float] = {}
-        for t in group:
-            if (
-                t.status == "finished"
-                and t.seed in seeds
-                and math.isfinite(_score(t, search.metric))
-            ):
-                per_seed.setdefault(int(t.seed), _score(t, search.metric))  # type: ignore[arg-type]
+        per_seed = _per_seed(group, metric, seeds)
         values = list(per_seed.values())
         best = max(
             (best_of[t.trial_id] for t in group if best_of.get(t.trial_id)),
@@ -313,9 +313,7 @@ def _configs(
                 "trials": len(group),
                 "seeds": {str(k): v for k, v in sorted(per_seed.items())},
                 "mean": statistics.fmean(values) if values else math.nan,
-                "std": statistics.stdev(values)
-                if len(values) > 1
-                else (0.0 if values else math.nan),
+                "std": _spread(values),
                 "timesteps": sum(t.timesteps or 0 for t in group),
                 "stopped_early": any(t.status == "stopped" for t in group),
                 "statuses": sorted({t.status for t in group}),
@@ -324,6 +322,16 @@ def _configs(
         )
     rows.sort(key=lambda r: (-len(r["seeds"]), -_finite_or(r["mean"]), r["std"], r["config_id"]))
     return rows
+
+
+def _per_seed(group: Sequence[TrialInfo], metric: str, seeds: Sequence[int]) -> dict[int, float]:
+    """The last ``metric`` of a configuration's finished trial on each seed."""
+    per_seed: dict[int, float] = {}
+    for t in group:
+        score = _score(t, metric)
+        if t.status == "finished" and t.seed in seeds and math.isfinite(score):
+            per_seed.setdefault(int(t.seed or 0), score)
+    return per_seed
 
 
 def _spread(values: Sequence[float]) -> float:
