@@ -381,6 +381,10 @@ class _Trial:
                 "checkpoint": state.get("last_checkpoint"),
             }
             self.latest = report
+            if phase == self.config.phases[-1] and t >= manager.phase_schedule.target_timesteps:
+                # The phase-end evaluation of the last phase: the final report follows with
+                # its metrics. A scheduler deciding on it could only stop a finished trial.
+                return
             pointer = {
                 **self.about,
                 "trial_id": self.trial_id,

@@ -132,12 +132,17 @@ class PhasePBT(PopulationBasedTraining):
         return scored[:n], scored[len(scored) - n :]
 
 
+_PBT_KEY = "__pbt_trials__"
+_PBT_FIELDS = ("last_score", "last_perturbation_time", "last_train_time", "last_result")
+
+
 class PerMarketScheduler(FIFOScheduler):
     """One scheduler per market (``make()`` builds one); trials go to their market's.
 
     ``state_file``: where the schedulers are saved after every decision and read back on
-    restore (None: not saved). PBT's state holds Tune's trial objects and is not saved: a
-    restored PBT search starts its population statistics again.
+    restore (None: not saved): ASHA's rungs as they are, PBT's per-trial statistics (last
+    score, result and perturbation time) by trial id, since PBT keys them by Tune's trial
+    objects, which a restore makes anew.
     """
 
     def __init__(self, make: Callable[[], TrialScheduler], state_file: str | None) -> None:
@@ -146,14 +151,16 @@ class PerMarketScheduler(FIFOScheduler):
         self.state_file = state_file
         self.by_market: dict[str, TrialScheduler] = {}
         self._metric_mode: tuple[str | None, str | None] = (None, None)
+        self._pbt_saved: dict[str, dict[str, Any]] = {}  # trial id -> PBT statistics
         self._load()
 
     # Tune pickles the scheduler into tuner.pkl and unpickles it on restore.
     def __getstate__(self) -> dict[str, Any]:
-        return {"make": self.make, "state_file": self.state_file}
+        return {"make": self.make, "state_file": self.state_file, "metric_mode": self._metric_mode}
 
     def __setstate__(self, state: Mapping[str, Any]) -> None:
         self.__init__(state["make"], state["state_file"])  # type: ignore[misc]
+        self._metric_mode = tuple(state.get("metric_mode") or (None, None))  # type: ignore[assignment]
 
     def _load(self) -> None:
         if not self.state_file or not os.path.exists(self.state_file):
@@ -164,14 +171,23 @@ class PerMarketScheduler(FIFOScheduler):
         except (OSError, pickle.UnpicklingError, EOFError, AttributeError) as exc:
             log.warning("scheduler state %s unreadable (%s); starting afresh", self.state_file, exc)
             return
+        self._pbt_saved = dict(saved.pop(_PBT_KEY, {}))
         self.by_market.update(saved)
 
     def _save(self) -> None:
         if not self.state_file:
             return
-        keep = {
+        keep: dict[str, Any] = {
             m: s for m, s in self.by_market.items() if not isinstance(s, PopulationBasedTraining)
         }
+        pbt = {
+            trial.trial_id: {k: getattr(state, k) for k in _PBT_FIELDS}
+            for s in self.by_market.values()
+            if isinstance(s, PopulationBasedTraining)
+            for trial, state in s._trial_state.items()
+        }
+        if pbt:
+            keep[_PBT_KEY] = {**self._pbt_saved, **pbt}
         if not keep:
             return
         tmp = f"{self.state_file}.tmp"
@@ -196,7 +212,13 @@ class PerMarketScheduler(FIFOScheduler):
         return True
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
-        self.of(trial).on_trial_add(tune_controller, trial)
+        scheduler = self.of(trial)
+        scheduler.on_trial_add(tune_controller, trial)
+        saved = self._pbt_saved.get(trial.trial_id)
+        if saved and isinstance(scheduler, PopulationBasedTraining):  # a restored trial
+            state = scheduler._trial_state[trial]
+            for key, value in saved.items():
+                setattr(state, key, value)
 
     def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
         self.of(trial).on_trial_error(tune_controller, trial)

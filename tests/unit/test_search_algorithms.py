@@ -1,0 +1,82 @@
+"""The per-market schedulers of a search: each market decides alone, and what they learnt
+survives a restore (Tune pickles the scheduler into tuner.pkl; ASHA's rungs and PBT's
+statistics are read back from the state file beside the experiment)."""
+
+from __future__ import annotations
+
+import pickle
+import types
+from pathlib import Path
+from typing import Any
+
+from ray.tune.experiment import Trial
+
+from tests.tiny_config import CONFIG_DIR
+from tuner.driver.search import _AshaFactory, _PbtFactory
+from tuner.search.algorithms import PerMarketScheduler
+
+
+def _trials(*markets: str) -> list[Trial]:
+    return [Trial("fn", config={"market": m, "training": {}}, stub=True) for m in markets]
+
+
+def _controller(trials: list[Trial]) -> Any:
+    return types.SimpleNamespace(
+        search_alg=None,
+        get_trials=lambda: trials,
+        get_live_trials=lambda: trials,
+        _schedule_trial_save=lambda trial, result=None: None,
+    )
+
+
+def test_asha_keeps_markets_apart_and_its_rungs_survive_a_restore(tmp_path: Path) -> None:
+    state = tmp_path / "scheduler-state.pkl"
+    scheduler = PerMarketScheduler(_AshaFactory(max_t=8000, grace=1000, eta=2), str(state))
+    scheduler.set_search_properties("val_reward", "max")
+    trials = _trials("NQ", "NQ", "ES")
+    ctl = _controller(trials)
+    for t in trials:
+        scheduler.on_trial_add(ctl, t)
+    # ES's reward is on another scale: it must not raise NQ's cutoff.
+    for t, reward in zip(trials, (0.0, 1.0, 100.0), strict=True):
+        assert scheduler.on_trial_result(ctl, t, {"timesteps": 1200, "val_reward": reward}) == (
+            "CONTINUE"
+        )
+    assert state.is_file()
+
+    restored = pickle.loads(pickle.dumps(scheduler))  # what Tune does with tuner.pkl
+    assert set(restored.by_market) == {"NQ", "ES"}
+    rung = restored.by_market["NQ"]._brackets[0]._rungs[-1]
+    assert rung[0] == 1000 and set(rung[1].values()) == {0.0, 1.0}
+    # A third NQ trial below the median of NQ's two is stopped at the rung; ES never counted.
+    late = _trials("NQ")[0]
+    restored.on_trial_add(ctl, late)
+    assert restored.on_trial_result(ctl, late, {"timesteps": 1200, "val_reward": 0.2}) == "STOP"
+
+
+def test_pbt_statistics_survive_a_restore_by_trial_id(tmp_path: Path) -> None:
+    from tuner.search.space import load_search
+    from tuner.training.settings import load_settings
+
+    spec = load_search(CONFIG_DIR / "search.yaml", load_settings(CONFIG_DIR).training)
+    state = tmp_path / "scheduler-state.pkl"
+    scheduler = PerMarketScheduler(_PbtFactory(spec.for_phases([1])), str(state))
+    scheduler.set_search_properties("val_reward", "max")
+    trials = _trials("NQ", "NQ", "ES")
+    ctl = _controller(trials)
+    for t in trials:
+        scheduler.on_trial_add(ctl, t)
+    interval = spec.pbt.perturbation_interval
+    for t, reward in zip(trials, (0.0, 1.0, 2.0), strict=True):
+        scheduler.on_trial_result(
+            ctl, t, {"timesteps": interval + 1, "val_reward": reward, "phase": 1}
+        )
+
+    restored = pickle.loads(pickle.dumps(scheduler))
+    again = [Trial("fn", config=t.config, stub=True, trial_id=t.trial_id) for t in trials]
+    for t in again:
+        restored.on_trial_add(_controller(again), t)
+    states = [restored.of(t)._trial_state[t] for t in again]
+    assert [s.last_score for s in states] == [0.0, 1.0, 2.0]
+    assert all(s.last_train_time == interval + 1 for s in states)
+    assert restored.of(again[0]) is restored.of(again[1]) is not restored.of(again[2])
