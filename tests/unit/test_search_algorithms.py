@@ -25,7 +25,7 @@ def _controller(trials: list[Trial]) -> Any:
         search_alg=None,
         get_trials=lambda: trials,
         get_live_trials=lambda: trials,
-        _schedule_trial_save=lambda trial, result=None: None,
+        _schedule_trial_save=lambda trial, result=None: f"checkpoint of {trial}",
     )
 
 
@@ -80,3 +80,28 @@ def test_pbt_statistics_survive_a_restore_by_trial_id(tmp_path: Path) -> None:
     assert [s.last_score for s in states] == [0.0, 1.0, 2.0]
     assert all(s.last_train_time == interval + 1 for s in states)
     assert restored.of(again[0]) is restored.of(again[1]) is not restored.of(again[2])
+
+
+def test_pbt_copies_only_a_trial_in_the_same_phase(monkeypatch: Any) -> None:
+    from tuner.search.algorithms import PhasePBT
+
+    pbt = PhasePBT(
+        time_attr="timesteps",
+        metric="val_reward",
+        mode="max",
+        perturbation_interval=10,
+        quantile_fraction=0.5,
+        hyperparam_mutations={"x": [1, 2]},
+    )
+    copied: list[tuple[Trial, Trial]] = []
+    monkeypatch.setattr(PhasePBT, "_exploit", lambda self, ctl, t, clone: copied.append((t, clone)))
+    weak, strong, ahead = _trials("NQ", "NQ", "NQ")
+    ctl = _controller([weak, strong, ahead])
+    for t in (weak, strong, ahead):
+        pbt.on_trial_add(ctl, t)
+    # `ahead` is in phase 2 with the best score: not comparable with phase 1's trials.
+    for steps in (20, 40):
+        pbt.on_trial_result(ctl, ahead, {"timesteps": steps, "val_reward": 10.0, "phase": 2})
+        pbt.on_trial_result(ctl, strong, {"timesteps": steps, "val_reward": 1.0, "phase": 1})
+        pbt.on_trial_result(ctl, weak, {"timesteps": steps, "val_reward": 0.0, "phase": 1})
+    assert copied == [(weak, strong)]  # the first round: no top trial had a checkpoint yet
