@@ -119,3 +119,47 @@ def test_a_misspelt_key_gets_the_same_message_in_every_file(
         + r"(, [a-z0-9_]+)*"
     )
     assert re.fullmatch(shape, message), message
+
+
+def test_a_training_overlay_changes_only_what_it_names(tmp_path: Path) -> None:
+    from tuner.training.settings import load_run_settings, overlay_id
+
+    folder = tiny_config_dir(tmp_path / "config")
+    overlay = tmp_path / "chosen.yaml"
+    overlay.write_text(
+        yaml.safe_dump(
+            {"training": {"phase1": {"ppo": {"learning_rate": 0.0007, "net_arch": [8]}}}}
+        )
+    )
+    base = load_settings(folder).training
+    laid = load_run_settings(folder, str(overlay))
+    assert laid.training.phase1.ppo.learning_rate == 0.0007
+    assert laid.training.net_arch == (8,)
+    assert laid.training.phase1.ppo.gamma == base.phase1.ppo.gamma  # the rest as it was
+    assert laid.training.phase2 == base.phase2 and laid.training.n_envs == base.n_envs
+    assert overlay_id(laid.training_overlay) == overlay_id(
+        {"phase1": {"ppo": {"net_arch": [8], "learning_rate": 0.0007}}}
+    )
+    assert overlay_id({}) == "default"
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        ({"training": {"phase1": {"ppo": {"learning_rat": 0.1}}}}, "did you mean 'learning_rate'"),
+        ({"training": {"phase1": {"ppo": {"gamma": 1.5}}}}, "training.phase1.ppo.gamma"),
+        ({"trainin": {}}, "trainin"),
+        ({"training": {"phase2": {"ppo": {"net_arch": [8]}}}}, "net_arch"),
+    ],
+)
+def test_a_bad_training_overlay_is_refused_naming_the_overlay_file(
+    tmp_path: Path, doc: dict[str, Any], message: str
+) -> None:
+    from tuner.training.settings import load_run_settings
+
+    folder = tiny_config_dir(tmp_path / "config")
+    overlay = tmp_path / "chosen.yaml"
+    overlay.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError) as info:
+        load_run_settings(folder, str(overlay))
+    assert message in str(info.value) and os.fspath(overlay) in str(info.value), info.value
