@@ -176,9 +176,9 @@ def _search_options(
     shaping = [k for k in spec.searched if k in _REWARD_SHAPING]
     if shaping and metric == "val_reward":
         print(
-            f"note: {os.fspath(path)} searches {', '.join(shaping)}, which change what "
-            "val_reward measures from one trial to the next; --metric sharpe_ratio compares "
-            "them on one scale",
+            f"note: {os.fspath(path)} searches reward shaping ({', '.join(shaping)}): "
+            "val_reward then measures something else in each trial; --metric sharpe_ratio "
+            "compares them on one scale",
             flush=True,
         )
     for flag, value, low in (
