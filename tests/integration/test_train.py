@@ -560,3 +560,23 @@ def test_resume_from_the_best_of_any_run_starts_a_new_run_from_it(
         meta = read_checkpoint_metadata(info.path)
         assert meta is not None and meta["started_from_run"] == "a"
         assert meta["started_from"] == f"{FOLDER}/{best.path.name}"
+
+
+def test_training_config_overlay_trains_with_the_settings_it_names(
+    tmp_path: Path, config_dir: Path
+) -> None:
+    """``--training-config``: what a search chose, laid over training.yaml, is what the run
+    trains with, and what every checkpoint's metadata says."""
+    overlay = tmp_path / "chosen.yaml"
+    overlay.write_text(
+        yaml.safe_dump({"training": {"phase1": {"ppo": {"learning_rate": 0.00091}}}})
+    )
+    root = tmp_path / "models"
+    args = ["--market", "NQ", "--seed", "4", "--timesteps", "256", "--models-root", str(root)]
+    args += ["--config-dir", str(config_dir), "--training-config", str(overlay)]
+    assert main(args) == 0
+    infos = list_checkpoints(root / "phase1" / "NQ" / "checkpoints")
+    assert infos
+    for info in infos:
+        meta = read_checkpoint_metadata(info.path) or {}
+        assert meta["learning_rate"] == pytest.approx(0.00091)
