@@ -31,6 +31,7 @@ BENCH = Path(__file__).resolve().parent
 ORDER = [
     "cli_startup",
     "retention",
+    "browse_scale",
     "env_throughput",
     "save_overhead",
     "compression",

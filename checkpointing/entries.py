@@ -13,7 +13,9 @@ from typing import Any
 from checkpointing.naming import CheckpointName, LegacyName, parse_name
 from checkpointing.ranking import METRICS, Ranked, rank
 
-__all__ = ["RegistryEntry", "build_entry", "rank_entries"]
+__all__ = ["RegistryEntry", "build_entry", "rank_entries", "with_parsed_name"]
+
+_new = object.__new__
 
 
 def _finite(value: object) -> float | None:
@@ -54,16 +56,20 @@ class RegistryEntry:
         return self.path.rsplit("/", 1)[-1]
 
     @cached_property
+    def _parsed(self) -> CheckpointName | LegacyName | None:
+        return parse_name(self.name)
+
+    @cached_property
     def run_id(self) -> str | None:
         """The run that wrote it, from its name (None: a legacy run)."""
-        parsed = parse_name(self.name)
+        parsed = self._parsed
         return parsed.run_id if isinstance(parsed, CheckpointName) else None
 
     @cached_property
     def model(self) -> str:
         """Equal for the entries of one model saved under several events (see
         :attr:`checkpointing.naming.CheckpointName.model`), in its folder."""
-        parsed = parse_name(self.name)
+        parsed = self._parsed
         name = parsed.model if isinstance(parsed, CheckpointName) else self.name
         return f"{self.folder}/{name}"
 
@@ -102,7 +108,10 @@ class RegistryEntry:
         files = doc.get("files") or {}
         if not isinstance(metrics, Mapping) or not isinstance(files, Mapping):
             raise TypeError(f"bad registry entry for {path!r}")
-        return cls(
+        # A registry of 10,000 entries is read whole: fill the frozen instance's fields directly
+        # (every one, in field order) instead of one object.__setattr__ each.
+        entry = _new(cls)
+        entry.__dict__.update(
             path=path,
             phase=_int_or_none(doc.get("phase")),
             market=doc.get("market"),
@@ -115,6 +124,16 @@ class RegistryEntry:
             timestamp=doc.get("timestamp"),
             files={k: dict(v) for k, v in files.items() if isinstance(v, Mapping)},
         )
+        return entry
+
+
+def with_parsed_name(
+    entry: RegistryEntry, parsed: CheckpointName | LegacyName | None
+) -> RegistryEntry:
+    """``entry``, told what :func:`parse_name` gives for its file name (a listing of its folder
+    has parsed it already), so its run and model need no second parse."""
+    entry.__dict__.setdefault("_parsed", parsed)
+    return entry
 
 
 def build_entry(
@@ -168,12 +187,16 @@ def rank_entries(
     *,
     seed: int | None = None,
     runs: Collection[str | None] | None = None,
+    k: int | None = None,
 ) -> list[Ranked[RegistryEntry]]:
     """The models of ``entries`` best first by ``metric`` (:func:`checkpointing.ranking.rank`),
     only those of ``seed`` and of the run ids in ``runs`` (None: every seed, every run; the
-    legacy run is ``None`` in ``runs``)."""
+    legacy run is ``None`` in ``runs``); at most ``k``."""
     return rank(
-        (e.metric(metric), e.timesteps, e.name, e.model, e)
-        for e in entries
-        if (seed is None or e.seed == seed) and (runs is None or e.run_id in runs)
+        (
+            (e.metric(metric), e.timesteps, e.name, e.model, e)
+            for e in entries
+            if (seed is None or e.seed == seed) and (runs is None or e.run_id in runs)
+        ),
+        k,
     )

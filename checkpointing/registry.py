@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from checkpointing.config import DEFAULT_CONFIG_PATH, CheckpointConfig, resolve_config
-from checkpointing.entries import RegistryEntry, build_entry, rank_entries
+from checkpointing.entries import RegistryEntry, build_entry, rank_entries, with_parsed_name
 from checkpointing.errors import (
     ConfigError,
     RegistryError,
@@ -100,6 +100,8 @@ class Registry:
         self.root = Path(root)
         self.config = config if config is not None else CheckpointConfig()
         self.layout = self.config.layout(self.root)
+        # The entries the readers last read, and the file they came from (see _read).
+        self._kept: tuple[tuple[int, int, int, int], dict[str, RegistryEntry]] | None = None
 
     def __repr__(self) -> str:
         return f"Registry({os.fspath(self.root)!r})"
@@ -149,10 +151,21 @@ class Registry:
 
     # ----------------------------------------------------------------- file I/O
 
-    def _read(self) -> dict[str, RegistryEntry] | None:
-        """The stored entries by relative path; ``None`` if missing or unreadable."""
+    def _read(self, *, keep: bool = False) -> dict[str, RegistryEntry] | None:
+        """The stored entries by relative path; ``None`` if missing or unreadable.
+
+        ``keep`` (readers): remember them, and hand them out again (a copy of the mapping)
+        while the file is the same one, unchanged (device, inode, size, modification time):
+        a browser or a summary reads several folders of one registry. Writers never keep
+        what they read, since they replace the file.
+        """
         try:
-            raw = self.path.read_bytes()
+            with open(self.path, "rb") as fh:
+                st = os.fstat(fh.fileno())
+                stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+                if keep and self._kept is not None and self._kept[0] == stamp:
+                    return dict(self._kept[1])
+                raw = fh.read()
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -162,12 +175,16 @@ class Registry:
             doc = json.loads(raw)
             if doc.get("schema_version") != REGISTRY_SCHEMA_VERSION:
                 raise ValueError(f"unknown schema_version {doc.get('schema_version')!r}")
-            return {
+            entries = {
                 rel: RegistryEntry.from_json(rel, item) for rel, item in doc["checkpoints"].items()
             }
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             log.warning("%s is unreadable (%s); using a scan", self.path, exc)
             return None
+        if keep:
+            self._kept = (stamp, entries)
+            return dict(entries)
+        return entries
 
     def _write(self, entries: Mapping[str, RegistryEntry]) -> None:
         doc = {
@@ -285,7 +302,7 @@ class Registry:
         Each folder read is checked against the disk (one listing); a stale folder, or all of
         them when the registry is missing, is read from the files instead.
         """
-        stored = self._read()
+        stored = self._read(keep=True)
         if stored is None:
             log.info("%s missing or unreadable: scanning the checkpoint folders", self.path)
         by_folder: dict[str, dict[str, RegistryEntry]] = {}
@@ -300,13 +317,16 @@ class Registry:
             rel_folder = self.relative(folder.path)
             known = by_folder.get(rel_folder, {})
             on_disk = {
-                f"{rel_folder}/{info.path.name}": info for info in list_checkpoints(folder.path)
+                f"{rel_folder}/{info.filename}": info for info in list_checkpoints(folder.path)
             }
             if stored is not None and on_disk.keys() != known.keys():
                 log.info("%s is stale for %s: reading its files", self.path, rel_folder)
             for rel, info in on_disk.items():
                 known_entry = known.get(rel)
-                out.append(known_entry or self._scan_entry(info, rel_folder))
+                if known_entry is None:
+                    out.append(self._scan_entry(info, rel_folder))
+                else:
+                    out.append(with_parsed_name(known_entry, info.name))
         return out
 
     def rank(

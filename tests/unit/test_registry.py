@@ -224,6 +224,17 @@ def test_stale_registry_falls_back_to_a_scan(root: Path, caplog: pytest.LogCaptu
     assert stored(registry) == incremental
 
 
+def test_a_reader_reads_the_registry_again_once_it_changed(root: Path) -> None:
+    reader = Registry(root)  # a browser reads several folders through one reader
+    (entry,) = reader.entries(1, "ES")
+    assert reader.entries(1, "ES") == [entry]
+    meta = build_metadata(name=CheckpointName("ES", 1000, "best", 0.5, 2.0, 42), phase=1)
+    meta["val_reward"] = 0.7  # the same checkpoint, indexed again with other figures
+    Registry(root).record(entry.absolute(root), meta)
+    (again,) = reader.entries(1, "ES")
+    assert (entry.metric("val_reward"), again.metric("val_reward")) == (0.5, 0.7)
+
+
 def test_first_record_indexes_what_was_already_there(tmp_path: Path) -> None:
     root = tmp_path / "models"
     save(root, 1, "NQ", 1000)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,9 +24,9 @@ from checkpointing.errors import CheckpointNameError, ConfigError
 from checkpointing.naming import validate_market
 from checkpointing.ranking import METRICS, Ranked
 from checkpointing.registry import Registry, RegistryEntry, rank_entries
-from tuner.driver.experiments import BrowseError, Experiment, TrialInfo
+from tuner.driver.experiments import BrowseError, Experiment, TrialInfo, _gc_paused
 
-__all__ = ["BestCheckpoint", "Bests", "experiment_bests"]
+__all__ = ["BestCheckpoint", "Bests", "bests_by_metric", "experiment_bests"]
 
 RunKey = tuple[str, int, str | None]  # (market, seed, run id)
 
@@ -198,7 +198,25 @@ def experiment_bests(
         BrowseError: an unknown metric, ``top`` below 1, a bad market name or a market the
             experiment does not have, a ``models_root`` that does not exist.
     """
-    selected = _check(experiment, metric, top, markets)
+    return bests_by_metric(
+        experiment, (metric,), top=top, markets=markets, models_root=models_root, all_runs=all_runs
+    )[metric]
+
+
+def bests_by_metric(
+    experiment: Experiment,
+    metrics: Sequence[str],
+    *,
+    top: int = 5,
+    markets: Iterable[str] | None = None,
+    models_root: str | os.PathLike[str] | None = None,
+    all_runs: bool = False,
+) -> dict[str, Bests]:
+    """:func:`experiment_bests` by each of ``metrics`` (same arguments and errors), from one
+    read of each checkpoint folder and registry: the driver's summary ranks by two metrics."""
+    selected: list[str] = []
+    for metric in metrics:
+        selected = _check(experiment, metric, top, markets)
     override = None
     if models_root is not None:
         override = Path(models_root)
@@ -207,22 +225,15 @@ def experiment_bests(
         override = override.resolve()
     trials = [t for t in experiment.trials if t.market in selected]
     fallback = _default_root() if any(t.models_root is None for t in trials) else None
-    bests = Bests(
-        metric,
-        top,
-        selected,
-        trials,
-        {m: [] for m in selected},
-        {t.trial_id: _root_of(t, override) or fallback for t in trials},
-        {t.trial_id: None for t in trials},
-        {m: 0 for m in selected},
-    )
-    configs = _Configs(bests.notes)
+    roots = {t.trial_id: _root_of(t, override) or fallback for t in trials}
+    paths: dict[str, Path | None] = {t.trial_id: None for t in trials}
+    notes: list[str] = []
+    configs = _Configs(notes)
     # Per (root, layout, phase, market): the experiment's runs there, and their trials.
     folders: dict[tuple[Path, str, int, str], tuple[CheckpointConfig, dict[RunKey, str]]] = {}
     missing: set[Path] = set()
     for t in trials:
-        root = bests.models_roots[t.trial_id]
+        root = roots[t.trial_id]
         if root is None or t.market is None or t.seed is None:
             continue
         if not root.is_dir():
@@ -231,18 +242,52 @@ def experiment_bests(
         config = configs.get(t.config_dir)
         if t.checkpoint is not None and t.phase is not None:
             with contextlib.suppress(ConfigError, ValueError):
-                path = config.checkpoint_dir(t.phase, t.market, root) / t.checkpoint
-                bests.checkpoint_paths[t.trial_id] = path
+                paths[t.trial_id] = config.checkpoint_dir(t.phase, t.market, root) / t.checkpoint
         for phase in t.phases:
             _, runs = folders.setdefault((root, config.source, phase, t.market), (config, {}))
             runs[(t.market, t.seed, t.run_id)] = t.trial_id
-    for (root, _, phase, market), (config, runs) in sorted(folders.items(), key=_folder_order):
-        _rank_folder(bests, Registry(root, config), root, phase, market, runs, all_runs)
-    for root in sorted(missing):
-        bests.notes.append(
-            f"models root {os.fspath(root)!r} does not exist (moved? use --models-root)"
+    by_metric = {
+        metric: Bests(
+            metric,
+            top,
+            selected,
+            trials,
+            {m: [] for m in selected},
+            dict(roots),
+            dict(paths),
+            {m: 0 for m in selected},
+            list(notes),
         )
-    return bests
+        for metric in metrics
+    }
+    with _gc_paused():
+        _rank_folders(list(by_metric.values()), folders, all_runs)
+    for root in sorted(missing):
+        for bests in by_metric.values():
+            bests.notes.append(
+                f"models root {os.fspath(root)!r} does not exist (moved? use --models-root)"
+            )
+    return by_metric
+
+
+def _rank_folders(
+    by_metric: list[Bests],
+    folders: Mapping[tuple[Path, str, int, str], tuple[CheckpointConfig, dict[RunKey, str]]],
+    all_runs: bool,
+) -> None:
+    """Read each folder once (each registry once) and rank it by every metric."""
+    registries: dict[tuple[Path, str], Registry] = {}
+    for (root, source, phase, market), (config, runs) in sorted(folders.items(), key=_folder_order):
+        if (root, source) not in registries:
+            registries[(root, source)] = Registry(root, config)
+        try:
+            entries = registries[(root, source)].entries(phase, market)
+        except (ConfigError, ValueError) as exc:
+            for bests in by_metric:
+                bests.notes.append(f"phase {phase} {market}: {exc}")
+            continue
+        for bests in by_metric:
+            _rank_folder(bests, entries, root, phase, market, runs, all_runs)
 
 
 def _folder_order(item: tuple[tuple[Path, str, int, str], Any]) -> tuple[str, int, str]:
@@ -252,30 +297,24 @@ def _folder_order(item: tuple[tuple[Path, str, int, str], Any]) -> tuple[str, in
 
 def _rank_folder(
     bests: Bests,
-    registry: Registry,
+    entries: list[RegistryEntry],
     root: Path,
     phase: int,
     market: str,
     runs: Mapping[RunKey, str],
     all_runs: bool,
 ) -> None:
-    try:
-        entries = registry.entries(phase, market)
-    except (ConfigError, ValueError) as exc:
-        bests.notes.append(f"phase {phase} {market}: {exc}")
-        return
     mine = [e for e in entries if (e.market, e.seed, e.run_id) in runs]
     bests.other_runs[market] += len(entries) - len(mine)
-    ranked = rank_entries(entries if all_runs else mine, bests.metric)
-    for place, model in enumerate(ranked[: bests.top], start=1):
+    ranked = rank_entries(mine, bests.metric)
+    top = rank_entries(entries, bests.metric, k=bests.top) if all_runs else ranked[: bests.top]
+    for place, model in enumerate(top, start=1):
         bests.best[market].append(_best(bests.metric, place, model, root, runs))
-    by_run: dict[RunKey, list[RegistryEntry]] = {}
-    for entry in mine:
-        by_run.setdefault((entry.market, entry.seed, entry.run_id), []).append(entry)  # type: ignore[arg-type]
-    for key, members in by_run.items():
-        own = rank_entries(members, bests.metric)
-        if own:
-            bests.of_trial[(runs[key], phase)] = _best(bests.metric, 1, own[0], root, runs)
+    for model in ranked:  # the first model of a run in the ranking is the run's best
+        e = model.item
+        of_trial = (runs[(e.market, e.seed, e.run_id)], phase)  # type: ignore[index]
+        if of_trial not in bests.of_trial:
+            bests.of_trial[of_trial] = _best(bests.metric, 1, model, root, runs)
 
 
 def _best(

@@ -18,12 +18,14 @@ trial of an experiment written before runs had ids owns the legacy run of its ma
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import math
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -83,6 +85,20 @@ def _iso(epoch: float | None) -> str | None:
     if epoch is None:
         return None
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a large experiment is read: the read makes
+    millions of small objects, none of them garbage, and the collector's passes over them
+    would add about a tenth to the time."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _local(epoch: float | None) -> str:
@@ -197,9 +213,10 @@ def _trial_status(
 
 def _state_trials(experiment_dir: Path) -> dict[str, StateTrial]:
     """Per trial folder name: Tune's record of the trial in the newest experiment state file.
-    A state file Tune could not read either is ignored (the trial folders are used alone)."""
+    A state file that is not Tune's JSON is ignored (the trial folders are used alone); its
+    embedded pickles are left to the resume check (walking them takes seconds)."""
     try:
-        trials = read_experiment_state(experiment_dir) or []
+        trials = read_experiment_state(experiment_dir, check_pickles=False) or []
     except (Damaged, OSError) as exc:
         log.debug("%s: unreadable experiment state (%s)", experiment_dir, exc)
         return {}
@@ -414,15 +431,16 @@ def _experiment_names(storage: Path) -> list[str]:
 
 
 def _read_experiment(folder: Path) -> Experiment:
-    state = _state_trials(folder)
-    trial_dirs = set(state)
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False) and any(
-                Path(entry.path, f).is_file() for f in (PARAMS_FILE, RESULT_FILE)
-            ):
-                trial_dirs.add(entry.name)
-    trials = [_load_trial(folder / d, state.get(d)) for d in trial_dirs]
+    with _gc_paused():
+        state = _state_trials(folder)
+        trial_dirs = set(state)
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False) and any(
+                    Path(entry.path, f).is_file() for f in (PARAMS_FILE, RESULT_FILE)
+                ):
+                    trial_dirs.add(entry.name)
+        trials = [_load_trial(folder / d, state.get(d)) for d in trial_dirs]
     trials.sort(key=lambda t: (t.market or "", t.seed if t.seed is not None else 0, t.trial_id))
     state_files = [_mtime(p) for p in folder.glob(STATE_GLOB)]
     return Experiment(

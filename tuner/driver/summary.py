@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tuner.driver.bests import BestCheckpoint, Bests, experiment_bests
+from tuner.driver.bests import BestCheckpoint, Bests, bests_by_metric
 from tuner.driver.experiments import Experiment, TrialInfo, json_ready
 
 __all__ = ["BEST_BY", "SUMMARY_METRICS", "build_summary", "format_table", "write_summary"]
@@ -99,7 +99,7 @@ def build_summary(experiment: Experiment, *, phases: Sequence[int]) -> dict[str,
 
     Trials are those of Tune's files; a trial that never started is ``pending``.
     """
-    ranked = {metric: experiment_bests(experiment, metric, top=1) for metric in BEST_BY}
+    ranked = bests_by_metric(experiment, BEST_BY, top=1)
     rows = [_trial_row(t, phases, ranked) for t in experiment.trials if t.market]
     roots = sorted({os.fspath(t.models_root) for t in experiment.trials if t.models_root})
     return {

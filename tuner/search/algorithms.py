@@ -160,7 +160,8 @@ class PerMarketScheduler(FIFOScheduler):
 
     def __setstate__(self, state: Mapping[str, Any]) -> None:
         self.__init__(state["make"], state["state_file"])  # type: ignore[misc]
-        self._metric_mode = tuple(state.get("metric_mode") or (None, None))  # type: ignore[assignment]
+        metric, mode = state.get("metric_mode") or (None, None)
+        self._metric_mode = (metric, mode)
 
     def _load(self) -> None:
         if not self.state_file or not os.path.exists(self.state_file):
