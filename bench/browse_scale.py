@@ -349,6 +349,17 @@ def build_experiment(
         market = market_names[index % markets]
         seed_value = seed_values[(index // markets) % seeds]
         config = {**vars(base), "market": market, "seed": seed_value, "phases": [PHASE]}
+        # A search's trial: its sampled configuration, as Tune passes it (networks as text).
+        config["stage"] = "search"
+        config["training"] = {
+            "phase1": {
+                "ppo": {
+                    "learning_rate": float(10 ** rng.uniform(-4.5, -2.5)),
+                    "ent_coef": float(10 ** rng.uniform(-4, -1.5)),
+                    "net_arch": ["64x64", "128x128"][index % 2],
+                }
+            }
+        }
         tune_storage = StorageContext(
             storage_path=os.fspath(storage), experiment_dir_name=EXPERIMENT
         )
