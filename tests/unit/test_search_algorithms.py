@@ -105,3 +105,33 @@ def test_pbt_copies_only_a_trial_in_the_same_phase(monkeypatch: Any) -> None:
         pbt.on_trial_result(ctl, strong, {"timesteps": steps, "val_reward": 1.0, "phase": 1})
         pbt.on_trial_result(ctl, weak, {"timesteps": steps, "val_reward": 0.0, "phase": 1})
     assert copied == [(weak, strong)]  # the first round: no top trial had a checkpoint yet
+
+
+def _suggestions(tmp_path: Path, *extra: str) -> list[dict[str, Any]]:
+    """The first configurations the search of ``tuner.run ... --search`` would sample."""
+    from tests.tiny_config import tiny_config_dir
+    from tuner.driver.experiment import _trial_base
+    from tuner.driver.search import search_tune_config
+    from tuner.run import parse_options
+
+    configs = tiny_config_dir(tmp_path / "configs")
+    opts, settings = parse_options(
+        [
+            *("--markets", "NQ,ES", "--config-dir", str(configs)),
+            *("--storage-path", str(tmp_path / "rr"), "--models-root", str(tmp_path / "m")),
+            *("--search", str(CONFIG_DIR / "search.yaml"), "--num-samples", "3", *extra),
+        ]
+    )
+    _, kwargs = search_tune_config(opts, settings, _trial_base(opts, "flag"))
+    searcher = kwargs["search_alg"]
+    return [searcher.suggest(f"t{i}") for i in range(6)]
+
+
+def test_the_same_search_seed_samples_the_same_configurations(tmp_path: Path) -> None:
+    first = _suggestions(tmp_path / "a", "--search-seed", "11")
+    again = _suggestions(tmp_path / "b", "--search-seed", "11")
+    other = _suggestions(tmp_path / "c", "--search-seed", "12")
+    assert first == again
+    assert [c["training"] for c in first] != [c["training"] for c in other]
+    # Three per market, taken in turn, each with its own sampler.
+    assert [c["market"] for c in first] == ["NQ", "ES"] * 3
