@@ -74,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--quiet", action="store_true", help="only the final lines")
+    parser.add_argument(
+        "--tensorboard",
+        metavar="DIR",
+        help="write learning curves (TensorBoard event files) under DIR/<market>_seed<seed>/",
+    )
     return parser
 
 
@@ -112,6 +117,10 @@ def _jobs(args: argparse.Namespace, settings: Settings) -> list[PhaseJob]:
         {"--models-root": settings.checkpoint.models_root(models_root)},
         allow_ephemeral=args.allow_ephemeral,
     )
+    curves = None
+    if args.tensorboard:
+        curves = check_path_argument(args.tensorboard, "--tensorboard", folder=True)
+        curves = curves / f"{market}_seed{42 if seed is None else seed}"
     jobs = [
         PhaseJob(
             market=market,
@@ -126,6 +135,7 @@ def _jobs(args: argparse.Namespace, settings: Settings) -> list[PhaseJob]:
             any_run=args.any_run and i == 0,
             torch_threads=args.threads,
             quiet=args.quiet,
+            curves_dir=curves,
         )
         for i, phase in enumerate(phases or [1])
     ]

@@ -143,6 +143,11 @@ def test_four_trials_finish_in_isolated_folders_with_a_correct_summary(
         assert len(list(csv.DictReader(fh))) == 4
     assert "summary: " + str(models / "summaries/four.json") in out
 
+    # Learning curves: each trial's TensorBoard files in its folder of the storage path, so
+    # `tensorboard --logdir ray_results/four` shows every trial.
+    curves = sorted((tmp_path / "ray_results/four").glob("*/tensorboard/phase1_*/events.out.*"))
+    assert {p.parent.name for p in curves} == {f"phase1_{r['run_id']}" for r in rows.values()}
+
 
 def test_a_crashed_trial_recovers_from_its_last_checkpoint(
     tmp_path: Path, tiny_configs: Path, drivers: list[Driver]

@@ -124,6 +124,7 @@ def _trial_base(opts: RunOptions, flag_name: str) -> dict[str, Any]:
         cpus=opts.cpus_per_trial,
         stop_flag=flag_name,
         training=dict(opts.training_overlay),
+        curves_root=os.fspath(opts.experiment_dir),
     )
     base = asdict(trial)
     base["phases"] = list(trial.phases)
@@ -157,6 +158,7 @@ def _confirm_tuner(opts: RunOptions, flag_name: str, progress: Any) -> Any:
 
     base = _trial_base(opts, flag_name)
     base["experiment"] = opts.confirm_name
+    base["curves_root"] = os.fspath(opts.storage_path / opts.confirm_name)
     restoring = (opts.storage_path / opts.confirm_name / "tuner.pkl").exists()
     cases = [] if restoring else confirm_cases(opts, load_experiment(opts.storage_path, opts.name))
     if not restoring and not cases:

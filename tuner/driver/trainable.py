@@ -48,6 +48,7 @@ class TrialConfig:
     stop_flag: str | None = None
     training: Mapping[str, Any] = field(default_factory=dict)  # overlay on training.yaml
     stage: str = "grid"  # grid (one trial per market and seed), search, confirm
+    curves_root: str | None = None  # the experiment's folder: TensorBoard files per trial
 
     @classmethod
     def from_tune(cls, config: Mapping[str, Any]) -> TrialConfig:
@@ -181,7 +182,13 @@ def train_trial(config: dict[str, Any]) -> None:
     from tuner.training.trainer import train_phase
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    trial = _Trial(TrialConfig.from_tune(config), tune.get_context().get_trial_id())
+    context = tune.get_context()
+    trial = _Trial(TrialConfig.from_tune(config), context.get_trial_id())
+    # Written straight into the trial's folder of the storage path (which every node sees),
+    # not left for Tune to copy from the worker's working directory after the trial.
+    folder = Path(context.get_trial_dir())
+    root = Path(trial.config.curves_root) if trial.config.curves_root else folder.parent
+    trial.curves_dir = root / folder.name / "tensorboard"
     settings = load_settings(
         trial.config.config_dir, trial.config.training, overlay_from="the trial's configuration"
     )
@@ -242,6 +249,7 @@ class _Trial:
             "hyperparameters": self.hyperparameters or None,
         }
         self.exploit: Path | None = None  # the checkpoint of another trial to continue from
+        self.curves_dir: Path | None = None  # TensorBoard files, in the trial's folder
 
     @property
     def about(self) -> dict[str, Any]:
@@ -363,6 +371,7 @@ class _Trial:
             torch_threads=max(1, int(c.cpus)),
             quiet=True,
             check_start=source is not None,
+            curves_dir=self.curves_dir,
         )
 
     def reporter(

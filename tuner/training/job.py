@@ -39,6 +39,7 @@ class PhaseJob:
     torch_threads: int = 1
     quiet: bool = False
     check_start: bool = False  # evaluate the starting checkpoint once it is loaded
+    curves_dir: Path | None = None  # TensorBoard files go to <curves_dir>/phase<N>_<run id>
 
 
 @dataclass

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from checkpointing.config import CheckpointConfig
 from checkpointing.errors import ConfigError
+from tuner.training.curves import CurveLog, run_logger
 from tuner.training.job import PhaseJob, PhaseResult, prepare, tag
 from tuner.training.start import Start, choose_start
 
@@ -83,6 +84,11 @@ def train_phase(
     # --- environments and model ------------------------------------------------------------
     envs = _environments(job, settings, data)
     model, train_env = _model(job, settings, start, envs, manager)
+    curves_dir = (
+        None if job.curves_dir is None else job.curves_dir / f"phase{job.phase}_{manager.run_id}"
+    )
+    model.set_logger(run_logger(curves_dir))  # SB3's figures, ours, checkpoint markers
+    curves = CurveLog(model)
     start_metrics = _check_start(job, settings, start, model, train_env, envs, manager, say)
 
     # --- checkpoint callback, learn ----------------------------------------------------------
@@ -98,9 +104,7 @@ def train_phase(
         evaluator=evaluate_trading,
         n_eval_episodes=settings.training.eval_episodes,
         handle_signals=handle_signals,
-        on_evaluation=_progress(
-            job, target, say, last, manager, model.num_timesteps, on_evaluation
-        ),
+        on_evaluation=_progress(job, target, say, last, manager, curves, on_evaluation),
         stop_requested=stop_requested,
     )
     remaining = target - model.num_timesteps
@@ -116,6 +120,7 @@ def train_phase(
             result.skipped = True
     finally:
         manager.close()
+        curves.flush()
         envs.eval_env.close()
         train_env.close()
 
@@ -263,12 +268,12 @@ def _progress(
     say: Reporter,
     last: dict[str, float],
     manager: Any,
-    start_steps: int,
+    curves: CurveLog,
     on_evaluation: Callable[[int, Mapping[str, float], Any], None] | None,
 ) -> Callable[[int, Mapping[str, float]], None]:
-    """What happens after each evaluation: ``last`` updated, a progress line, the caller's
-    hook (the trainable's report to Tune) with the manager."""
-    rate = _Rate(start_steps)
+    """What happens after each evaluation: ``last`` updated, a progress line, the learning
+    curves, the caller's hook (the trainable's report to Tune) with the manager."""
+    rate = _Rate(curves.model.num_timesteps)
 
     def progress(t: int, metrics: Mapping[str, float]) -> None:
         last.clear()
@@ -282,6 +287,7 @@ def _progress(
                     if k in metrics
                 )
             )
+        curves.evaluation(t, metrics, manager.state_dict().get("last_checkpoint"))
         if on_evaluation is not None:
             on_evaluation(t, metrics, manager)
 
