@@ -148,6 +148,18 @@ def test_four_trials_finish_in_isolated_folders_with_a_correct_summary(
     curves = sorted((tmp_path / "ray_results/four").glob("*/tensorboard/phase1_*/events.out.*"))
     assert {p.parent.name for p in curves} == {f"phase1_{r['run_id']}" for r in rows.values()}
 
+    # Out of sample: each trial's checkpoint chosen on validation (the summary's best by
+    # Sharpe) and its phase_end, measured on the test split.
+    from tuner.evaluate import main as evaluate
+
+    argv = ["--experiment", "four", "--storage-path", str(tmp_path / "ray_results")]
+    assert evaluate([*argv, "--config-dir", str(tiny_configs), "--boot", "200"]) == 0
+    tested = json.loads((models / "summaries/four_test.json").read_text())["results"]
+    best_paths = {r["best"]["sharpe_ratio"]["path"] for r in rows.values()}
+    assert best_paths <= {t["checkpoint"] for t in tested}
+    assert {t["split"] for t in tested} == {"test"}
+    assert all(t["run_id"] in {r["run_id"] for r in rows.values()} for t in tested)
+
 
 def test_a_crashed_trial_recovers_from_its_last_checkpoint(
     tmp_path: Path, tiny_configs: Path, drivers: list[Driver]

@@ -35,6 +35,7 @@ __all__ = [
     "evaluate_trading",
     "make_env",
     "make_vec_env",
+    "run_episodes",
     "summarize_episodes",
 ]
 
@@ -166,6 +167,14 @@ def evaluate_trading(
     Raises:
         ValueError: if ``n_episodes < 1`` or the env is not a trading env in evaluation mode.
     """
+    return summarize_episodes(run_episodes(model, eval_env, n_episodes, deterministic))
+
+
+def run_episodes(
+    model: BaseAlgorithm, eval_env: VecEnv, n_episodes: int, deterministic: bool = True
+) -> list[EpisodeStats]:
+    """The first ``n_episodes`` evaluation episodes of ``model`` on ``eval_env``, as
+    :class:`EpisodeStats` (what :func:`evaluate_trading` summarizes)."""
     if isinstance(n_episodes, bool) or not isinstance(n_episodes, int) or n_episodes < 1:
         raise ValueError(f"n_episodes must be an integer >= 1, got {n_episodes!r}")
     try:
@@ -206,7 +215,7 @@ def evaluate_trading(
     finally:
         if policy is not None:
             policy.set_training_mode(was_training)
-    return summarize_episodes(episodes[:n_episodes])
+    return episodes[:n_episodes]
 
 
 def _greedy_policy(model: BaseAlgorithm) -> Any:

@@ -1,0 +1,151 @@
+"""Out-of-sample evaluation: a checkpoint on the held-out test split, once, after the choice.
+
+Every figure a run reports while it trains is a validation figure, the same figures that pick
+its best checkpoint. This module measures a chosen checkpoint on the test split, which nothing
+else reads: the deterministic policy walks the whole test span in one pass, with its phase's
+costs, next to holding one contract long (buy and hold) and staying flat. The Sharpe ratio is
+annualized by the data's own bars per year and comes with a block-bootstrap confidence
+interval, so a reader sees how much of it is noise.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["TEST_METRICS", "bootstrap_sharpe", "evaluate_on_test"]
+
+TEST_METRICS = (
+    "total_return",
+    "sharpe_ratio",
+    "max_drawdown",
+    "n_trades",
+    "exposure",
+    "win_rate",
+)
+
+
+def bootstrap_sharpe(
+    equity: np.ndarray,
+    bars_per_year: float,
+    *,
+    samples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """A ``level`` confidence interval of the annualized Sharpe ratio of ``equity``: moving
+    blocks of about ``n ** (1/3)`` returns (bar returns are not independent) drawn with
+    replacement, ``samples`` times, seeded. NaN bounds with fewer than 10 returns."""
+    curve = np.asarray(equity, dtype=np.float64)
+    returns = curve[1:] / curve[:-1] - 1.0
+    n = len(returns)
+    if n < 10 or not np.all(np.isfinite(returns)):
+        return math.nan, math.nan
+    block = max(1, round(n ** (1 / 3)))
+    starts_per_sample = math.ceil(n / block)
+    rng = np.random.default_rng(seed)
+    starts = rng.integers(0, n - block + 1, size=(samples, starts_per_sample))
+    index = (starts[:, :, None] + np.arange(block)[None, None, :]).reshape(samples, -1)[:, :n]
+    drawn = returns[index]
+    mean = drawn.mean(axis=1)
+    std = drawn.std(axis=1, ddof=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sharpe = np.where(std > 0, math.sqrt(bars_per_year) * mean / std, 0.0)
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(sharpe, [tail, 1.0 - tail])
+    return float(low), float(high)
+
+
+def _figures(equity: np.ndarray, bars_per_year: float, boot: int, seed: int) -> dict[str, Any]:
+    from tuner.trading import metrics
+
+    low, high = bootstrap_sharpe(equity, bars_per_year, samples=boot, seed=seed)
+    return {
+        "total_return": metrics.total_return(equity),
+        "sharpe_ratio": metrics.sharpe_ratio(equity, bars_per_year),
+        "sharpe_ci": [low, high],
+        "max_drawdown": metrics.max_drawdown(equity),
+    }
+
+
+def evaluate_on_test(
+    checkpoint: str | os.PathLike[str], settings: Any, *, boot: int = 1000, seed: int = 0
+) -> dict[str, Any]:
+    """The checkpoint's figures on the test split, with buy and hold and flat beside them.
+
+    Market and phase come from the checkpoint's metadata. Loading verifies the checkpoint
+    first (:func:`checkpointing.load_checkpoint`); its VecNormalize statistics normalize the
+    test observations as they did in training.
+
+    Raises:
+        ConfigError: the checkpoint does not say its market and phase, or the market is not
+            in the settings.
+        CheckpointCorruptError: it fails verification.
+    """
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    from checkpointing import load_checkpoint
+    from checkpointing.errors import ConfigError
+    from checkpointing.metadata import read_checkpoint_metadata
+    from tuner.trading.env import MarketData
+    from tuner.trading.evaluation import make_vec_env, run_episodes, summarize_episodes
+    from tuner.trading.markets import get_market
+
+    path = Path(checkpoint)
+    meta = read_checkpoint_metadata(path) or {}
+    market, phase = meta.get("market"), meta.get("phase")
+    if not isinstance(market, str) or phase not in (1, 2, 3):
+        raise ConfigError(f"{path.name}: its metadata does not say its market and phase")
+    data = MarketData.load(get_market(settings.markets, market))
+    env_config = replace(settings.training.env_config(), eval_episode_length=None)  # one pass
+    env = make_vec_env(
+        data,
+        int(phase),
+        "test",
+        seed,
+        1,
+        config=env_config,
+        evaluation=True,
+        advisor_config=settings.advisor if phase == 3 else None,
+    )
+    loaded = load_checkpoint(path, env=env, device="cpu")
+    venv = loaded.vec_normalize
+    if not isinstance(venv, VecNormalize):
+        env.close()
+        raise ConfigError(f"{path.name}: no companion VecNormalize .pkl to normalize the test data")
+    venv.training, venv.norm_reward = False, False
+    try:
+        (episode,) = run_episodes(loaded.model, venv, 1)
+    finally:
+        venv.close()
+    summary = summarize_episodes([episode])
+    bpy = episode.bars_per_year
+    part = data.ranges["test"]
+    stamps = data.bars.timestamps[part]
+    closes = np.asarray(episode.closes, dtype=np.float64)
+    capital = float(episode.equity[0])
+    hold = capital + (closes - closes[0]) * episode.point_value
+    policy = {**_figures(np.asarray(episode.equity), bpy, boot, seed)}
+    policy.update({k: summary[k] for k in ("n_trades", "exposure", "win_rate")})
+    return {
+        "checkpoint": os.fspath(path),
+        "market": market,
+        "phase": int(phase),
+        "seed": meta.get("seed"),
+        "run_id": meta.get("run_id"),
+        "event": meta.get("event_tag"),
+        "split": "test",
+        "bars": len(closes),
+        "start": str(stamps[0]),
+        "end": str(stamps[-1]),
+        "bars_per_year": bpy,
+        "policy": policy,
+        "buy_and_hold": _figures(hold, bpy, boot, seed) if np.all(hold > 0) else None,
+        "flat": {"total_return": 0.0, "sharpe_ratio": 0.0, "max_drawdown": 0.0},
+        "validation": {k: meta.get(k) for k in ("val_reward", "sharpe_ratio", "win_rate")},
+    }
