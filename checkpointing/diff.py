@@ -72,8 +72,10 @@ __all__ = [
     "run",
 ]
 
-# Metadata compared side by side: the metrics we report, then what the checkpoint is.
-METADATA_FIELDS = (*METRICS, "timesteps", "phase", "market", "seed", "run_id", "event_tag")
+# Metadata compared side by side: the metrics we report and the timesteps (with deltas), then
+# what the checkpoint is.
+NUMERIC_FIELDS = (*METRICS, "timesteps")
+METADATA_FIELDS = (*NUMERIC_FIELDS, "phase", "market", "seed", "run_id", "event_tag")
 
 
 @dataclass(frozen=True)
@@ -100,16 +102,18 @@ class Side:
 
 @dataclass(frozen=True)
 class FieldChange:
-    """One metadata field of both checkpoints (None where one lacks it)."""
+    """One metadata field of both checkpoints (None where one lacks it); ``numeric`` fields
+    (metrics, timesteps) have a delta, the others (phase, market, seed, run ...) only differ."""
 
     name: str
     a: Any
     b: Any
+    numeric: bool = False
 
     @property
     def delta(self) -> float | int | None:
-        """``b - a`` for numbers (NaN when one is not measured), else None."""
-        if _number(self.a) and _number(self.b):
+        """``b - a`` of a numeric field (NaN when one is not measured), else None."""
+        if self.numeric and _number(self.a) and _number(self.b):
             result: float | int = self.b - self.a
             return result
         return None
@@ -244,7 +248,7 @@ def _side(c: LoadedCheckpoint) -> Side:
 
 def _metadata_changes(a: Mapping[str, Any], b: Mapping[str, Any]) -> tuple[FieldChange, ...]:
     return tuple(
-        FieldChange(name, a.get(name), b.get(name))
+        FieldChange(name, a.get(name), b.get(name), numeric=name in NUMERIC_FIELDS)
         for name in METADATA_FIELDS
         if name in a or name in b
     )
@@ -394,10 +398,7 @@ def format_diff(diff: CheckpointDiff, *, top_features: int = 5) -> str:
     if diff.agreement is not None:
         g = diff.agreement
         blocks.append(
-            [
-                f"same action on {g.share:.1%} of {g.observations:,} observations "
-                f"({g.same:,}; {g.source})"
-            ]
+            [f"same action on {g.share:.1%} of {g.observations:,} observations ({g.source})"]
         )
     return "\n\n".join("\n".join(block) for block in blocks)
 

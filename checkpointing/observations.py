@@ -118,4 +118,4 @@ def gym_observations(
         finally:
             venv.close()
 
-    return ObservationSource(f"{env_id}, {steps} steps of A's policy, seed {seed}", collect)
+    return ObservationSource(f"{env_id}, {steps} steps driven by policy A, seed {seed}", collect)
