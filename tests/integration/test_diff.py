@@ -8,10 +8,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
-from checkpointing import diff_checkpoints
-from checkpointing.diff import main
+from checkpointing import diff_checkpoints, load_checkpoint
+from checkpointing.diff import compare_loaded, main
 from checkpointing.observations import gym_observations
 from tests.integration.train_script import make_manager, make_model, make_train_env
 from tests.tiny_config import tiny_config_dir
@@ -59,7 +60,8 @@ def plain(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def ours(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """Two checkpoints of one run written by our manager (metadata, VecNormalize), 256 and
-    768 steps, with val_reward 10 and 25."""
+    768 steps, with val_reward 10 and 25; then the second's model saved again by a run whose
+    metadata records a searched ``phase1.ppo.ent_coef``."""
     import torch
 
     torch.set_num_threads(1)
@@ -77,14 +79,23 @@ def ours(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
         assert outcome.ok
         paths.append(outcome.paths[0])
     manager.close()
+    searched = {"hyperparameters": {"phase1.ppo.ent_coef": 0.02}}
+    manager = make_manager(
+        config, tmp / "models", async_saves=False, run_id="r2", run_info=searched
+    )
+    outcome = manager.save(model, venv, "periodic", metrics={"val_reward": 25.0}).result()
+    assert outcome.ok
+    paths.append(outcome.paths[0])
+    manager.close()
     venv.close()
     return paths
 
 
 def test_plain_zips_name_every_changed_layer_and_share_some_actions(plain: dict[str, Path]) -> None:
-    diff = diff_checkpoints(
-        plain["a"], plain["b"], observations=gym_observations("CartPole-v1", steps=200)
-    )
+    from stable_baselines3 import PPO
+
+    source = gym_observations("CartPole-v1", steps=200)
+    diff = diff_checkpoints(plain["a"], plain["b"], observations=source)
     assert diff.same_network and diff.layers
     assert all(layer.status == "changed" for layer in diff.layers)
     assert all(
@@ -98,7 +109,11 @@ def test_plain_zips_name_every_changed_layer_and_share_some_actions(plain: dict[
     assert diff.metadata == () and diff.normalization is None  # plain zips carry neither
     assert (diff.a.timesteps, diff.b.timesteps) == (256, 768)
     assert diff.agreement is not None and diff.agreement.observations == 200
-    assert 0.0 <= diff.agreement.share <= 1.0
+    # The share is what the two policies do on the states policy A visits.
+    raw = source.collect(load_checkpoint(plain["a"]))
+    a, b = (PPO.load(plain[k], device="cpu").predict(raw, deterministic=True)[0] for k in "ab")
+    assert diff.agreement.share == pytest.approx(float(np.mean(a == b)))
+    assert 0.0 < diff.agreement.share < 1.0
 
 
 def test_a_checkpoint_against_itself_changes_nothing(
@@ -116,6 +131,21 @@ def test_a_checkpoint_against_itself_changes_nothing(
     assert diff.normalization.largest_mean_shift.delta_mean_std == 0.0
 
 
+def test_each_policy_sees_the_observations_through_its_own_vecnormalize(ours: list[Path]) -> None:
+    a, b = load_checkpoint(ours[1]), load_checkpoint(ours[1])
+    assert b.vec_normalize is not None
+    b.vec_normalize.obs_rms.mean = b.vec_normalize.obs_rms.mean + 5 * np.sqrt(
+        b.vec_normalize.obs_rms.var
+    )
+    source = gym_observations("CartPole-v1", steps=200)
+    diff = compare_loaded(a, b, observations=source)
+    assert {layer.status for layer in diff.layers} == {"same"}  # same weights ...
+    assert diff.agreement is not None and diff.agreement.share < 1.0  # ... other inputs
+    assert diff.normalization is not None
+    assert diff.normalization.largest_mean_shift is not None
+    assert diff.normalization.largest_mean_shift.delta_mean_std == pytest.approx(5.0, rel=1e-3)
+
+
 def test_hyperparameters_that_differ_are_listed(
     plain: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -131,6 +161,14 @@ def test_hyperparameters_that_differ_are_listed(
     assert any(line.split()[:2] == ["ent_coef", "model"] for line in lines)
 
 
+def test_searched_hyperparameters_in_the_metadata_are_compared(ours: list[Path]) -> None:
+    diff = diff_checkpoints(ours[1], ours[2])
+    changed = {(h.name, h.source): (h.a, h.b) for h in diff.changed_hyperparameters}
+    assert changed == {("phase1.ppo.ent_coef", "metadata"): (None, 0.02)}
+    assert {layer.status for layer in diff.layers} == {"same"}
+    assert not {f.name: f for f in diff.metadata}["run_id"].same
+
+
 def test_another_network_is_listed_layer_by_layer(plain: dict[str, Path]) -> None:
     diff = diff_checkpoints(plain["a"], plain["wide"])
     assert not diff.same_network
@@ -142,7 +180,7 @@ def test_another_network_is_listed_layer_by_layer(plain: dict[str, Path]) -> Non
 def test_our_checkpoints_show_metric_deltas_and_vecnormalize_drift(
     ours: list[Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    diff = diff_checkpoints(*ours)
+    diff = diff_checkpoints(*ours[:2])
     assert diff.a.verified and diff.b.verified
     fields = {f.name: f for f in diff.metadata}
     assert fields["val_reward"].delta == pytest.approx(15.0)
@@ -208,6 +246,9 @@ def test_market_agreement_on_validation_data(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from tuner.diff import main as tuner_main
+    from tuner.diff import market_observations
+    from tuner.trading.env import POSITION_FEATURE_NAMES, MarketData
+    from tuner.trading.markets import get_market
     from tuner.training.job import PhaseJob
     from tuner.training.settings import load_settings
     from tuner.training.trainer import train_phase
@@ -239,6 +280,17 @@ def test_market_agreement_on_validation_data(
     names = {f["name"] for f in doc["vec_normalize"]["features"]}
     assert {"ret_1", "position"} <= names  # the market's feature names
     assert doc["vec_normalize"]["max_abs_delta_mean_std"] > 0
+
+    # The metadata's runtime learning_rate and n_envs (written by the training callback).
+    sources = {(h["name"], h["source"]) for h in doc["hyperparameters"]}
+    assert {("learning_rate", "metadata"), ("n_envs", "metadata")} <= sources
+
+    # The observations: the validation split from its first bar, as an evaluation walks it.
+    data = MarketData.load(get_market(settings.markets, "NQ"))
+    raw = market_observations(settings, "NQ").collect(load_checkpoint(first))
+    assert raw.shape == (200, len(data.features.names) + len(POSITION_FEATURE_NAMES))
+    validation = data.features.values[data.ranges.validation]
+    np.testing.assert_allclose(raw[0, : validation.shape[1]], validation[0], rtol=1e-6)
 
     assert tuner_main([str(second), str(second), *market]) == 0
     assert _strict_json(capsys.readouterr().out)["agreement"]["share"] == 1.0
