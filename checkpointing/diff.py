@@ -265,6 +265,9 @@ def _agreement(
     if a.model.observation_space.shape != b.model.observation_space.shape:
         notes.append("the policies observe different spaces: actions not compared")
         return None
+    if a.model.action_space != b.model.action_space:
+        notes.append("the policies act in different spaces: actions not compared")
+        return None
     if isinstance(observations, ObservationSource):
         raw, label = observations.collect(a), observations.label
     else:
