@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 __all__ = [
     "CheckpointConfig",
     "CheckpointCorruptError",
+    "CheckpointDiff",
     "CheckpointName",
     "CheckpointNameError",
     "CheckpointRetentionManager",
@@ -21,6 +22,7 @@ __all__ = [
     "MetricTrackingEvalCallback",
     "TrainingInterrupted",
     "TrainingStopped",
+    "diff_checkpoints",
     "find_resume_checkpoint",
     "format_checkpoint_name",
     "learn_with_checkpoints",
@@ -57,6 +59,8 @@ _WHERE = {
     "run_to_continue": "selection",
     "load_checkpoint": "loading",
     "CheckpointRetentionManager": "summary",
+    "CheckpointDiff": "diff",
+    "diff_checkpoints": "diff",
 }
 
 if TYPE_CHECKING:
@@ -67,6 +71,7 @@ if TYPE_CHECKING:
         learn_with_checkpoints,
     )
     from checkpointing.config import CheckpointConfig, load_config
+    from checkpointing.diff import CheckpointDiff, diff_checkpoints
     from checkpointing.errors import CheckpointCorruptError, CheckpointNameError, ConfigError
     from checkpointing.loading import LoadedCheckpoint, load_checkpoint
     from checkpointing.manager import DynamicCheckpointManager

@@ -31,6 +31,7 @@ __all__ = [
     "build_metadata",
     "decode_metadata",
     "encode_metadata",
+    "json_safe",
     "metadata_path_for",
     "read_checkpoint_metadata",
     "utc_timestamp",
@@ -47,16 +48,16 @@ def utc_timestamp() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-def _clean(value: Any) -> Any:
-    """NaN/inf floats become None (strict JSON); containers are walked."""
+def json_safe(value: Any) -> Any:
+    """NaN/inf floats become None (strict JSON); containers are walked, numpy scalars unwrapped."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, Mapping):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [json_safe(v) for v in value]
     if hasattr(value, "item") and callable(value.item):  # numpy scalars
-        return _clean(value.item())
+        return json_safe(value.item())
     return value
 
 
@@ -102,7 +103,7 @@ def build_metadata(
 
 def encode_metadata(doc: Mapping[str, Any]) -> bytes:
     """Serialize metadata as strict JSON (NaN -> null)."""
-    return json.dumps(_clean(doc), indent=2, sort_keys=False, allow_nan=False).encode("utf-8")
+    return json.dumps(json_safe(doc), indent=2, sort_keys=False, allow_nan=False).encode("utf-8")
 
 
 def decode_metadata(raw: bytes, source: str) -> dict[str, Any]:

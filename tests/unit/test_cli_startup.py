@@ -42,7 +42,15 @@ def _loaded_after(code: str) -> dict[str, object]:
 
 
 @pytest.mark.parametrize(
-    "module", ["tuner.run", "checkpointing.retention", "tuner.train", "tuner.browse"]
+    "module",
+    [
+        "tuner.run",
+        "checkpointing.retention",
+        "tuner.train",
+        "tuner.browse",
+        "checkpointing.diff",
+        "tuner.diff",
+    ],
 )
 def test_help_loads_no_heavy_package(module: str) -> None:
     result = _loaded_after(

@@ -62,6 +62,7 @@ from tuner.trading.markets import MarketSpec
 __all__ = [
     "N_POSITION_FEATURES",
     "PHASES",
+    "POSITION_FEATURE_NAMES",
     "EnvConfig",
     "EpisodeStats",
     "FuturesTradingEnv",
@@ -72,7 +73,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 PHASES = (1, 2, 3)
-N_POSITION_FEATURES = 4
+# The position state that follows the market features in every observation.
+POSITION_FEATURE_NAMES = ("position", "open_profit_atr", "time_in_position", "drawdown_pct")
+N_POSITION_FEATURES = len(POSITION_FEATURE_NAMES)
 
 
 @dataclass(frozen=True, eq=False)

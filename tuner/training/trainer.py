@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from tuner.training.settings import Settings
 
-__all__ = ["Reporter", "retention_hooks", "retention_pass", "train_phase"]
+__all__ = ["Reporter", "retention_hooks", "retention_pass", "train_phase", "validation_env"]
 
 log = logging.getLogger(__name__)
 
@@ -162,20 +162,28 @@ def _environments(job: PhaseJob, settings: Settings, data: Any) -> _Envs:
         data, job.phase, "train", job.seed, training.n_envs, config=env_cfg, advisor_config=advisor
     )
     eval_env = VecNormalize(
-        make_vec_env(
-            data,
-            job.phase,
-            "validation",
-            job.seed,
-            training.eval_episodes,
-            config=env_cfg,
-            evaluation=True,
-            advisor_config=advisor,
-        ),
-        training=False,
-        norm_reward=False,
+        validation_env(settings, data, job.phase, job.seed), training=False, norm_reward=False
     )
     return _Envs(raw_train, eval_env)
+
+
+def validation_env(settings: Settings, data: Any, phase: int, seed: int) -> Any:
+    """The raw VecEnv a run of ``phase`` evaluates on: ``eval_episodes`` envs walking the
+    validation split. The trainer sees it through a VecNormalize synced from training;
+    ``tuner.diff`` through each checkpoint's own."""
+    from tuner.trading.evaluation import make_vec_env
+
+    training = settings.training
+    return make_vec_env(
+        data,
+        phase,
+        "validation",
+        seed,
+        training.eval_episodes,
+        config=training.env_config(),
+        evaluation=True,
+        advisor_config=settings.advisor if phase == 3 else None,
+    )
 
 
 def _model(
