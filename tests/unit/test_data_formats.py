@@ -453,7 +453,12 @@ def test_errors_of_a_file_market_name_its_data_keys(tmp_path: Path) -> None:
             "'America/Chicgo' (did you mean 'America/Chicago'?)",
         ),
         ({"price_scale": -1}, "markets.NQ.data.price_scale must be > 0, got -1.0"),
-        ({"price_scale": "1e-9"}, "markets.NQ.data.price_scale must be a number or null"),
+        ({"price_scale": "one"}, "markets.NQ.data.price_scale must be a number or null"),
+        (
+            {"price_scale": "1e-9"},  # as YAML reads price_scale: 1e-9
+            "markets.NQ.data.price_scale must be a number, got '1e-9': YAML reads a number "
+            "without a dot as text, write 1.0e-9",
+        ),
         ({"header": "no"}, "markets.NQ.data.header must be true or false, got 'no'"),
         ({"dayfirst": "yes"}, "markets.NQ.data.dayfirst must be true or false, got 'yes'"),
         (

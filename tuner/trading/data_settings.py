@@ -20,7 +20,8 @@ Keys:
         time columns: both joined by one space).
     dayfirst: ``true`` for 03/01/2023 = 3 January, ``false`` for 1 March.
     timezone: IANA zone (``America/Chicago``) of timestamps written without a zone.
-    price_scale: factor applied to open, high, low and close (1e-9 for integer prices).
+    price_scale: factor applied to open, high, low and close (``1.0e-9`` for integer prices;
+        in YAML ``1e-9`` without a dot is text).
     header: ``false`` when the file has no header line, ``true`` when it has one.
     symbol: keep only the rows of this contract (``symbol`` or ``instrument_id`` column).
 
@@ -100,7 +101,7 @@ def parse_data_settings(sec: Section) -> DataSettings:
         timestamp_format=_parse_format(sec) if sec.has("timestamp_format") else None,
         dayfirst=sec.get_bool("dayfirst") if sec.has("dayfirst") else None,
         timezone=_parse_timezone(sec) if sec.has("timezone") else None,
-        price_scale=sec.get_float_or_none("price_scale", None, gt=0.0),
+        price_scale=_parse_scale(sec),
         header=sec.get_bool("header") if sec.has("header") else None,
         symbol=_parse_symbol(sec) if sec.has("symbol") else None,
     )
@@ -145,6 +146,21 @@ def _parse_format(sec: Section) -> str:
             f"'%m/%d/%Y %H:%M:%S', got {fmt!r}"
         )
     return fmt
+
+
+def _parse_scale(sec: Section) -> float | None:
+    value = sec.raw("price_scale", None)
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            pass
+        else:  # YAML 1.1 reads 1e-9 (no dot) as text
+            raise ConfigError(
+                f"{sec.where('price_scale')} must be a number, got {value!r}: YAML reads a "
+                "number without a dot as text, write 1.0e-9"
+            )
+    return sec.get_float_or_none("price_scale", None, gt=0.0)
 
 
 def _parse_timezone(sec: Section) -> str:
