@@ -320,6 +320,15 @@ def test_rows_that_contradict_each_other_are_refused_naming_both(tmp_path: Path)
     assert "line 12 '03/25/2023 16:00'" in str(info.value)
 
 
+def test_a_twelve_hour_clock(tmp_path: Path) -> None:
+    rows = "03/13/2023 12:05 AM,1,2,0.5,1.5\n03/13/2023 2:30:00 PM,1,2,0.5,1.5\n"
+    bars = load_ohlcv(write(tmp_path, "Date,Open,High,Low,Close\n" + rows))
+    assert bars.timestamps.tolist() == stamps("2023-03-13 00:05", "2023-03-13 14:30")
+    bad = write(tmp_path, "Date,Open,High,Low,Close\n" + rows + "03/13/2023 13:00 PM,1,2,0.5,1.5\n")
+    with pytest.raises(DataError, match=r"line 4: invalid date or time '03/13/2023 13:00 PM'"):
+        load_ohlcv(bad)
+
+
 def test_dayfirst_on_year_first_dates_is_refused(tmp_path: Path) -> None:
     path = ninjatrader(tmp_path / "nq.txt", sample_bars(3))
     with pytest.raises(DataError, match=r"data\.dayfirst is set, but the timestamps are year"):

@@ -9,7 +9,7 @@ Grammars, in the order they are tried on the timestamp column:
    ``2023.03.01``, ``2023/03/01``, and compact ``20230301`` followed by ``083000``
    (NinjaTrader) or ``08:30:00`` (Interactive Brokers: one or two spaces, then optionally a zone
    name such as ``US/Central``).
-4. Day-first or month-first (``31/12/2023 15:30``, ``12/31/2023``, ``31.12.23``). Never a
+4. Day-first or month-first (``31/12/2023 15:30``, ``12/31/2023 3:30 PM``, ``31.12.23``). Never a
    guess: a day above 12 in the first position makes the column day-first, in the second
    month-first; a column with both is refused; ``dayfirst:`` (or ``timestamp_format``) settles
    a column with neither, and a row that contradicts it is refused naming its line; without
@@ -47,7 +47,10 @@ __all__ = ["Stamps", "parse_stamps", "to_utc"]
 
 log = logging.getLogger(__name__)
 
-_HMS = r"(?P<H>\d{1,2}):(?P<M>\d{2})(?::(?P<S>\d{2})(?:[.,](?P<f>\d{1,9}))?)?"
+_HMS = (
+    r"(?P<H>\d{1,2}):(?P<M>\d{2})(?::(?P<S>\d{2})(?:[.,](?P<f>\d{1,9}))?)?"
+    r"(?:\s*(?P<p>[AaPp][Mm]))?"  # 2:30:00 PM
+)
 _SUFFIX = r"(?:\s*(?P<off>Z|[+-]\d{2}(?::?\d{2})?)|\s+(?P<zone>[A-Za-z][\w+\-/]*))?\s*$"
 _GRAMMARS = {
     "compact": re.compile(
@@ -71,7 +74,7 @@ _GRAMMARS = {
 _EXAMPLES = {
     "compact": "20230301 083000 or 20230301 08:30:00",
     "year-first": "2023-03-01 08:30:00",
-    "day-month": "01/03/2023 08:30",
+    "day-month": "01/03/2023 08:30 (or 8:30 AM)",
 }
 _ALLOWED = {
     "ninjatrader": ("compact",),
@@ -114,6 +117,11 @@ def parse_stamps(
     text = values.astype(str).str.strip()
     if pd.api.types.is_datetime64_any_dtype(values):
         _no_dayfirst(settings, rows, text, "typed datetimes")
+        if settings.timestamp_format is not None:
+            raise DataError(
+                f"{rows.file}: {rows.key('timestamp_format')} is set, but column "
+                f"{columns.time!r} holds typed datetimes, not text; remove timestamp_format"
+            )
         zoned = isinstance(values.dtype, pd.DatetimeTZDtype)
         return Stamps(_naive(values), zoned, None, text)
     if settings.timestamp_format is not None:
@@ -274,6 +282,11 @@ def _from_parts(parts: pd.DataFrame) -> pd.Series:
     years = pd.to_numeric(parts["y"])
     years = years.where(years >= 100, years + np.where(years < 70, 2000, 1900))
     hour, minute, second = (pd.to_numeric(parts[g]).fillna(0) for g in ("H", "M", "S"))
+    if "p" in parts:  # a 12-hour clock: 12:05 AM is 00:05, 1..12 only
+        half = parts["p"].str.lower()
+        twelve = half.notna()
+        clock = (hour % 12 + np.where(half == "pm", 12, 0)).where(hour.between(1, 12), 99)
+        hour = hour.where(~twelve, clock)  # 99: refused below
     fields = {"year": years, "month": pd.to_numeric(parts["m"]), "day": pd.to_numeric(parts["d"])}
     fields.update(hour=hour, minute=minute, second=second)
     stamps = pd.to_datetime(pd.DataFrame(fields), errors="coerce")
