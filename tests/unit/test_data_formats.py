@@ -101,6 +101,19 @@ def test_interactive_brokers_zone_names_follow_daylight_saving(tmp_path: Path) -
     assert load_ohlcv(path).timestamps.tolist() == utc(bars)
 
 
+def test_a_declared_format_holds_the_file_to_its_timestamps(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "date,open,high,low,close,volume,average,barCount\n"
+        "2023-03-01 08:30:00-06:00,1,2,0.5,1.5,10,1.2,5\n"
+        "2023-03-01 08:31:00-06:00,1,2,0.5,1.5,10,1.2,5\n",
+    )
+    bars = load_ohlcv(path)  # detected as IB, saved by a library with ISO times: fine
+    assert bars.timestamps.tolist() == stamps("2023-03-01 14:30", "2023-03-01 14:31")
+    with pytest.raises(DataError, match=r"line 2: cannot parse timestamp '2023-03-01 08:30:00-06"):
+        load_ohlcv(path, DataSettings(format="ib"))
+
+
 def test_a_zone_name_that_does_not_exist_is_refused(tmp_path: Path) -> None:
     path = write(
         tmp_path,

@@ -16,7 +16,8 @@ Grammars, in the order they are tried on the timestamp column:
    either, a column whose dates read both ways is refused with two examples read both ways.
 
 ``format: ninjatrader`` and ``format: ib`` accept only the compact form, ``format: databento``
-only epochs and ISO 8601.
+only epochs and ISO 8601; a detected kind restricts nothing (an IB file saved by a library may
+hold ISO times).
 
 The clock is UTC, naive (``datetime64[ns]``), converted once here so that the split, the
 features (time of day) and bars per year all see one clock without daylight-saving jumps or
@@ -127,15 +128,15 @@ def parse_stamps(
     if settings.timestamp_format is not None:
         return _strptime(text, settings.timestamp_format, rows)
     if pd.api.types.is_numeric_dtype(values) or text.str.fullmatch(r"\d{9,19}").all():
-        if columns.kind in ("ninjatrader", "ib"):
+        if settings.format in ("ninjatrader", "ib"):
             raise DataError(
                 f"{rows.where(text.index[0])}: timestamp {text.iloc[0]!r} is a Unix epoch; "
-                f"format {columns.kind} writes {_EXAMPLES['compact']}"
+                f"format {settings.format} writes {_EXAMPLES['compact']}"
             )
         _no_dayfirst(settings, rows, text, "Unix epochs")
         numbers = values if pd.api.types.is_numeric_dtype(values) else text
         return Stamps(_epoch(numbers.astype(np.int64)), True, None, text)
-    allowed = _ALLOWED.get(columns.kind, tuple(_GRAMMARS))
+    allowed = _ALLOWED.get(settings.format, tuple(_GRAMMARS))  # detected kinds restrict none
     fast = _compact(text) if allowed == ("compact",) else _iso(text, rows)
     if fast is not None:
         _no_dayfirst(settings, rows, text, "year-first")
