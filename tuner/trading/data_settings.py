@@ -4,15 +4,15 @@ Every key is optional; the loader (:func:`tuner.trading.ohlcv.load_ohlcv`) detec
 from the file's shape and refuses what it cannot settle. ::
 
     data:
-      file: ../data/NQ_5min.txt
-      format: ninjatrader          # auto (default), ninjatrader, ib, databento
+      file: ../data/ES_5min.csv    # a US platform's Date,Time export
       timezone: America/Chicago    # the zone of times written without one
       dayfirst: false              # 03/01/2023 is 1 March (or: timestamp_format)
 
 Keys:
     format: ``auto`` (detect), ``ninjatrader`` (no header, ``;``, ``yyyyMMdd HHmmss``), ``ib``
         (Interactive Brokers: ``yyyyMMdd  HH:mm:ss`` with an optional zone name), ``databento``
-        (``ts_event`` in nanoseconds since the epoch, integer prices of 1e-9).
+        (``ts_event`` in nanoseconds since the epoch, integer prices of 1e-9); a declared
+        format holds the file's timestamps to that platform's form.
     columns: which column holds what: ``time`` (or ``date`` and ``time``), ``open``,
         ``high``, ``low``, ``close`` (``last`` is taken as ``close``), ``volume``, ``symbol``;
         each a column name, or a 1-based column number.
