@@ -204,8 +204,8 @@ def test_parquet_saved_with_a_datetime_index_and_gzipped_csv(tmp_path: Path) -> 
     )
     gz = tmp_path / "bars.csv.gz"
     with gzip.open(gz, "wt", encoding="utf-8") as fh:
-        fh.write("Date;Time;Open;High;Low;Close\n02/01/2024;09:30;1;2;0.5;1.5\n")
-        fh.write("02/01/2024;09:35;1;2;0.5;1.25\n")
+        fh.write("Date;Time;Open;High;Low;Close\n15/01/2024;09:30;1;2;0.5;1.5\n")
+        fh.write("15/01/2024;09:35;1;2;0.5;1.25\n")
     assert load_ohlcv(gz).close.tolist() == [1.5, 1.25]
 
 
@@ -242,7 +242,7 @@ GOOD = "2024-01-02 09:30,1,2,0.5,1.5,10\n2024-01-02 09:35,1,2,0.5,1.5,10\n"
         ("2024-01-02 09:40,1,2,0.5,abc,10", r"line 4: column 'Close' has 'abc', which is not a"),
         ("2024-01-02 09:40,1,2,0.5,NaN,10", r"line 4: missing value in column 'Close'"),
         ("2024-01-02 09:40,1,2,0.5,1.5,-3", r"line 4: column 'Volume' has '-3'; must be >= 0"),
-        ("2024-01-02 09:30,1,2,0.5,1.5,10", r"line 2 and line 4 have the same timestamp"),
+        ("2024-01-02 09:30,1,2,0.5,1.25,10", r"line 2 and line 4 have the same timestamp"),
         ("yesterday,1,2,0.5,1.5,10", r"line 4: cannot parse timestamp 'yesterday'"),
         ("2024-01-02 25:99,1,2,0.5,1.5,10", r"line 4: invalid date or time '2024-01-02 25:99'"),
         ("2024-02-30 10:00,1,2,0.5,1.5,10", r"line 4: invalid date or time '2024-02-30 10:00'"),

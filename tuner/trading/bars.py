@@ -43,7 +43,8 @@ class Bars:
 
     Attributes:
         market: Market name.
-        timestamps: ``datetime64[ns]``, strictly increasing (naive, UTC for zoned input).
+        timestamps: ``datetime64[ns]``, naive, strictly increasing; from a file, in UTC
+            (:mod:`tuner.trading.ohlcv_times` says how each file's times get there).
         open, high, low, close, volume: ``float64`` arrays of the same length.
         bar_interval: Median time between consecutive bars.
         bars_per_year: Bars per year of calendar time, for annualizing (module docstring).

@@ -32,5 +32,5 @@ def load_bars(spec: MarketSpec, *, seed: int | None = None) -> Bars:
                 f"markets.{spec.name}.data.file: no such file {str(source.path)!r} "
                 f"(configured as {source.configured!r})"
             )
-        return load_ohlcv(source.path, market=spec.name)
+        return load_ohlcv(source.path, source.settings, market=spec.name)
     return generate_synthetic(spec.name, source, spec.tick_size, seed=seed)

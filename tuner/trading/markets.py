@@ -10,8 +10,10 @@ The YAML file has two top-level sections:
     ``commission_per_side`` (dollars per contract on every fill, so a round turn costs twice
     that), ``slippage_ticks`` (ticks lost on every fill), ``session`` and ``data``, which is
     either ``{synthetic: {...}}`` or ``{file: path}`` (CSV or Parquet; a relative path is
-    resolved against the YAML file's folder). A market may override ``split``; its synthetic
-    block may override ``n_bars``, ``bar_interval`` and ``seed``.
+    resolved against the YAML file's folder) with, beside ``file:``, the keys of
+    :mod:`tuner.trading.data_settings` (``format``, ``columns``, ``timezone`` ...). A market
+    may override ``split``; its synthetic block may override ``n_bars``, ``bar_interval`` and
+    ``seed``.
 
 Everything is loaded into frozen dataclasses; unknown keys, wrong types, NaN and out-of-range
 values are refused with a :class:`ConfigError` naming the key path, the value and what is
@@ -25,13 +27,14 @@ import logging
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
 from checkpointing.errors import CheckpointNameError, ConfigError
 from checkpointing.naming import validate_market
 from checkpointing.validation import Section, read_yaml
+from tuner.trading.data_settings import DATA_KEYS, DataSettings, parse_data_settings
 
 __all__ = [
     "ConfigError",
@@ -105,10 +108,12 @@ class FileSource:
     Attributes:
         path: Absolute path of the file.
         configured: The path as written in the YAML file (for error messages).
+        settings: How to read it (the other ``data:`` keys); the defaults detect everything.
     """
 
     path: Path
     configured: str
+    settings: DataSettings = field(default_factory=DataSettings)
 
 
 @dataclass(frozen=True)
@@ -326,17 +331,24 @@ def _parse_data(
     seed: int,
     start: datetime,
 ) -> SyntheticSource | FileSource:
-    sec.only("synthetic", "file")
-    if len(sec.data) != 1:
+    sec.only("synthetic", "file", *DATA_KEYS)
+    if sec.has("synthetic") == sec.has("file"):
+        sources = sorted(k for k in sec.data if k in ("synthetic", "file"))
         raise ConfigError(
-            f"{sec.path} must have exactly one key, 'synthetic' or 'file', got {sorted(sec.data)!r}"
+            f"{sec.path} must have exactly one key, 'synthetic' or 'file', got {sources!r}"
         )
     if sec.has("file"):
         configured = sec.get_str("file")
         path = Path(configured).expanduser()
         if not path.is_absolute():
             path = base_dir / path
-        return FileSource(path=path, configured=configured)
+        return FileSource(path=path, configured=configured, settings=parse_data_settings(sec))
+    for key in DATA_KEYS:
+        if sec.has(key):
+            raise ConfigError(
+                f"{sec.where(key)} is not a setting here: it tells how to read a data file "
+                "(beside 'file:'), and this market's data is synthetic"
+            )
 
     s = sec.section("synthetic")
     s.only(*_SYNTHETIC_KEYS)
