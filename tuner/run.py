@@ -40,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted experiment")
     p.add_argument("--address", help="Ray cluster address (default: start Ray on this machine)")
     p.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
+    p.add_argument(
+        "--no-test-eval",
+        action="store_true",
+        help="skip measuring the chosen checkpoints on the held-out test split at the end",
+    )
     s = p.add_argument_group(
         "hyperparameter search",
         "--search samples configurations per market on the first seed, then trains the best "

@@ -93,7 +93,10 @@ def test_bad_config_fails_before_ray_starts(
 
 
 def test_four_trials_finish_in_isolated_folders_with_a_correct_summary(
-    tmp_path: Path, tiny_configs: Path, drivers: list[Driver]
+    tmp_path: Path,
+    tiny_configs: Path,
+    drivers: list[Driver],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     d = Driver(
         [
@@ -148,17 +151,33 @@ def test_four_trials_finish_in_isolated_folders_with_a_correct_summary(
     curves = sorted((tmp_path / "ray_results/four").glob("*/tensorboard/phase1_*/events.out.*"))
     assert {p.parent.name for p in curves} == {f"phase1_{r['run_id']}" for r in rows.values()}
 
-    # Out of sample: each trial's checkpoint chosen on validation (the summary's best by
-    # Sharpe) and its phase_end, measured on the test split.
-    from tuner.evaluate import main as evaluate
-
-    argv = ["--experiment", "four", "--storage-path", str(tmp_path / "ray_results")]
-    assert evaluate([*argv, "--config-dir", str(tiny_configs), "--boot", "200"]) == 0
+    # Out of sample, at the end of the run: each trial's checkpoint chosen on validation (the
+    # summary's best by Sharpe) and its phase_end, measured once on the test split, in the
+    # summary apart from the validation figures (python -m tuner.evaluate --experiment).
     tested = json.loads((models / "summaries/four_test.json").read_text())["results"]
     best_paths = {r["best"]["sharpe_ratio"]["path"] for r in rows.values()}
     assert best_paths <= {t["checkpoint"] for t in tested}
     assert {t["split"] for t in tested} == {"test"}
     assert all(t["run_id"] in {r["run_id"] for r in rows.values()} for t in tested)
+    for row in rows.values():
+        assert row["test"]["best"]["checkpoint"] == row["best"]["sharpe_ratio"]["path"]
+        assert row["test"]["phase_end"]["event"] == "phase_end"
+        assert row["test"]["phase_end"]["run_id"] == row["run_id"]
+    assert "held-out test split" in out
+    from tuner.browse import main as browse
+
+    assert browse(["--storage-path", str(tmp_path / "ray_results"), "--experiment", "four"]) == 0
+    assert (
+        browse(["--storage-path", str(tmp_path / "ray_results"), "--experiment", "four", "--json"])
+        == 0
+    )
+    text, doc = capsys.readouterr().out.split("\n{", 1)
+    assert "held-out test split" in text
+    assert {t["checkpoint"] for t in json.loads("{" + doc)["test"]} == {
+        t["checkpoint"] for t in tested
+    }
+    with open(models / "summaries/four.csv", newline="") as fh:
+        assert all(r["test_sharpe"] for r in csv.DictReader(fh))
 
 
 def test_a_crashed_trial_recovers_from_its_last_checkpoint(

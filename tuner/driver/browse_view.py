@@ -30,6 +30,23 @@ class ExperimentView:
     # A search's configurations per market, ranked across seeds (with its confirmation).
     configurations: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
+    def test_results(self) -> list[dict[str, Any]]:
+        """The held-out test figures ``tuner.evaluate`` (or the end of ``tuner.run``) wrote
+        for this experiment, if any: never computed here (the browser writes nothing)."""
+        import json
+
+        roots = sorted({r for r in self.bests.models_roots.values() if r is not None})
+        for root in roots:
+            path = root / "summaries" / f"{self.experiment.name}_test.json"
+            try:
+                doc = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            results = doc.get("results") if isinstance(doc, dict) else None
+            if isinstance(results, list):
+                return [r for r in results if isinstance(r, dict)]
+        return []
+
     @property
     def best(self) -> dict[str, list[BestCheckpoint]]:
         return self.bests.best
@@ -51,6 +68,7 @@ class ExperimentView:
                 "best": {m: [b.to_json() for b in rows] for m, rows in bests.best.items()},
                 "other_runs_skipped": {} if self.all_runs else bests.other_runs,
                 "configurations": self.configurations,
+                "test": self.test_results(),
                 "summaries": sorted(os.fspath(p) for p in summaries if p.is_file()),
                 "notes": bests.notes,
             }
@@ -203,6 +221,7 @@ def format_view(view: ExperimentView) -> str:
     headers += [_SHORT[m] for m in METRICS] + ["run", "trial"]
     headers += [*(["config"] if view.configurations else []), "last checkpoint"]
     lines += _table(headers, trial_rows, right=set(range(1, 10)) - {2})
+    lines += _test_lines(view)
     lines += _configuration_lines(view)
     scope = "every run in its folders" if view.all_runs else "its runs"
     lines += [
@@ -273,3 +292,30 @@ def _configuration_lines(view: ExperimentView) -> list[str]:
 
 def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _test_lines(view: ExperimentView) -> list[str]:
+    """The held-out test figures, apart from everything measured on validation."""
+    results = view.test_results()
+    if not results:
+        return []
+    rows = []
+    for r in results:
+        p, hold = r.get("policy") or {}, r.get("buy_and_hold") or {}
+        low, high = p.get("sharpe_ci") or (None, None)
+        rows.append(
+            [
+                str(r.get("market")),
+                str(r.get("seed")),
+                str(r.get("event")),
+                _num(p.get("total_return"), "+.2f"),
+                _num(p.get("sharpe_ratio"), "+.2f"),
+                f"[{_num(low, '+.2f')}, {_num(high, '+.2f')}]",
+                _num(p.get("max_drawdown"), ".3f"),
+                _num(hold.get("total_return"), "+.2f"),
+                Path(str(r.get("checkpoint"))).name,
+            ]
+        )
+    headers = ["market", "seed", "event", "return %", "sharpe", "95% CI", "max_dd", "hold %"]
+    lines = ["", "held-out test split (checkpoints chosen on validation, measured once)"]
+    return lines + _table([*headers, "checkpoint"], rows, right={1, 3, 4, 5, 6, 7})

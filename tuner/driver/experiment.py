@@ -11,7 +11,13 @@ from typing import Any
 from checkpointing.errors import usage_error
 from tuner.driver.experiments import load_experiment
 from tuner.driver.options import RunOptions
-from tuner.driver.summary import build_summary, format_table, write_summary
+from tuner.driver.summary import (
+    attach_test,
+    build_summary,
+    format_table,
+    format_test_table,
+    write_summary,
+)
 from tuner.job_paths import job_notes
 from tuner.training.trainer import retention_pass
 
@@ -229,10 +235,15 @@ def _finish(opts: RunOptions, settings: Any, signum: int | None) -> int:
         names.append(opts.confirm_name)
     experiments = {n: load_experiment(opts.storage_path, n) for n in names}
     summaries = {n: build_summary(e, phases=opts.phases) for n, e in experiments.items()}
+    if signum is None and opts.test_eval:  # a search: its confirmation stage, after the choice
+        _test_split(opts, names[-1], summaries[names[-1]])
     for name, summary in summaries.items():
         json_path, csv_path = write_summary(summary, opts.models_root / "summaries")
         print()
         print(format_table(summary))
+        if any((r.get("test") or {}).get("best") for r in summary["trials"]):
+            print()
+            print(format_test_table(summary))
         print()
         print(f"summary: {json_path}")
         print(f"         {csv_path}")
@@ -255,6 +266,30 @@ def _finish(opts: RunOptions, settings: Any, signum: int | None) -> int:
         print(f"{len(failed)} trial(s) failed: " + ", ".join(failed))
         return EXIT_FAILED_TRIALS
     return 0
+
+
+def _test_split(opts: RunOptions, name: str, summary: dict[str, Any]) -> None:
+    """Measure each trial's checkpoint chosen on validation on the held-out test split, in a
+    process of its own (``python -m tuner.evaluate``: the driver never imports torch), and
+    add the figures to the summary. A failure is reported; the run's outcome stands."""
+    import json
+    import subprocess
+    import sys
+
+    print(f"test split: measuring the chosen checkpoints of {name} (python -m tuner.evaluate)")
+    command = [sys.executable, "-m", "tuner.evaluate", "--experiment", name, "--json"]
+    command += ["--storage-path", os.fspath(opts.storage_path), "--config-dir"]
+    command += [os.fspath(opts.config_dir), "--metric", "sharpe_ratio"]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    try:
+        doc = json.loads(done.stdout) if done.returncode == 0 else None
+    except ValueError:
+        doc = None
+    if doc is None:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        print("test split: not measured (" + " / ".join(tail) + ")", flush=True)
+        return
+    attach_test(summary, doc)
 
 
 def _missing(opts: RunOptions, experiment: Any) -> list[tuple[str, int]]:

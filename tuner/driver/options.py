@@ -56,6 +56,7 @@ class RunOptions:
     training_config: Path | None = None
     training_overlay: dict[str, Any] = field(default_factory=dict)
     search: SearchOptions | None = None
+    test_eval: bool = True  # measure the chosen checkpoints on the test split at the end
 
     @property
     def experiment_dir(self) -> Path:
@@ -132,6 +133,7 @@ def options_from_args(args: argparse.Namespace) -> tuple[RunOptions, Any]:
         training_config=Path(args.training_config).resolve() if args.training_config else None,
         training_overlay=dict(settings.training_overlay),
         search=search,
+        test_eval=not args.no_test_eval,
     )
     _check_experiment(opts)
     return opts, settings

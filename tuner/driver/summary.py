@@ -22,7 +22,15 @@ from typing import Any
 from tuner.driver.bests import BestCheckpoint, Bests, bests_by_metric
 from tuner.driver.experiments import Experiment, TrialInfo, json_ready
 
-__all__ = ["BEST_BY", "SUMMARY_METRICS", "build_summary", "format_table", "write_summary"]
+__all__ = [
+    "BEST_BY",
+    "SUMMARY_METRICS",
+    "attach_test",
+    "build_summary",
+    "format_table",
+    "format_test_table",
+    "write_summary",
+]
 
 SUMMARY_METRICS = ("val_reward", "sharpe_ratio", "win_rate", "max_drawdown", "total_return")
 BEST_BY = ("sharpe_ratio", "val_reward")
@@ -140,6 +148,11 @@ def write_summary(summary: Mapping[str, Any], folder: str | os.PathLike[str]) ->
         "best_sharpe",
         "best_reward_path",
         "best_reward",
+        "test_return",
+        "test_sharpe",
+        "test_sharpe_low",
+        "test_sharpe_high",
+        "test_hold_return",
     ]
     tmp = csv_path.with_name(f".{csv_path.name}.tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as fh:
@@ -160,10 +173,22 @@ def write_summary(summary: Mapping[str, Any], folder: str | os.PathLike[str]) ->
                     _csv_num(bs.get("value")),
                     br.get("path", ""),
                     _csv_num(br.get("value")),
+                    *_test_cells(r),
                 ]
             )
     os.replace(tmp, csv_path)
     return json_path, csv_path
+
+
+def _test_cells(row: Mapping[str, Any]) -> list[str]:
+    """The CSV's test columns of a row (empty when the test split was not measured)."""
+    test = (row.get("test") or {}).get("best")
+    if not test:
+        return [""] * 5
+    p, hold = test["policy"], test.get("buy_and_hold") or {}
+    low, high = p.get("sharpe_ci") or (None, None)
+    values = (p["total_return"], p["sharpe_ratio"], low, high, hold.get("total_return"))
+    return [_csv_num(v) for v in values]
 
 
 def _csv_num(value: Any) -> str:
@@ -210,4 +235,46 @@ def format_table(summary: Mapping[str, Any]) -> str:
                 f"{market:<7} phase {best['phase']}  {best['metric']:<12} "
                 f"{_fmt(best['value']):>9}  seed {best['seed']}  {best['path']}"
             )
+    return "\n".join(lines)
+
+
+def attach_test(summary: dict[str, Any], test: Mapping[str, Any]) -> None:
+    """Add each trial's held-out test figures (``python -m tuner.evaluate``'s document) to
+    its row, apart from the validation ones: ``row["test"]["best"]`` for the checkpoint the
+    row's ``best`` by Sharpe names, ``row["test"]["phase_end"]`` for its run's phase_end."""
+    results = [r for r in test.get("results", []) if isinstance(r, Mapping)]
+    by_path = {r.get("checkpoint"): r for r in results}
+    for row in summary["trials"]:
+        best = (row.get("best") or {}).get("sharpe_ratio") or {}
+        end = next(
+            (
+                r
+                for r in results
+                if r.get("run_id") == row.get("run_id") and r.get("event") == "phase_end"
+            ),
+            None,
+        )
+        row["test"] = {"best": by_path.get(best.get("path")), "phase_end": end}
+
+
+def format_test_table(summary: Mapping[str, Any]) -> str:
+    """The held-out test figures of each trial's checkpoint chosen on validation."""
+    lines = [
+        "held-out test split (the checkpoint each trial's validation chose; measured once)",
+        f"{'market':<7} {'seed':>6} {'return %':>9} {'sharpe':>8} {'95% CI':>17} "
+        f"{'max_dd':>7} {'hold %':>8}  checkpoint",
+    ]
+    for r in summary["trials"]:
+        test = (r.get("test") or {}).get("best")
+        if not test:
+            continue
+        p, hold = test["policy"], test.get("buy_and_hold") or {}
+        low, high = p.get("sharpe_ci") or (math.nan, math.nan)
+        ci = f"[{_fmt(low, '+.2f')}, {_fmt(high, '+.2f')}]"
+        lines.append(
+            f"{r['market'] or '?':<7} {r['seed'] if r['seed'] is not None else '?':>6} "
+            f"{_fmt(p['total_return'], '+.2f'):>9} {_fmt(p['sharpe_ratio'], '+.2f'):>8} "
+            f"{ci:>17} {_fmt(p['max_drawdown'], '.3f'):>7} "
+            f"{_fmt(hold.get('total_return'), '+.2f'):>8}  {Path(test['checkpoint']).name}"
+        )
     return "\n".join(lines)
