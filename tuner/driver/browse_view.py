@@ -44,7 +44,8 @@ class ExperimentView:
                 continue
             results = doc.get("results") if isinstance(doc, dict) else None
             if isinstance(results, list):
-                return [r for r in results if isinstance(r, dict)]
+                markets = set(self.bests.markets)  # --market: that market's only
+                return [r for r in results if isinstance(r, dict) and r.get("market") in markets]
         return []
 
     @property
