@@ -50,6 +50,7 @@ def _loaded_after(code: str) -> dict[str, object]:
         "tuner.browse",
         "checkpointing.diff",
         "tuner.diff",
+        "tuner.data",
     ],
 )
 def test_help_loads_no_heavy_package(module: str) -> None:

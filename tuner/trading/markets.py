@@ -42,6 +42,7 @@ __all__ = [
     "MarketSpec",
     "SplitSpec",
     "SyntheticSource",
+    "default_split",
     "get_market",
     "load_markets",
     "parse_bar_interval",
@@ -209,6 +210,17 @@ def load_markets(path: str | os.PathLike[str]) -> dict[str, MarketSpec]:
         return _parse_markets_file(Section(doc, "<top level>"), base_dir=file.resolve().parent)
     except ConfigError as exc:
         raise ConfigError(f"{os.fspath(file)}: {exc}") from None
+
+
+def default_split(path: str | os.PathLike[str]) -> SplitSpec:
+    """The ``defaults.split`` of a markets file: the split of a market that sets none.
+
+    Raises:
+        ConfigError: as :func:`load_markets`; the whole file is validated.
+    """
+    load_markets(path)
+    doc = Section(read_yaml(Path(path)), "<top level>")
+    return _parse_split(Section(doc.raw("defaults"), "defaults").section("split"))
 
 
 def get_market(markets: Mapping[str, MarketSpec], name: str) -> MarketSpec:

@@ -10,13 +10,18 @@ or Parquet file with named OHLC columns; gzip too. Three modules share the work:
 keeps one contract, reads the prices, drops exact duplicate rows and builds the bars. What
 detection cannot know comes from :class:`~tuner.trading.data_settings.DataSettings`. A bad
 file is refused with the file and the line. pandas is used only in these modules.
+
+:func:`load_ohlcv_report` returns, beside the bars, a :class:`LoadReport` of what detection
+decided (the layout, the columns, the date order and what settled it, the duplicates dropped,
+the contract kept), for ``python -m tuner.data inspect``; it loads exactly as
+:func:`load_ohlcv` does.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,13 +35,45 @@ from tuner.trading.ohlcv_times import parse_stamps, to_utc
 if TYPE_CHECKING:
     import pandas as pd  # imported when a file is read: validating a config needs none of it
 
-__all__ = ["load_ohlcv"]
+__all__ = ["LoadReport", "load_ohlcv", "load_ohlcv_report"]
 
 log = logging.getLogger(__name__)
 
 _PRICES = ("open", "high", "low", "close")
 _SHOWN_CONTRACTS = 8
 _POSITIVE = "prices must be > 0"
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """What the loader made of a file: what it detected and what it dropped.
+
+    Attributes:
+        file: The file.
+        format: ``ninjatrader``, ``ib``, ``databento`` or ``generic`` (``format:`` or detected).
+        header: Whether the first line named the columns; None for Parquet.
+        columns: ``(role, column)`` pairs, roles as ``columns:`` names them: ``time`` (or
+            ``date`` and ``time``), ``open``, ``high``, ``low``, ``close``, ``volume`` (absent:
+            zeros), ``symbol`` (a symbol or instrument_id column); a headerless file's columns
+            read ``Close (column 5)``.
+        dayfirst: True day-first, False month-first, None where dates have no such question.
+        dates: How the timestamps were read and what settled it
+            (``month-first: settled by the file (line 14 reads '03/13/2023,08:30')``).
+        rows: Data rows in the file (blank lines not counted).
+        symbol: The contract kept (``symbol:``, or the only one a contract column holds), or
+            None when the file has no contract column.
+        duplicates: Exact duplicate rows dropped.
+    """
+
+    file: str
+    format: str
+    header: bool | None
+    columns: tuple[tuple[str, str], ...]
+    dayfirst: bool | None
+    dates: str
+    rows: int
+    symbol: str | None
+    duplicates: int
 
 
 def load_ohlcv(
@@ -60,6 +97,17 @@ def load_ohlcv(
         DataError: naming the file and the line (CSV, 1-based, as an editor shows it) or row
             (Parquet, 1-based) of the first missing, non-numeric or non-positive value, bar
             with High < Low, bad or ambiguous timestamp, or bar that conflicts with another.
+    """
+    return load_ohlcv_report(path, settings, market=market)[0]
+
+
+def load_ohlcv_report(
+    path: str | os.PathLike[str], settings: DataSettings | None = None, *, market: str = ""
+) -> tuple[Bars, LoadReport]:
+    """:func:`load_ohlcv`, and what it detected and dropped (:class:`LoadReport`).
+
+    Raises:
+        DataError: as :func:`load_ohlcv`.
     """
     settings = settings or DataSettings()
     file = Path(path)
@@ -107,7 +155,35 @@ def load_ohlcv(
         bars.bar_interval,
         bars.bars_per_year,
     )
-    return bars
+    report = LoadReport(
+        file=str(file),
+        format=columns.kind,
+        header=None if rows.first_line is None else rows.first_line == 2,
+        columns=_roles(columns),
+        dayfirst=stamps.dayfirst,
+        dates=stamps.dates,
+        rows=len(table.frame),
+        symbol=_kept(frame, columns),
+        duplicates=int((~unique).sum()),
+    )
+    return bars, report
+
+
+def _roles(columns: Columns) -> tuple[tuple[str, str], ...]:
+    """The columns a file's roles came from, in reading order."""
+    times = [("time", columns.time)]
+    if columns.clock is not None:  # as columns: names them: date + time
+        times = [("date", columns.time), ("time", columns.clock)]
+    prices = [(role, getattr(columns, role)) for role in _PRICES]
+    volume = [] if columns.volume is None else [("volume", columns.volume)]
+    return (*times, *prices, *volume, *(("symbol", c) for c in columns.contract[:1]))
+
+
+def _kept(frame: pd.DataFrame, columns: Columns) -> str | None:
+    """The contract of the rows kept, as the contract column writes it."""
+    if not columns.contract:
+        return None
+    return str(frame[columns.contract[0]].astype(str).str.strip().iloc[0])
 
 
 def _one_contract(

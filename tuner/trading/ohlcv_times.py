@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -95,12 +95,18 @@ class Stamps:
         utc: The text said the zone (epochs, offsets, zoned datetimes): ``wall`` is UTC.
         zones: The zone name written on each row (IB), or None.
         text: The timestamps as written, for messages.
+        dayfirst: True day-first, False month-first, None when the form has no such question
+            (year-first, epochs, typed datetimes, ``timestamp_format``).
+        dates: How the dates were read and what settled it, for people
+            (``month-first: settled by the file (line 14 reads '03/13/2023 08:30')``).
     """
 
     wall: pd.Series
     utc: bool
     zones: pd.Series | None
     text: pd.Series
+    dayfirst: bool | None = None
+    dates: str = ""
 
 
 def parse_stamps(
@@ -124,7 +130,7 @@ def parse_stamps(
                 f"{columns.time!r} holds typed datetimes, not text; remove timestamp_format"
             )
         zoned = isinstance(values.dtype, pd.DatetimeTZDtype)
-        return Stamps(_naive(values), zoned, None, text)
+        return Stamps(_naive(values), zoned, None, text, dates="typed datetimes")
     if settings.timestamp_format is not None:
         return _strptime(text, settings.timestamp_format, rows)
     if pd.api.types.is_numeric_dtype(values) or text.str.fullmatch(r"\d{9,19}").all():
@@ -135,12 +141,12 @@ def parse_stamps(
             )
         _no_dayfirst(settings, rows, text, "Unix epochs")
         numbers = values if pd.api.types.is_numeric_dtype(values) else text
-        return Stamps(_epoch(numbers.astype(np.int64)), True, None, text)
+        return Stamps(_epoch(numbers.astype(np.int64)), True, None, text, dates="Unix epochs")
     allowed = _ALLOWED.get(settings.format, tuple(_GRAMMARS))  # detected kinds restrict none
     fast = _compact(text) if allowed == ("compact",) else _iso(text, rows)
     if fast is not None:
         _no_dayfirst(settings, rows, text, "year-first")
-        return fast
+        return replace(fast, dates="year-first")
     return _by_grammar(text, allowed, columns, settings, rows)
 
 
@@ -187,7 +193,8 @@ def _strptime(text: pd.Series, fmt: str, rows: Rows) -> Stamps:
         stamps.isna(),
         lambda i: f"timestamp {text[i]!r} does not match {rows.key('timestamp_format')} {fmt!r}",
     )
-    return Stamps(_naive(stamps), zoned, None, text)
+    dates = f"as {rows.key('timestamp_format')} {fmt!r} says"
+    return Stamps(_naive(stamps), zoned, None, text, dates=dates)
 
 
 def _no_dayfirst(settings: DataSettings, rows: Rows, text: pd.Series, what: str) -> None:
@@ -259,8 +266,10 @@ def _by_grammar(
             + (f", like {rows.at(example)} ({text[example]!r})" if example is not None else "")
         ),
     )
+    dayfirst: bool | None = None
+    dates = "year-first"
     if name == "day-month":
-        dayfirst = _settle_dayfirst(parts, text, columns.time, settings, rows)
+        dayfirst, dates = _settle_dayfirst(parts, text, columns.time, settings, rows)
         parts = parts.rename(columns={"a": "d", "b": "m"} if dayfirst else {"a": "m", "b": "d"})
     else:
         _no_dayfirst(settings, rows, text, "year-first")
@@ -270,10 +279,9 @@ def _by_grammar(
     _refuse_mixed(has_offset | has_zone, "a zone", text, rows)
     if has_offset.any():
         rows.fail(has_zone, lambda i: f"timestamp {text[i]!r} has a zone name, others an offset")
-        return Stamps(stamps - _offsets(parts["off"]), True, None, text)
-    if has_zone.any():
-        return Stamps(stamps, False, _zone_names(parts["zone"], text, rows), text)
-    return Stamps(stamps, False, None, text)
+        return Stamps(stamps - _offsets(parts["off"]), True, None, text, dayfirst, dates)
+    zones = _zone_names(parts["zone"], text, rows) if has_zone.any() else None
+    return Stamps(stamps, False, zones, text, dayfirst, dates)
 
 
 def _from_parts(parts: pd.DataFrame) -> pd.Series:
@@ -326,9 +334,9 @@ def _zone_names(zones: pd.Series, text: pd.Series, rows: Rows) -> pd.Series:
 
 def _settle_dayfirst(
     parts: pd.DataFrame, text: pd.Series, column: str, settings: DataSettings, rows: Rows
-) -> bool:
-    """True for day-first, False for month-first; refuses what neither the file nor the
-    settings settle, and rows that contradict the settings or each other."""
+) -> tuple[bool, str]:
+    """True for day-first, False for month-first, and what settled it; refuses what neither
+    the file nor the settings settle, and rows that contradict the settings or each other."""
     import pandas as pd
 
     first, second = pd.to_numeric(parts["a"]), pd.to_numeric(parts["b"])
@@ -340,7 +348,8 @@ def _settle_dayfirst(
     if dayfirst is not None:
         wrong = month_first if dayfirst else day_first
         rows.fail(wrong, lambda i: _contradiction(text[i], dayfirst, first[i], second[i], rows))
-        return dayfirst
+        reading = "day-first" if dayfirst else "month-first"
+        return dayfirst, f"{reading}: set by {rows.key('dayfirst')}: {str(dayfirst).lower()}"
     if day_first.any() and month_first.any():
         d, m = day_first[day_first].index[0], month_first[month_first].index[0]
         raise DataError(
@@ -359,10 +368,11 @@ def _settle_dayfirst(
             rows.at(by),
             text[by],
         )
-        return settled
+        reading = "day-first" if settled else "month-first"
+        return settled, f"{reading}: settled by the file ({rows.at(by)} reads {text[by]!r})"
     differ = first != second  # rows whose two readings are different dates
     if not differ.any():
-        return True  # every date reads the same both ways (01/01, 02/02 ...)
+        return True, "day-first: every date reads the same both ways (01/01, 02/02 ...)"
     raise DataError(_ambiguity(parts, text, column, differ, rows))
 
 
