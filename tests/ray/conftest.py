@@ -28,6 +28,19 @@ from checkpointing.selection import find_resume_checkpoint
 from tests.tiny_config import PROJECT_ROOT, tiny_config_dir
 
 
+def common(configs: Path, root: Path, *extra: str) -> list[str]:
+    """The arguments every test's driver shares: its config folder and where it writes."""
+    return [
+        "--config-dir",
+        str(configs),
+        "--models-root",
+        str(root / "models"),
+        "--storage-path",
+        str(root / "ray_results"),
+        *extra,
+    ]
+
+
 def driver_env() -> dict[str, str]:
     env = dict(os.environ)
     env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"

@@ -13,22 +13,10 @@ import pytest
 
 from checkpointing import list_checkpoints
 from checkpointing.naming import CheckpointName
-from tests.ray.conftest import Driver, crash_trial, results_so_far, trial_results, wait_for
+from tests.ray.conftest import Driver, common, crash_trial, results_so_far, trial_results, wait_for
 from tuner.run import main
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
-
-
-def common(configs: Path, root: Path, *extra: str) -> list[str]:
-    return [
-        "--config-dir",
-        str(configs),
-        "--models-root",
-        str(root / "models"),
-        "--storage-path",
-        str(root / "ray_results"),
-        *extra,
-    ]
 
 
 @pytest.mark.parametrize(

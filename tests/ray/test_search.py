@@ -16,7 +16,7 @@ import yaml
 from checkpointing.metadata import read_checkpoint_metadata
 from checkpointing.naming import CheckpointName
 from checkpointing.store import list_checkpoints
-from tests.ray.conftest import Driver, results_so_far, wait_for
+from tests.ray.conftest import Driver, common, results_so_far, wait_for
 from tuner.browse import main as browse
 from tuner.driver.experiments import load_experiment
 from tuner.run import main
@@ -51,21 +51,9 @@ def space(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def args(configs: Path, root: Path, space: Path, *extra: str) -> list[str]:
-    return [
-        "--config-dir",
-        str(configs),
-        "--models-root",
-        str(root / "models"),
-        "--storage-path",
-        str(root / "ray_results"),
-        "--search",
-        str(space),
-        "--base-interval",
-        "500",
-        "--num-cpus",
-        "2",
-        *extra,
-    ]
+    return common(
+        configs, root, "--search", str(space), "--base-interval", "500", "--num-cpus", "2", *extra
+    )
 
 
 def checkpoints(models: Path, market: str) -> list[CheckpointName]:

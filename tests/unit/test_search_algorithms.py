@@ -55,7 +55,7 @@ def test_asha_keeps_markets_apart_and_its_rungs_survive_a_restore(tmp_path: Path
 
 
 def test_pbt_statistics_survive_a_restore_by_trial_id(tmp_path: Path) -> None:
-    from tuner.search.space import load_search
+    from tuner.search.loading import load_search
     from tuner.training.settings import load_settings
 
     spec = load_search(CONFIG_DIR / "search.yaml", load_settings(CONFIG_DIR).training)

@@ -154,7 +154,7 @@ def _search_options(
             raise ConfigError(f"{flag} goes with --search (a search space to sample)")
         return None
     from checkpointing.ranking import METRICS
-    from tuner.search.space import load_search
+    from tuner.search.loading import load_search
 
     path = check_path_argument(args.search, "--search")
     spec = load_search(path, settings.training).for_phases(phases)

@@ -1,6 +1,8 @@
 """Hyperparameter search: the search file (``config/search.yaml``) and the Tune objects built
-from it (:mod:`tuner.search.space`). Importing it does not import Ray."""
+from it (:mod:`tuner.search.space`), read and checked by :mod:`tuner.search.loading`.
+Importing it does not import Ray."""
 
+from tuner.search.loading import load_search
 from tuner.search.space import (
     AshaSettings,
     Dist,
@@ -8,7 +10,6 @@ from tuner.search.space import (
     SearchSpec,
     decode,
     flatten,
-    load_search,
     unflatten,
 )
 

@@ -295,7 +295,7 @@ def _progress(
                     if k in metrics
                 )
             )
-        curves.evaluation(t, metrics, manager.state_dict().get("last_checkpoint"))
+        curves.evaluation(t, metrics, manager.state.last_checkpoint)
         if on_evaluation is not None:
             on_evaluation(t, metrics, manager)
 
