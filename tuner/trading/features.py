@@ -69,9 +69,9 @@ def compute_features(bars: Bars) -> FeatureSet:
     ``vol_ratio`` may; it only sets the scale of recent volatility).
     """
     n = len(bars)
-    close = pd.Series(bars.close)
-    high = pd.Series(bars.high)
-    low = pd.Series(bars.low)
+    close = pd.Series(bars.close, copy=False)  # pandas 3 copies an array by default
+    high = pd.Series(bars.high, copy=False)
+    low = pd.Series(bars.low, copy=False)
     log_close = np.log(bars.close)
 
     log_ret = np.diff(log_close, prepend=log_close[0])
