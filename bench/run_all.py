@@ -36,6 +36,7 @@ ORDER = [
     "save_overhead",
     "compression",
     "training_overhead",
+    "held_out",
 ]
 SLOW = ["tune_scaling", "search"]
 
