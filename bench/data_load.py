@@ -51,6 +51,7 @@ CHUNK = 1_000_000
 _CHILD = textwrap.dedent(
     """
     import json, os, resource, sys, time, zlib
+    from dataclasses import fields
     from pathlib import Path
     import numpy as np, psutil
     from tuner.trading.data_cache import DataCache
@@ -69,8 +70,9 @@ _CHILD = textwrap.dedent(
         bars, _ = DataCache(Path(cache)).load(file, DataSettings(), market="ES")
     seconds = time.perf_counter() - started
     crc = 0
-    for name in ("timestamps", "open", "high", "low", "close", "volume"):  # read every byte
-        crc = zlib.crc32(np.ascontiguousarray(getattr(bars, name)).view(np.uint8), crc)
+    arrays = [getattr(bars, f.name) for f in fields(bars)]
+    for array in (a for a in arrays if isinstance(a, np.ndarray)):  # read every byte
+        crc = zlib.crc32(np.ascontiguousarray(array).view(np.uint8), crc)
     out = {"seconds": seconds, "crc": crc, "bars": len(bars)}
     if sync != "-":  # measure while every trial holds the bars
         Path(sync, f"ready-{os.getpid()}").touch()

@@ -37,6 +37,7 @@ ORDER = [
     "save_overhead",
     "compression",
     "training_overhead",
+    "held_out",
 ]
 SLOW = ["data_load", "tune_scaling", "search"]
 

@@ -90,6 +90,21 @@ def databento(path: Path, contracts: dict[str, tuple[int, pd.DataFrame]]) -> Pat
     return path
 
 
+def rolling_contracts(
+    bars: pd.DataFrame, ratio: float = 1.015
+) -> dict[str, tuple[int, pd.DataFrame]]:
+    """NQH3 and NQM3 over the same ``bars``, for :func:`databento`: NQM3 priced ``ratio`` times
+    NQH3 (its carry), volume moving from one to the other, NQM3 trading more from the middle
+    UTC date of the bars on (a roll by volume the next day)."""
+    dates = bars["time"].dt.normalize()
+    middle = dates.iloc[len(dates) // 2]
+    days = (dates - middle).dt.days.to_numpy()
+    front = bars.assign(volume=np.maximum(500 - 10 * days, 1))
+    back = bars.assign(volume=np.maximum(505 + 10 * days, 1))
+    back[["open", "high", "low", "close"]] *= ratio
+    return {"NQH3": (4916, front), "NQM3": (7062, back)}
+
+
 def month_first(path: Path, bars: pd.DataFrame) -> Path:
     """A US platform's ``Date,Time`` export: ``MM/DD/YYYY,HH:MM`` as written (no zone)."""
     lines = ["Date,Time,Open,High,Low,Close,Volume"]

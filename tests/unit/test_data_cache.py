@@ -61,6 +61,12 @@ def assert_same_bars(got: Bars, want: Bars) -> None:
             assert a == b, f.name
 
 
+def arrays_of(bars: Bars) -> list[np.ndarray]:
+    """Every array of the bars (a field added later too)."""
+    values = [getattr(bars, f.name) for f in fields(Bars)]
+    return [v for v in values if isinstance(v, np.ndarray)]
+
+
 def warnings_of(caplog: pytest.LogCaptureFixture, logger: str = "tuner.trading") -> list[str]:
     return [
         r.getMessage()
@@ -97,9 +103,33 @@ def test_a_cached_load_gives_what_a_parse_gives_memory_mapped(
     assert "dropped 1 row: exact duplicates" in first[0]
     entry = cache.entry_path(file, NINJA)
     assert entry.parent == tmp_path / "models" / ".data-cache"
-    for array in (bars.timestamps, bars.open, bars.high, bars.low, bars.close, bars.volume):
+    for array in arrays_of(bars):
         assert isinstance(array, np.memmap) and Path(array.filename) == entry
         assert not array.flags.writeable
+
+
+def test_a_rolled_file_is_cached_with_its_roll_gaps_and_its_rolls(
+    tmp_path: Path, parses: list[Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.exports import databento, rolling_contracts
+
+    caplog.set_level(logging.INFO, "tuner.trading")
+    file = databento(tmp_path / "glbx.csv", rolling_contracts(sample_bars(1500, freq="10min")))
+    settings = DataSettings(roll="volume", adjust="none")
+    cache = DataCache(tmp_path / "cache")
+    want, want_report = load_ohlcv_report(file, settings)
+    parsed = [r.getMessage() for r in caplog.records if r.name == "tuner.trading.rolls"]
+    caplog.clear()
+
+    cache.load(file, settings)
+    bars, report = cache.load(file, settings)
+
+    assert len(parses) == 1
+    assert_same_bars(bars, want)
+    assert report == want_report and len(report.rolls) == 1
+    assert bars.roll_gap.any()
+    said = [r.getMessage() for r in caplog.records if r.name == "tuner.trading.rolls"]
+    assert parsed and said == parsed * 2  # the roll's line, by the parse and by the hit
 
 
 def test_one_file_serves_each_market_under_its_own_name(tmp_path: Path) -> None:
@@ -189,6 +219,10 @@ def test_every_settings_field_is_in_the_key() -> None:
         "price_scale": 2.0,
         "header": False,
         "symbol": "NQM3",
+        "roll": "volume",
+        "roll_days_before_expiry": 5,
+        "adjust": "none",
+        "roll_gap": "keep",
     }
     assert set(changed) == {f.name for f in fields(DataSettings)}  # a new field: add it here
     keys = {data_cache.settings_key(DataSettings(**{k: v})) for k, v in changed.items()}
@@ -201,7 +235,7 @@ def _truncate(entry: Path) -> None:
 
 def _flip_last_byte(entry: Path) -> None:
     data = bytearray(entry.read_bytes())
-    data[-1] ^= 0x40  # the last array's last byte: one volume
+    data[-1] ^= 0x40  # the last array's last byte
     entry.write_bytes(bytes(data))
 
 
@@ -219,7 +253,7 @@ def _empty(entry: Path) -> None:
     ("damage", "why"),
     [
         (_truncate, "corrupt"),
-        (_flip_last_byte, "corrupt (array 'volume' fails its checksum)"),
+        (_flip_last_byte, "corrupt (array '"),  # Bars' last array, whichever it is
         (_flip_header_byte, "corrupt (its header fails its checksum)"),
         (_empty, "corrupt (empty file)"),
     ],
@@ -296,6 +330,7 @@ def test_a_cache_that_cannot_be_written_still_loads(
 _LOAD = textwrap.dedent(
     """
     import logging, os, sys, time, zlib
+    from dataclasses import fields
     from pathlib import Path
     import numpy as np, psutil
     from tuner.trading.data_cache import DataCache
@@ -310,8 +345,9 @@ _LOAD = textwrap.dedent(
     before = me.memory_full_info()
     bars, _ = DataCache(Path(sys.argv[2])).load(sys.argv[1], DataSettings())
     crc = 0
-    for name in ("timestamps", "open", "high", "low", "close", "volume"):
-        crc = zlib.crc32(np.ascontiguousarray(getattr(bars, name)).view(np.uint8), crc)
+    arrays = [getattr(bars, f.name) for f in fields(bars)]
+    for array in (a for a in arrays if isinstance(a, np.ndarray)):
+        crc = zlib.crc32(np.ascontiguousarray(array).view(np.uint8), crc)
     after = me.memory_full_info()
     print("crc", crc, "uss", after.uss - before.uss, "rss", after.rss - before.rss)
     """
@@ -381,10 +417,9 @@ def test_two_processes_loading_at_once_parse_once_and_agree(
 @pytest.mark.slow
 def test_a_second_process_shares_the_mapped_pages(minute_file: Path, tmp_path: Path) -> None:
     folder, go = tmp_path / "cache", tmp_path / "go"
-    mine, _ = DataCache(folder).load(minute_file, DataSettings())  # parsed, written, mapped
-    arrays = [getattr(mine, f.name) for f in fields(Bars) if f.name in ("open", "close")]
-    assert sum(float(a.sum()) for a in arrays) > 0  # this process holds the pages too
-    size = sum(getattr(mine, n).nbytes for n in ("timestamps", "open", "high", "low", "close"))
+    # Parsed, written and mapped here; checking the entry read every page of it.
+    mine, _ = DataCache(folder).load(minute_file, DataSettings())
+    size = sum(a.nbytes for a in arrays_of(mine))
 
     go.touch()
     other, log_text = _finish(_start(minute_file, folder, go))

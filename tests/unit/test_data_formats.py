@@ -141,6 +141,7 @@ def test_databento_file_of_several_contracts_is_refused_naming_them(tmp_path: Pa
     assert "2 contracts" in message
     assert "NQH3 (40 rows), NQM3 (40 rows)" in message
     assert "markets.NQ.data.symbol" in message
+    assert "or markets.NQ.data.roll to join them" in message
 
 
 def test_databento_symbol_picks_one_contract_with_exact_prices(tmp_path: Path) -> None:
@@ -508,6 +509,51 @@ def test_errors_of_a_file_market_name_its_data_keys(tmp_path: Path) -> None:
             "markets.NQ.data.timestamp_format must be a strptime format",
         ),
         ({"symbol": ""}, "markets.NQ.data.symbol must be a non-empty string"),
+        (
+            {"rol": "volume"},
+            "unknown key markets.NQ.data.rol (did you mean 'roll'?); known keys: ",
+        ),
+        (
+            {"roll": "volumes"},
+            "markets.NQ.data.roll must be one of ['volume', 'calendar'], got 'volumes' "
+            "(did you mean 'volume'?)",
+        ),
+        (
+            {"roll": "volume", "adjust": "back"},
+            "markets.NQ.data.adjust must be one of ['backward', 'none'], got 'back' "
+            "(did you mean 'backward'?)",
+        ),
+        (
+            {"adjust": "none"},
+            "markets.NQ.data.adjust applies to contracts joined by roll; set "
+            "markets.NQ.data.roll to volume or calendar, or remove adjust",
+        ),
+        (
+            {"roll": "volume", "symbol": "NQH3"},
+            "markets.NQ.data sets both symbol and roll; keep one",
+        ),
+        (
+            {"roll": "volume", "roll_days_before_expiry": 5},
+            "markets.NQ.data.roll_days_before_expiry applies to roll: calendar; this market "
+            "rolls by volume",
+        ),
+        (
+            {"roll": "calendar", "roll_days_before_expiry": -1},
+            "markets.NQ.data.roll_days_before_expiry must be >= 0 and <= 366, got -1",
+        ),
+        (
+            {"roll": "calendar", "roll_days_before_expiry": 2.5},
+            "markets.NQ.data.roll_days_before_expiry must be an integer, got 2.5",
+        ),
+        (
+            {"roll": "volume", "roll_gap": "keep"},
+            "markets.NQ.data.roll_gap is keep, which needs markets.NQ.data.adjust: none",
+        ),
+        (
+            {"roll": "volume", "adjust": "none", "roll_gap": "kep"},
+            "markets.NQ.data.roll_gap must be one of ['skip', 'keep'], got 'kep' "
+            "(did you mean 'keep'?)",
+        ),
     ],
 )
 def test_bad_data_keys_are_refused_naming_the_key(

@@ -11,7 +11,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.exports import CHICAGO, month_first, ninjatrader, sample_bars
+from tests.exports import (
+    CHICAGO,
+    databento,
+    month_first,
+    ninjatrader,
+    rolling_contracts,
+    sample_bars,
+)
 from tests.tiny_config import tiny_config_dir
 from tuner.data import main
 from tuner.trading.bars import SPLIT_NAMES
@@ -137,6 +144,37 @@ def test_month_first_dates_say_what_settled_them(
     assert doc["dayfirst"] is False
     assert doc["dates"] == "month-first: settled by the file (line 2 reads '03/13/2023 10:00')"
     assert doc["market"] is None
+
+
+def test_contracts_joined_by_volume_show_each_roll(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bars = sample_bars(1200, start="2023-03-01 14:30", freq="15min")
+    path = databento(tmp_path / "glbx-mdp3.ohlcv.csv", rolling_contracts(bars))
+    config = tiny_config_dir(
+        tmp_path / "config", markets={"NQR": file_market(path, roll="volume", adjust="none")}
+    )
+    dates = bars["time"].dt.normalize()
+    switch = bars["time"][dates > dates.iloc[len(dates) // 2]].iloc[0]  # the next UTC date
+
+    code, out, _ = run(capsys, "--market", "NQR", "--config-dir", str(config), "--json")
+    assert code == 0
+    doc = json.loads(out)
+    assert (doc["symbol"], doc["roll"], doc["adjust"]) == ("NQH3", "volume", "none")
+    assert doc["rows"] == 2400 and doc["bars"] == 1200
+    (roll,) = doc["rolls"]
+    assert (roll["from"], roll["to"]) == ("NQH3", "NQM3")
+    assert roll["time"] == {"utc": iso(switch)}
+    assert roll["gap_percent"] == pytest.approx(1.5)
+    before = bars[bars["time"] < switch].iloc[-1]
+    assert roll["measured_at"] == {"utc": iso(before["time"])}
+    assert roll["gap"] == pytest.approx(before["close"] * 0.015)
+
+    code, text, _ = run(capsys, "--market", "NQR", "--config-dir", str(config))
+    assert code == 0
+    assert "contract    NQH3 first, rolled by volume; prices raw" in text
+    assert f"rolls       1:\n  {switch} UTC  NQH3 -> NQM3  gap +" in text
+    assert f"(+1.50%), measured {before['time']} UTC" in text
 
 
 def test_a_file_alone_is_cut_by_defaults_split_of_the_config_dir(

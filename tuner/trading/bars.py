@@ -11,7 +11,7 @@ spanning less than 30 days falls back to ``365.25 days / bar_interval``.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 import numpy as np
@@ -49,6 +49,12 @@ class Bars:
         bar_interval: Median time between consecutive bars.
         bars_per_year: Bars per year of calendar time, for annualizing (module docstring).
         source: Where the bars came from (file path or generator description).
+        roll_gap: ``float64``: at the first bar of a contract rolled into with raw prices
+            (``data: adjust: none``), the new contract's price minus the old one's at the bar
+            before (:mod:`tuner.trading.rolls`); 0 everywhere else. The move from bar
+            ``t - 1`` to ``t`` that is the market's own is ``close[t] - close[t - 1] -
+            roll_gap[t]``: the environment and the features never count the gap. Left out:
+            zeros (no rolls, or back-adjusted prices).
 
     The arrays are made read-only, so bars can be shared by many environments.
     """
@@ -63,10 +69,13 @@ class Bars:
     bar_interval: timedelta
     bars_per_year: float
     source: str
+    roll_gap: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
 
     def __post_init__(self) -> None:
         n = len(self.timestamps)
-        for name in ("open", "high", "low", "close", "volume"):
+        if len(self.roll_gap) == 0 and n:
+            object.__setattr__(self, "roll_gap", np.zeros(n))
+        for name in ("open", "high", "low", "close", "volume", "roll_gap"):
             array = getattr(self, name)
             if len(array) != n:
                 raise ValueError(f"Bars.{name} has {len(array)} values, timestamps has {n}")
@@ -74,10 +83,26 @@ class Bars:
             array.flags.writeable = False
 
     def _arrays(self) -> Iterator[np.ndarray]:
-        yield from (self.timestamps, self.open, self.high, self.low, self.close, self.volume)
+        yield from (
+            self.timestamps,
+            self.open,
+            self.high,
+            self.low,
+            self.close,
+            self.volume,
+            self.roll_gap,
+        )
 
     def __len__(self) -> int:
         return len(self.timestamps)
+
+    def close_without_gaps(self) -> NDArray[np.float64]:
+        """The closes with every roll gap taken out (:attr:`roll_gap`): the first bar's close,
+        then the market's own moves; the closes themselves when nothing was rolled."""
+        if not self.roll_gap.any():
+            return self.close
+        gaps = np.cumsum(self.roll_gap)
+        return self.close - (gaps - gaps[0])
 
     def slice(self, part: slice) -> Bars:
         """Return the bars in ``part`` (views, no copy); interval and annualization are kept."""
@@ -92,6 +117,7 @@ class Bars:
             bar_interval=self.bar_interval,
             bars_per_year=self.bars_per_year,
             source=self.source,
+            roll_gap=self.roll_gap[part],
         )
 
 

@@ -16,8 +16,9 @@ offset in the data, length, crc32), the bars' other fields, the
 :class:`~tuner.trading.ohlcv.LoadReport` and the warnings the parse logged, and the file's
 total size. The arrays are found generically: every field of ``Bars`` that holds a numpy
 array is stored, so an array added to ``Bars`` is cached without a change here. Other
-fields are stored as JSON: ``None``, ``bool``, ``int``, ``float``, ``str``, ``timedelta``,
-``datetime``, ``numpy.datetime64`` and tuples of them; any other type is refused
+fields are stored as JSON: ``None``, ``bool``, ``int``, ``float``, ``str`` (numpy's scalars
+too), ``timedelta``, ``datetime``, ``numpy.datetime64``, dataclasses of
+:mod:`tuner.trading` (a report's rolls) and tuples of them; any other type is refused
 (:class:`UnstorableError`) and the bars are then used uncached.
 
 Reading checks the magic, the header's crc32, the key (the caller's test), the file's size and
@@ -29,11 +30,12 @@ of one ``numpy.memmap`` of the file, so processes that map one entry share its p
 
 from __future__ import annotations
 
+import importlib
 import json
 import struct
 import zlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, is_dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,7 @@ __all__ = [
 
 MAGIC = b"TUNERDC\n"
 _REPORT = fields(LoadReport)
+_OWN_TYPES = "tuner.trading."  # the only dataclasses an entry may hold (e.g. a report's rolls)
 _PREFIX = struct.Struct("<8sQI4x")
 _ALIGN = 64
 
@@ -218,6 +221,8 @@ def _aligned(n: int) -> int:
 
 def _encode(value: Any, name: str) -> Any:
     """``value`` as JSON; tuples become lists, the other types a one-key object."""
+    if isinstance(value, np.generic) and not isinstance(value, np.datetime64):
+        value = value.item()  # numpy's int64, float64, bool_ as Python's
     if value is None or isinstance(value, (bool, int, str)):
         return value
     if isinstance(value, float):
@@ -230,6 +235,12 @@ def _encode(value: Any, name: str) -> Any:
         return {"datetime64": str(value.astype("datetime64[ns]"))}
     if isinstance(value, (tuple, list)):
         return [_encode(v, name) for v in value]
+    kind = type(value)
+    if is_dataclass(value) and kind.__module__.startswith(_OWN_TYPES):
+        values = {
+            f.name: _encode(getattr(value, f.name), f"{name}.{f.name}") for f in fields(value)
+        }
+        return {"dataclass": [f"{kind.__module__}:{kind.__qualname__}", values]}
     raise UnstorableError(f"{name} holds a {type(value).__name__}, which a cache entry cannot hold")
 
 
@@ -244,7 +255,20 @@ def _decode(value: Any) -> Any:
     return value
 
 
+def _dataclass(raw: list[Any]) -> Any:
+    """An instance of one of this package's dataclasses (never anything else's)."""
+    path, values = raw
+    module, _, name = str(path).partition(":")
+    if not module.startswith(_OWN_TYPES):
+        raise ValueError(f"{path!r} is not a type of {_OWN_TYPES}")
+    kind = getattr(importlib.import_module(module), name)
+    if not (isinstance(kind, type) and is_dataclass(kind)):
+        raise ValueError(f"{path!r} is not a dataclass")
+    return kind(**{k: _decode(v) for k, v in values.items()})
+
+
 _DECODERS: dict[str, Any] = {
+    "dataclass": _dataclass,
     "float": float,
     "timedelta_us": lambda us: timedelta(microseconds=int(us)),
     "datetime": datetime.fromisoformat,

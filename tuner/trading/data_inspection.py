@@ -10,7 +10,8 @@ The document holds the detection (:class:`~tuner.trading.ohlcv.LoadReport`), the
 last times (UTC, the loader's clock, and in ``timezone:`` when set), the bar interval and bars
 per year (:class:`~tuner.trading.bars.Bars`), the largest gaps between bars (sessions and
 weekends are normal ones) and the train / validation / test parts as the trainer cuts them
-(:func:`~tuner.trading.bars.split_ranges`), with their dates and bar counts.
+(:func:`~tuner.trading.bars.split_ranges`), with their dates and bar counts; for contracts
+joined by ``roll:``, each roll: when, from and to which contract, and the gap.
 """
 
 from __future__ import annotations
@@ -79,6 +80,17 @@ def inspection(
         }
     detection = asdict(report)
     detection["columns"] = dict(report.columns)
+    detection["rolls"] = [
+        {
+            "time": when(roll.index),
+            "from": roll.from_contract,
+            "to": roll.to_contract,
+            "gap": roll.gap,
+            "gap_percent": (roll.ratio - 1.0) * 100.0,
+            "measured_at": None if roll.measured_at is None else _time(roll.measured_at, timezone),
+        }
+        for roll in report.rolls
+    ]
     return {
         **detection,
         "market": bars.market or None,
@@ -116,7 +128,8 @@ def render(doc: dict[str, Any]) -> str:
         f"dates       {doc['dates']}",
         f"rows        {doc['rows']:,} read, {doc['duplicates']:,} exact duplicates dropped, "
         f"{doc['bars']:,} bars",
-        f"contract    {doc['symbol'] if doc['symbol'] is not None else '(no contract column)'}",
+        f"contract    {_contract(doc)}",
+        *_rolls(doc),
         f"first       {_shown(doc['first'])}",
         f"last        {_shown(doc['last'])}",
         f"interval    {_span(doc['bar_interval_seconds'])}, {doc['bars_per_year']:,.0f} bars/year",
@@ -137,6 +150,32 @@ def render(doc: dict[str, Any]) -> str:
             f"  {name:<10} {part['bars']:>9,} bars  [{part['start']}:{part['stop']}]  {span}"
         )
     return "\n".join(lines)
+
+
+def _contract(doc: dict[str, Any]) -> str:
+    if doc["symbol"] is None:
+        return "(no contract column)"
+    if doc["roll"] is None:
+        return str(doc["symbol"])
+    prices = {"backward": "back-adjusted by ratio", "none": "raw"}[doc["adjust"]]
+    return f"{doc['symbol']} first, rolled by {doc['roll']}; prices {prices}"
+
+
+def _rolls(doc: dict[str, Any]) -> list[str]:
+    if doc["roll"] is None:
+        return []
+    lines = [f"rolls       {len(doc['rolls'])}" + (":" if doc["rolls"] else "")]
+    for roll in doc["rolls"]:
+        measured = (
+            f"measured {_shown(roll['measured_at'])}"
+            if roll["measured_at"] is not None
+            else "no bar both traded: the jump at the roll"
+        )
+        lines.append(
+            f"  {_shown(roll['time'])}  {roll['from']} -> {roll['to']}  gap {roll['gap']:+g} "
+            f"({roll['gap_percent']:+.2f}%), {measured}"
+        )
+    return lines
 
 
 def _shown(time: dict[str, str]) -> str:

@@ -8,6 +8,11 @@ from the file's shape and refuses what it cannot settle. ::
       timezone: America/Chicago    # the zone of times written without one
       dayfirst: false              # 03/01/2023 is 1 March (or: timestamp_format)
 
+    data:
+      file: ../data/glbx-mdp3.ohlcv-1m.csv   # every NQ contract of the year
+      roll: volume                 # one continuous series (or: calendar)
+      adjust: backward             # the default: ratio back-adjusted (or: none)
+
 Keys:
     format: ``auto`` (detect), ``ninjatrader`` (no header, ``;``, ``yyyyMMdd HHmmss``), ``ib``
         (Interactive Brokers: ``yyyyMMdd  HH:mm:ss`` with an optional zone name), ``databento``
@@ -24,6 +29,14 @@ Keys:
         in YAML ``1e-9`` without a dot is text).
     header: ``false`` when the file has no header line, ``true`` when it has one.
     symbol: keep only the rows of this contract (``symbol`` or ``instrument_id`` column).
+    roll: ``volume`` or ``calendar``: join the contracts of the file into one continuous
+        series instead (:mod:`tuner.trading.rolls`); not with ``symbol``.
+    roll_days_before_expiry: ``roll: calendar`` only: calendar days before the held
+        contract's last day in the file that the series moves to the next (default 8).
+    adjust: with ``roll``: ``backward`` (default; ratio back-adjusted prices) or ``none``
+        (raw prices, rolls marked so no gap counts as a move).
+    roll_gap: with ``adjust: none``: ``skip`` (default) or ``keep``, which leaves each gap in
+        the series as a price move (roll handling off: to see what it is worth).
 
 Validation follows every config file: unknown keys get the closest known one, bad values are
 named with what is allowed (``markets.NQ.data.timezone must be an IANA time zone ...``).
@@ -38,9 +51,22 @@ from datetime import UTC, datetime
 from checkpointing.errors import ConfigError
 from checkpointing.validation import Section, suggest
 
-__all__ = ["COLUMN_ROLES", "DATA_KEYS", "FORMATS", "DataSettings", "parse_data_settings"]
+__all__ = [
+    "ADJUSTMENTS",
+    "COLUMN_ROLES",
+    "DATA_KEYS",
+    "FORMATS",
+    "ROLLS",
+    "ROLL_GAPS",
+    "DataSettings",
+    "parse_data_settings",
+]
 
 FORMATS = ("auto", "ninjatrader", "ib", "databento")
+ROLLS = ("volume", "calendar")
+ADJUSTMENTS = ("backward", "none")
+ROLL_GAPS = ("skip", "keep")
+_ROLL_KEYS = ("roll_days_before_expiry", "adjust", "roll_gap")
 COLUMN_ROLES = ("time", "date", "open", "high", "low", "close", "volume", "symbol")
 DATA_KEYS = (
     "format",
@@ -51,6 +77,8 @@ DATA_KEYS = (
     "price_scale",
     "header",
     "symbol",
+    "roll",
+    *_ROLL_KEYS,
 )
 
 
@@ -68,6 +96,10 @@ class DataSettings:
         price_scale: Factor applied to prices, or None (1; Databento integers: 1e-9).
         header: Whether the first line names the columns; None detects it.
         symbol: The contract to keep in a file holding several, or None.
+        roll: ``volume`` or ``calendar`` (:data:`ROLLS`): join the contracts; None: one only.
+        roll_days_before_expiry: ``roll: calendar``'s days before the expiry.
+        adjust: ``backward`` or ``none`` (:data:`ADJUSTMENTS`).
+        roll_gap: ``skip`` or ``keep`` (:data:`ROLL_GAPS`); ``keep`` with ``adjust: none`` only.
     """
 
     format: str = "auto"
@@ -78,6 +110,10 @@ class DataSettings:
     price_scale: float | None = None
     header: bool | None = None
     symbol: str | None = None
+    roll: str | None = None
+    roll_days_before_expiry: int = 8
+    adjust: str = "backward"
+    roll_gap: str = "skip"
 
     def column(self, role: str) -> str | int | None:
         """The column configured for ``role`` (one of :data:`COLUMN_ROLES`), or None."""
@@ -95,6 +131,7 @@ def parse_data_settings(sec: Section) -> DataSettings:
             f"{sec.path} sets both timestamp_format and dayfirst; keep one "
             "(timestamp_format already says where the day is)"
         )
+    roll = _parse_roll(sec)
     return DataSettings(
         format=sec.one_of("format", FORMATS, "auto"),
         columns=_parse_columns(sec) if sec.has("columns") else (),
@@ -104,7 +141,40 @@ def parse_data_settings(sec: Section) -> DataSettings:
         price_scale=_parse_scale(sec),
         header=sec.get_bool("header") if sec.has("header") else None,
         symbol=_parse_symbol(sec) if sec.has("symbol") else None,
+        roll=roll,
+        roll_days_before_expiry=sec.get_int("roll_days_before_expiry", 8, ge=0, le=366),
+        adjust=sec.one_of("adjust", ADJUSTMENTS, "backward"),
+        roll_gap=sec.one_of("roll_gap", ROLL_GAPS, "skip"),
     )
+
+
+def _parse_roll(sec: Section) -> str | None:
+    """``roll:``, after refusing the keys that do not go with it."""
+    if not sec.has("roll"):
+        for key in _ROLL_KEYS:
+            if sec.has(key):
+                raise ConfigError(
+                    f"{sec.where(key)} applies to contracts joined by roll; set "
+                    f"{sec.path}.roll to volume or calendar, or remove {key}"
+                )
+        return None
+    roll = sec.one_of("roll", ROLLS)
+    if sec.has("symbol"):
+        raise ConfigError(
+            f"{sec.path} sets both symbol and roll; keep one (symbol keeps one contract, "
+            "roll joins them all into one series)"
+        )
+    if sec.has("roll_days_before_expiry") and roll != "calendar":
+        raise ConfigError(
+            f"{sec.where('roll_days_before_expiry')} applies to roll: calendar; this market "
+            f"rolls by {roll}"
+        )
+    if sec.raw("roll_gap", "skip") == "keep" and sec.raw("adjust", "backward") != "none":
+        raise ConfigError(
+            f"{sec.where('roll_gap')} is keep, which needs {sec.path}.adjust: none: "
+            "back-adjusted prices have no gap to keep"
+        )
+    return roll
 
 
 def _parse_columns(sec: Section) -> tuple[tuple[str, str | int], ...]:

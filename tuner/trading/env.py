@@ -28,6 +28,11 @@ Phases:
    ``consult_every`` steps, whose confident advice overrides the RL target and whose
    confident veto blocks new or larger positions.
 
+Rolls. Over a bar where the data moves to the next contract with raw prices (``data: adjust:
+none``; :attr:`Bars.roll_gap <tuner.trading.bars.Bars.roll_gap>`), the position is rolled at
+no cost: its entry, its stop and the previous close move by the gap, so it earns the new
+contract's move alone and the gap is never profit or loss. Back-adjusted data has no gaps.
+
 Reward per step: ``(pnl - costs - drawdown_penalty) / reward_scale``, with ``reward_scale``
 the dollars a 1-contract position makes or loses on an average bar of the training split
 (so rewards are O(1)), clipped to ``[-reward_clip, reward_clip]``.
@@ -90,7 +95,7 @@ class MarketData:
         features: Features of every bar (past bars only).
         ranges: Index ranges of the train / validation / test parts.
         reward_scale: Mean dollar move of a 1-contract position per bar over the training
-            part (the default reward unit).
+            part (the default reward unit; roll gaps are no moves).
     """
 
     spec: MarketSpec
@@ -103,7 +108,7 @@ class MarketData:
     def from_bars(cls, spec: MarketSpec, bars: Bars) -> MarketData:
         """Compute features, split ranges and the reward scale for ``bars``."""
         ranges = split_ranges(len(bars), spec.split, market=spec.name)
-        train_close = bars.close[ranges.train]
+        train_close = bars.slice(ranges.train).close_without_gaps()
         move = float(np.mean(np.abs(np.diff(train_close)))) if len(train_close) > 1 else 0.0
         scale = move * spec.point_value
         if not math.isfinite(scale) or scale <= 0:  # flat training prices
@@ -138,7 +143,9 @@ class EpisodeStats:
         positions: Position held over each step's bar (contracts).
         trade_pnls: Net dollar PnL (after all costs) of each closed round trip; a round trip
             runs from flat to flat (a reversal closes one and opens another).
-        closes: Close prices of the episode's bars (``len(equity)`` of them).
+        closes: Close prices of the episode's bars (``len(equity)`` of them), with roll gaps
+            taken out (:meth:`Bars.close_without_gaps
+            <tuner.trading.bars.Bars.close_without_gaps>`): buy and hold earns no gap either.
         point_value: Dollars per price unit per contract.
         bars_per_year: For annualizing.
         start: Index of the first bar in the split.
@@ -248,8 +255,9 @@ class FuturesTradingEnv(gym.Env[NDArray[np.float32], np.int64]):
 
         # Memoryviews: indexing one gives a Python float, twice as fast as a numpy scalar,
         # and unlike a list (32 bytes a value) it shares the bars' memory with every env.
-        self._close_arr = data.bars.close[part]
-        self._close = _floats(self._close_arr)
+        self._close_arr = data.bars.slice(part).close_without_gaps()
+        self._close = _floats(data.bars.close[part])
+        self._gap = _floats(data.bars.roll_gap[part])
         self._open = _floats(data.bars.open[part])
         self._high = _floats(data.bars.high[part])
         self._low = _floats(data.bars.low[part])
@@ -353,6 +361,11 @@ class FuturesTradingEnv(gym.Env[NDArray[np.float32], np.int64]):
         c0 = self._close[t]
         cost = self._trade_to(target, c0, t) if target != self._pos else 0.0
         t += 1
+        gap = self._gap[t]
+        if gap:  # the position moves to the next contract
+            c0 += gap
+            self._entry += gap
+            self._stop += gap
         pnl, exit_cost = self._move(c0, t)
         cost += exit_cost
         reward = self._reward(pnl, cost)

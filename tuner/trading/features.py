@@ -5,6 +5,12 @@ averages); nothing is normalized with statistics of the whole dataset, so changi
 ``t + 1`` or later never changes the features of bar ``t``. Features are scale-free (returns
 in units of recent volatility, positions in a range) so one policy can read any market, and
 are clipped to ``[-FEATURE_CLIP, FEATURE_CLIP]``.
+
+Rolls. Bars of raw prices across contract rolls (:attr:`Bars.roll_gap
+<tuner.trading.bars.Bars.roll_gap>`) are read as one series: each contract's prices are divided
+by the ratios of the rolls before it (forward ratio adjustment, past rolls only), so no return,
+range or average ever spans a gap, and the ATR is given back in the held contract's prices.
+Back-adjusted bars (the default) have no gaps and need none of it.
 """
 
 from __future__ import annotations
@@ -69,10 +75,16 @@ def compute_features(bars: Bars) -> FeatureSet:
     ``vol_ratio`` may; it only sets the scale of recent volatility).
     """
     n = len(bars)
-    close = pd.Series(bars.close, copy=False)  # pandas 3 copies an array by default
-    high = pd.Series(bars.high, copy=False)
-    low = pd.Series(bars.low, copy=False)
-    log_close = np.log(bars.close)
+    factor = _roll_factor(bars)
+    close_values, high_values, low_values = (
+        bars.close / factor,
+        bars.high / factor,
+        bars.low / factor,
+    )
+    close = pd.Series(close_values, copy=False)  # pandas 3 copies by default
+    high = pd.Series(high_values, copy=False)
+    low = pd.Series(low_values, copy=False)
+    log_close = np.log(close_values)
 
     log_ret = np.diff(log_close, prepend=log_close[0])
     returns = pd.Series(log_ret)
@@ -95,15 +107,15 @@ def compute_features(bars: Bars) -> FeatureSet:
         past = np.concatenate([np.full(min(k, n), log_close[0]), log_close[:-k]])[:n]
         columns.append((log_close - past) / (vol * np.sqrt(k)))
     columns.append(np.log(vol / vol_long))
-    columns.append((bars.high - bars.low) / atr)
+    columns.append((high_values - low_values) / atr)
     for k in _RANGE_LOOKBACKS:
         highest = high.rolling(k, min_periods=1).max().to_numpy()
         lowest = low.rolling(k, min_periods=1).min().to_numpy()
         width = highest - lowest
-        position = np.divide(2.0 * (bars.close - lowest), width, out=np.ones(n), where=width > 0)
+        position = np.divide(2.0 * (close_values - lowest), width, out=np.ones(n), where=width > 0)
         columns.append(position - 1.0)
     ema = close.ewm(span=_EMA_SPAN, adjust=False).mean().to_numpy()
-    columns.append((bars.close - ema) / atr)
+    columns.append((close_values - ema) / atr)
     day_ns = 86_400 * 10**9
     seconds = bars.timestamps.astype("datetime64[ns]").astype(np.int64) % day_ns
     angle = 2.0 * np.pi * seconds / day_ns
@@ -117,9 +129,20 @@ def compute_features(bars: Bars) -> FeatureSet:
     result = FeatureSet(
         values=np.ascontiguousarray(values, dtype=np.float32),
         names=FEATURE_NAMES,
-        atr=atr,
+        atr=atr * factor,  # in the prices of the contract held at each bar
         volatility=vol,
     )
     result.values.flags.writeable = False
     log.debug("computed %d features for %d bars of %s", len(FEATURE_NAMES), n, bars.market)
     return result
+
+
+def _roll_factor(bars: Bars) -> NDArray[np.float64]:
+    """Per bar, the product of the ratios (new over old price) of the rolls at or before it:
+    dividing by it joins raw contracts into one series with no gap; ones without rolls."""
+    n = len(bars)
+    ratio = np.ones(n)
+    rolled = np.flatnonzero(bars.roll_gap)
+    rolled = rolled[rolled > 0]
+    ratio[rolled] = 1.0 + bars.roll_gap[rolled] / bars.close[rolled - 1]
+    return np.cumprod(ratio, dtype=np.float64)

@@ -7,13 +7,14 @@ contracts per file), TradingView, Sierra Chart, MetaStock-style ``<DATE>,<TIME>`
 or Parquet file with named OHLC columns; gzip too. Three modules share the work:
 :mod:`~tuner.trading.ohlcv_table` reads the table and finds its columns,
 :mod:`~tuner.trading.ohlcv_times` reads the timestamps into one clock (UTC), and this one
-keeps one contract, reads the prices, drops exact duplicate rows and builds the bars. What
+keeps one contract, reads the prices, drops exact duplicate rows and builds the bars; a file
+of several contracts is joined into one series by :mod:`~tuner.trading.rolls` (``roll:``). What
 detection cannot know comes from :class:`~tuner.trading.data_settings.DataSettings`. A bad
 file is refused with the file and the line. pandas is used only in these modules.
 
 :func:`load_ohlcv_report` returns, beside the bars, a :class:`LoadReport` of what detection
 decided (the layout, the columns, the date order and what settled it, the duplicates dropped,
-the contract kept), for ``python -m tuner.data inspect``; it loads exactly as
+the contract kept, the rolls), for ``python -m tuner.data inspect``; it loads exactly as
 :func:`load_ohlcv` does.
 """
 
@@ -31,6 +32,7 @@ from tuner.trading.bars import Bars, DataError, estimate_bars_per_year, infer_ba
 from tuner.trading.data_settings import DataSettings
 from tuner.trading.ohlcv_table import Columns, Rows, read_table
 from tuner.trading.ohlcv_times import parse_stamps, to_utc
+from tuner.trading.rolls import Joined, Roll, join_contracts
 
 if TYPE_CHECKING:
     import pandas as pd  # imported when a file is read: validating a config needs none of it
@@ -60,9 +62,12 @@ class LoadReport:
         dates: How the timestamps were read and what settled it
             (``month-first: settled by the file (line 14 reads '03/13/2023,08:30')``).
         rows: Data rows in the file (blank lines not counted).
-        symbol: The contract kept (``symbol:``, or the only one a contract column holds), or
-            None when the file has no contract column.
+        symbol: The contract kept (``symbol:``, or the only one a contract column holds; with
+            ``roll:``, the first one held), or None when the file has no contract column.
         duplicates: Exact duplicate rows dropped.
+        roll: ``roll:`` (``volume`` or ``calendar``), or None.
+        adjust: ``adjust:`` with ``roll:`` (``backward`` or ``none``), else None.
+        rolls: The rolls of the joined series (:class:`~tuner.trading.rolls.Roll`), in order.
     """
 
     file: str
@@ -74,6 +79,9 @@ class LoadReport:
     rows: int
     symbol: str | None
     duplicates: int
+    roll: str | None = None
+    adjust: str | None = None
+    rolls: tuple[Roll, ...] = ()
 
 
 def load_ohlcv(
@@ -117,6 +125,8 @@ def load_ohlcv_report(
     rows, columns = table.rows, table.columns
     frame = _one_contract(table.frame, columns, settings, rows)
     prices = _prices(frame, columns, settings, rows)
+    if settings.roll is not None:  # which contract each row is: part of what makes a row
+        prices["contract"] = frame[columns.contract[0]].astype(str).str.strip()
     stamps = parse_stamps(frame, columns, settings, rows)
     unique = _drop_exact_duplicates(stamps.wall, prices, rows)
     stamps = replace(
@@ -127,34 +137,18 @@ def load_ohlcv_report(
     )
     prices = prices[unique]
     times = to_utc(stamps, settings, rows)
-    _refuse_conflicts(times, rows)
+    _refuse_conflicts(times, rows, prices.get("contract"))
 
     order = np.argsort(times.to_numpy(), kind="stable")
     timestamps = times.to_numpy()[order]
-    if len(timestamps) < 2:
-        raise DataError(f"{file}: need at least 2 bars, got {len(timestamps)}")
-    bars = Bars(
-        market=market,
-        timestamps=timestamps,
-        open=prices["open"].to_numpy()[order],
-        high=prices["high"].to_numpy()[order],
-        low=prices["low"].to_numpy()[order],
-        close=prices["close"].to_numpy()[order],
-        volume=prices["volume"].to_numpy()[order],
-        bar_interval=infer_bar_interval(timestamps),
-        bars_per_year=estimate_bars_per_year(timestamps),
-        source=str(file),
-    )
-    log.info(
-        "%s (%s): %d bars %s .. %s UTC, interval %s, %.0f bars/year",
-        file,
-        columns.kind,
-        len(bars),
-        timestamps[0],
-        timestamps[-1],
-        bars.bar_interval,
-        bars.bars_per_year,
-    )
+    values = {name: prices[name].to_numpy()[order] for name in (*_PRICES, "volume")}
+    joined = None
+    if settings.roll is not None:
+        contracts = prices["contract"].to_numpy()[order]
+        joined = join_contracts(timestamps, contracts, values, settings, str(file))
+        timestamps = timestamps[joined.rows]
+        values = {name: getattr(joined, name) for name in values}
+    bars = _bars(file, market, columns.kind, timestamps, values, joined)
     report = LoadReport(
         file=str(file),
         format=columns.kind,
@@ -163,10 +157,49 @@ def load_ohlcv_report(
         dayfirst=stamps.dayfirst,
         dates=stamps.dates,
         rows=len(table.frame),
-        symbol=_kept(frame, columns),
+        symbol=_kept(frame, columns) if joined is None else joined.first,
         duplicates=int((~unique).sum()),
+        roll=settings.roll,
+        adjust=None if joined is None else settings.adjust,
+        rolls=() if joined is None else joined.rolls,
     )
     return bars, report
+
+
+def _bars(
+    file: Path,
+    market: str,
+    kind: str,
+    timestamps: np.ndarray,
+    values: dict[str, np.ndarray],
+    joined: Joined | None,
+) -> Bars:
+    if len(timestamps) < 2:
+        raise DataError(f"{file}: need at least 2 bars, got {len(timestamps)}")
+    bars = Bars(
+        market=market,
+        timestamps=timestamps,
+        open=values["open"],
+        high=values["high"],
+        low=values["low"],
+        close=values["close"],
+        volume=values["volume"],
+        bar_interval=infer_bar_interval(timestamps),
+        bars_per_year=estimate_bars_per_year(timestamps),
+        source=str(file),
+        roll_gap=np.zeros(0) if joined is None else joined.roll_gap,
+    )
+    log.info(
+        "%s (%s): %d bars %s .. %s UTC, interval %s, %.0f bars/year",
+        file,
+        kind,
+        len(bars),
+        timestamps[0],
+        timestamps[-1],
+        bars.bar_interval,
+        bars.bars_per_year,
+    )
+    return bars
 
 
 def _roles(columns: Columns) -> tuple[tuple[str, str], ...]:
@@ -189,7 +222,11 @@ def _kept(frame: pd.DataFrame, columns: Columns) -> str | None:
 def _one_contract(
     frame: pd.DataFrame, columns: Columns, settings: DataSettings, rows: Rows
 ) -> pd.DataFrame:
-    """The rows of one contract: ``symbol:``'s, or the only one the file holds."""
+    """The rows of one contract: ``symbol:``'s, or the only one the file holds; every row
+    with ``roll:``."""
+    if settings.roll is not None:
+        _can_roll(frame, columns, settings, rows)
+        return frame
     if not columns.contract:
         if settings.symbol is not None:
             raise DataError(
@@ -211,9 +248,24 @@ def _one_contract(
         raise DataError(
             f"{rows.file}: the file holds {shown.nunique()} contracts in column "
             f"{columns.contract[0]!r}: {_contracts(shown)}; set {rows.key('symbol')} to the one "
-            "to train on"
+            f"to train on, or {rows.key('roll')} to join them"
         )
     return frame
+
+
+def _can_roll(frame: pd.DataFrame, columns: Columns, settings: DataSettings, rows: Rows) -> None:
+    """Refuse ``roll:`` on a file without contracts, and ``roll: volume`` without volumes."""
+    if not columns.contract:
+        raise DataError(
+            f"{rows.file}: {rows.key('roll')} is {settings.roll!r}, but the file has no symbol "
+            f"or instrument_id column to roll between; found columns {list(frame.columns)!r}"
+        )
+    if settings.roll == "volume" and columns.volume is None:
+        raise DataError(
+            f"{rows.file}: {rows.key('roll')} is 'volume', but the file has no volume column; "
+            f"name it with columns: {{volume: ...}} or roll by calendar; found columns "
+            f"{list(frame.columns)!r}"
+        )
 
 
 def _contracts(names: pd.Series) -> str:
@@ -312,13 +364,15 @@ def _drop_exact_duplicates(wall: pd.Series, prices: pd.DataFrame, rows: Rows) ->
     return ~repeated
 
 
-def _refuse_conflicts(times: pd.Series, rows: Rows) -> None:
-    """Two different bars at one time: refused naming both lines."""
-    clash = times.duplicated(keep=False)
+def _refuse_conflicts(times: pd.Series, rows: Rows, contracts: pd.Series | None = None) -> None:
+    """Two different bars at one time (of one contract): refused naming both lines."""
+    same = times if contracts is None else contracts.str.cat(times.astype(str), sep="@")
+    clash = same.duplicated(keep=False)
     if clash.any():
-        first = times[clash].iloc[0]
-        where = times.index[(times == first).to_numpy()]
+        first = same[clash].iloc[0]
+        where = same.index[(same == first).to_numpy()]
+        of = "" if contracts is None else f" of contract {contracts[where[0]]!r}"
         raise DataError(
             f"{rows.file}: {rows.at(where[0])} and {rows.at(where[1])} have the same timestamp "
-            f"{first} but different values; keep one of them"
+            f"{times[where[0]]}{of} but different values; keep one of them"
         )
