@@ -37,7 +37,8 @@ typecheck: setup
 check: lint typecheck test-fast
 
 # Quick runs (about 10 minutes on 2 cores), then one table of every figure. BENCH_ARGS=--full
-# for the full runs; BENCH_SKIP_SLOW=1 (or BENCH_ARGS=--skip-slow) skips tune_scaling and search.
+# for the full runs; BENCH_SKIP_SLOW=1 (or BENCH_ARGS=--skip-slow) skips tune_scaling, search
+# and data_load.
 BENCH_ARGS ?=
 
 bench: setup  ## every benchmark in bench/, then one table: benchmark, figure, target, result

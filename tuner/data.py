@@ -10,7 +10,9 @@ settled it, rows read and duplicates dropped, the contract, first and last times
 bars per year, the largest gaps and the train / validation / test parts as the trainer cuts
 them. With ``--market`` the file is read with that market's ``data:`` keys and cut by its
 split; without it, with no keys and ``defaults.split``. A file the loader refuses is refused
-here with the loader's message and exit code 2.
+here with the loader's message and exit code 2. ``inspect`` always parses the file itself,
+never the data cache's copy (:mod:`tuner.trading.data_cache`), so it shows what the loader of
+today makes of the file of today, and its warnings come as the parse logs them.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ def _inspect(args: argparse.Namespace) -> dict[str, Any]:
         bars, report = load_ohlcv_report(args.file, market=spec.name)
         return inspection(bars, report, spec.split)
     if args.file is None:
-        bars, report = load_file(spec)
+        bars, report = load_file(spec, cache=False)  # what the loader makes of it now
     else:
         bars, report = load_ohlcv_report(args.file, source.settings, market=spec.name)
     return inspection(bars, report, spec.split, source.settings.timezone)

@@ -118,7 +118,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             chosen, experiment = _chosen(args)
             if not chosen:
                 raise ConfigError(f"experiment {args.experiment!r}: no checkpoint to evaluate")
-        rows = [(label, evaluate_on_test(p, settings, boot=args.boot)) for label, p in chosen]
+        root = experiment.models_roots[0] if experiment and experiment.models_roots else None
+        rows = [
+            (label, evaluate_on_test(p, settings, boot=args.boot, models_root=root))
+            for label, p in chosen
+        ]
     except (ConfigError, CheckpointNameError, CheckpointCorruptError, ValueError) as exc:
         return usage_error(exc)
     doc = {"split": "test", "metric": args.metric, "results": [r for _, r in rows]}

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from checkpointing.errors import CheckpointNameError, ConfigError, usage_error
 from tuner.cli import add_run_arguments, check_path_argument
 from tuner.job_paths import check_job_paths, job_notes
-from tuner.training.job import PhaseJob, PhaseResult, parse_phases, prepare, tag
+from tuner.training.job import PhaseJob, PhaseResult, check, parse_phases, prepare, tag
 from tuner.training.trainer import retention_pass, train_phase
 
 if TYPE_CHECKING:
@@ -139,8 +139,9 @@ def _jobs(args: argparse.Namespace, settings: Settings) -> list[PhaseJob]:
         )
         for i, phase in enumerate(phases or [1])
     ]
-    for job in jobs:
-        prepare(job, settings)  # every phase checked before the first one trains
+    for job in jobs[1:]:
+        check(job, settings)  # every phase checked before the first one trains
+    prepare(jobs[0], settings)  # and the data loaded once (filling the data cache)
     return jobs
 
 

@@ -259,3 +259,24 @@ def test_episode_end_reports_stats_with_the_equity_curve() -> None:
 def test_short_split_shortens_training_episodes() -> None:
     env = FuturesTradingEnv(make_data(CLOSES), "train", 1, config=EnvConfig(episode_length=500))
     assert env.episode_length == 9
+
+
+def test_environments_share_the_markets_prices_instead_of_copying_them() -> None:
+    import tracemalloc
+
+    from tuner.trading.synthetic import generate_synthetic
+
+    spec = MARKETS["NQ"]
+    bars = generate_synthetic("NQ", spec.data, spec.tick_size, n_bars=100_000)  # type: ignore[arg-type]
+    data = MarketData.from_bars(spec, bars)
+    train_bytes = 8 * (data.ranges.train.stop - data.ranges.train.start)
+    tracemalloc.start()
+    try:
+        envs = [FuturesTradingEnv(data, "train", 2, seed=i) for i in range(4)]
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(envs) == 4
+    # A copy of open, high, low, close and ATR per env would be 5 x 4 x train_bytes (20 MB
+    # as numpy arrays, 80 MB as Python lists); what each env holds is its episode buffers.
+    assert held < train_bytes

@@ -83,7 +83,7 @@ def options_from_args(args: argparse.Namespace) -> tuple[RunOptions, Any]:
     Returns the options and the loaded settings. Raises ConfigError / CheckpointNameError /
     DataError naming the culprit.
     """
-    from tuner.training.job import PhaseJob, parse_phases, prepare
+    from tuner.training.job import PhaseJob, check, parse_phases, prepare
     from tuner.training.settings import load_run_settings
 
     markets = [validate_market(m) for m in _split(args.markets, "markets")]
@@ -97,7 +97,7 @@ def options_from_args(args: argparse.Namespace) -> tuple[RunOptions, Any]:
         check_path_argument(args.models_root, "--models-root", folder=True)
         if args.models_root is not None
         else Path(settings.checkpoint.paths.root)
-    )
+    ).resolve()
     storage = check_path_argument(args.storage_path, "--storage-path", folder=True)
     check_job_paths(
         {"--models-root": models_root, "--storage-path": storage},
@@ -110,9 +110,14 @@ def options_from_args(args: argparse.Namespace) -> tuple[RunOptions, Any]:
         raise ConfigError(
             f"--name must be letters, digits, '_' and inner '.'/'-' (at most 120), got {name!r}"
         )
-    for market in markets:  # market names known, data loadable: nothing is written yet
-        for phase in phases:
-            prepare(PhaseJob(market, seeds[0], phase, args.timesteps, args.base_interval), settings)
+    for market in markets:  # names known, data loadable: nothing written but the data cache
+        jobs = [
+            PhaseJob(market, seeds[0], phase, args.timesteps, args.base_interval, models_root)
+            for phase in phases
+        ]
+        for job in jobs[1:]:
+            check(job, settings)
+        prepare(jobs[0], settings)  # once per market; fills the cache the trials then map
 
     opts = RunOptions(
         markets=tuple(markets),
@@ -121,7 +126,7 @@ def options_from_args(args: argparse.Namespace) -> tuple[RunOptions, Any]:
         timesteps=args.timesteps,
         base_interval=args.base_interval,
         config_dir=settings.config_dir.resolve(),
-        models_root=models_root.resolve(),
+        models_root=models_root,
         storage_path=storage.resolve(),
         name=name,
         cpus_per_trial=args.cpus_per_trial,

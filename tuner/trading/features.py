@@ -81,9 +81,9 @@ def compute_features(bars: Bars) -> FeatureSet:
         bars.high / factor,
         bars.low / factor,
     )
-    close = pd.Series(close_values)
-    high = pd.Series(high_values)
-    low = pd.Series(low_values)
+    close = pd.Series(close_values, copy=False)  # pandas 3 copies by default
+    high = pd.Series(high_values, copy=False)
+    low = pd.Series(low_values, copy=False)
     log_close = np.log(close_values)
 
     log_ret = np.diff(log_close, prepend=log_close[0])

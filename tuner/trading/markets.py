@@ -3,8 +3,11 @@
 The YAML file has two top-level sections:
 
 ``defaults``
-    ``bar_interval``, ``n_bars``, ``seed`` and ``start`` of the synthetic generator, and the
-    chronological ``split`` (``train``/``validation``/``test`` fractions and ``gap_bars``).
+    ``bar_interval``, ``n_bars``, ``seed`` and ``start`` of the synthetic generator, the
+    chronological ``split`` (``train``/``validation``/``test`` fractions and ``gap_bars``),
+    and ``data_cache``, where the parsed bars of data files are cached
+    (:mod:`tuner.trading.data_cache`): ``auto`` (the default: ``.data-cache`` in the run's
+    models root), ``false`` (no cache), or a folder (relative to the YAML file's folder).
 ``markets``
     One entry per market: ``tick_size``, ``tick_value`` (dollars per tick per contract),
     ``commission_per_side`` (dollars per contract on every fill, so a round turn costs twice
@@ -27,7 +30,7 @@ import logging
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
@@ -110,11 +113,14 @@ class FileSource:
         path: Absolute path of the file.
         configured: The path as written in the YAML file (for error messages).
         settings: How to read it (the other ``data:`` keys); the defaults detect everything.
+        cache: Where its parsed bars are cached (``defaults.data_cache``): True beside the
+            run's models root, False nowhere, or a folder.
     """
 
     path: Path
     configured: str
     settings: DataSettings = field(default_factory=DataSettings)
+    cache: Path | bool = True
 
 
 @dataclass(frozen=True)
@@ -240,7 +246,7 @@ def get_market(markets: Mapping[str, MarketSpec], name: str) -> MarketSpec:
 
 # --- parsing ------------------------------------------------------------------------------
 
-_DEFAULT_KEYS = ("bar_interval", "n_bars", "seed", "start", "split")
+_DEFAULT_KEYS = ("bar_interval", "n_bars", "seed", "start", "split", "data_cache")
 _SPLIT_KEYS = ("train", "validation", "test", "gap_bars")
 _MARKET_KEYS = (
     "tick_size",
@@ -273,6 +279,7 @@ def _parse_markets_file(top: Section, base_dir: Path) -> dict[str, MarketSpec]:
     n_bars = defaults.get_int("n_bars", ge=100)
     seed = defaults.get_int("seed", ge=0)
     start = _parse_start(defaults.raw("start"), defaults.where("start"))
+    cache = _parse_cache(defaults, base_dir)
 
     listed = Section(top.raw("markets"), "markets")
     if not listed.data:
@@ -290,6 +297,8 @@ def _parse_markets_file(top: Section, base_dir: Path) -> dict[str, MarketSpec]:
             seed=seed,
             start=start,
         )
+        if isinstance(data, FileSource):
+            data = replace(data, cache=cache)
         markets[name] = MarketSpec(
             name=name,
             tick_size=m.get_float("tick_size", gt=0.0),
@@ -318,6 +327,20 @@ def _parse_split(sec: Section) -> SplitSpec:
         )
     gap = sec.get_int("gap_bars", ge=0)
     return SplitSpec(train=train, validation=validation, test=test, gap_bars=gap)
+
+
+def _parse_cache(defaults: Section, base_dir: Path) -> Path | bool:
+    value = defaults.raw("data_cache", "auto")
+    if value is True or value == "auto":
+        return True
+    if value is False:
+        return False
+    if not isinstance(value, str) or not value.strip() or "\0" in value:
+        raise ConfigError(
+            f"{defaults.where('data_cache')} must be auto, false or a folder, got {value!r}"
+        )
+    folder = Path(value).expanduser()
+    return folder if folder.is_absolute() else base_dir / folder
 
 
 def _parse_start(raw: object, where: str) -> datetime:

@@ -74,13 +74,19 @@ def _figures(equity: np.ndarray, bars_per_year: float, boot: int, seed: int) -> 
 
 
 def evaluate_on_test(
-    checkpoint: str | os.PathLike[str], settings: Any, *, boot: int = 1000, seed: int = 0
+    checkpoint: str | os.PathLike[str],
+    settings: Any,
+    *,
+    boot: int = 1000,
+    seed: int = 0,
+    models_root: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """The checkpoint's figures on the test split, with buy and hold and flat beside them.
 
     Market and phase come from the checkpoint's metadata. Loading verifies the checkpoint
     first (:func:`checkpointing.load_checkpoint`); its VecNormalize statistics normalize the
-    test observations as they did in training.
+    test observations as they did in training. A file market's parsed bars come from the
+    data cache of ``models_root`` (the experiment's) when given.
 
     Raises:
         ConfigError: the checkpoint does not say its market and phase, or the market is not
@@ -101,7 +107,7 @@ def evaluate_on_test(
     market, phase = meta.get("market"), meta.get("phase")
     if not isinstance(market, str) or phase not in (1, 2, 3):
         raise ConfigError(f"{path.name}: its metadata does not say its market and phase")
-    data = MarketData.load(get_market(settings.markets, market))
+    data = MarketData.load(get_market(settings.markets, market), models_root=models_root)
     env_config = replace(settings.training.env_config(), eval_episode_length=None)  # one pass
     env = make_vec_env(
         data,

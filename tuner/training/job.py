@@ -12,7 +12,7 @@ from checkpointing.naming import validate_market, validate_run_id, validate_seed
 if TYPE_CHECKING:
     from tuner.training.settings import Settings
 
-__all__ = ["PhaseJob", "PhaseResult", "parse_phases", "prepare", "tag"]
+__all__ = ["PhaseJob", "PhaseResult", "check", "parse_phases", "prepare", "tag"]
 
 
 @dataclass(frozen=True)
@@ -74,13 +74,12 @@ def parse_phases(text: str) -> list[int]:
     return phases
 
 
-def prepare(job: PhaseJob, settings: Settings) -> tuple[Any, int]:
-    """Validate the job against the settings and load the market data (nothing is written).
+def check(job: PhaseJob, settings: Settings) -> int:
+    """Validate the job against the settings (nothing is loaded or written).
 
-    Returns the market data and the phase's length: ``--timesteps``, else the checkpoint
-    config's ``checkpointing.phaseN.target_timesteps``.
+    Returns the phase's length: ``--timesteps``, else the checkpoint config's
+    ``checkpointing.phaseN.target_timesteps``.
     """
-    from tuner.trading.env import MarketData
     from tuner.trading.markets import get_market
 
     validate_market(job.market)
@@ -95,9 +94,21 @@ def prepare(job: PhaseJob, settings: Settings) -> tuple[Any, int]:
         raise ConfigError(f"--timesteps must be >= 1, got {job.timesteps!r}")
     if job.base_interval is not None and job.base_interval < 1:
         raise ConfigError(f"--base-interval must be >= 1, got {job.base_interval!r}")
-    spec = get_market(settings.markets, job.market)
-    data = MarketData.load(spec)
-    target = job.timesteps or settings.checkpoint.phase(job.phase).target_timesteps
+    get_market(settings.markets, job.market)
+    return job.timesteps or settings.checkpoint.phase(job.phase).target_timesteps
+
+
+def prepare(job: PhaseJob, settings: Settings) -> tuple[Any, int]:
+    """:func:`check` the job and load the market data (nothing is written but the data cache
+    of the models root, which a file market fills on its first load).
+
+    Returns the market data and the phase's length (as :func:`check`).
+    """
+    from tuner.trading.env import MarketData
+
+    target = check(job, settings)
+    spec = settings.markets[job.market]
+    data = MarketData.load(spec, models_root=settings.checkpoint.models_root(job.models_root))
     return data, target
 
 
