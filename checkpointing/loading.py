@@ -23,6 +23,7 @@ from checkpointing.metadata import read_checkpoint_metadata
 from checkpointing.naming import VECNORM_SUFFIX, CheckpointName, LegacyName, parse_name
 from checkpointing.safe_pickle import UnsafePickleError, safe_loads, safe_zip_objects
 from checkpointing.store import verify_checkpoint
+from checkpointing.trainers import check_trainer
 
 if TYPE_CHECKING:
     from stable_baselines3.common.base_class import BaseAlgorithm
@@ -98,6 +99,8 @@ def load_checkpoint(
         CheckpointCorruptError: the metadata is missing or garbled, or a file fails its
             size/sha256 check (nothing has been unpickled); or a pickle in the ``.pkl`` or the
             zip references a global no checkpoint needs (refused before it is resolved).
+        ConfigError: the checkpoint was written by another trainer (an RLlib checkpoint is
+            loaded with :func:`checkpointing.trainers.unpack_checkpoint`).
     """
     p = Path(path)
     if not p.is_file():
@@ -121,6 +124,7 @@ def load_checkpoint(
                 raise
             log.warning("loading %s without verification: %s", p, exc.reason)
             metadata = read_checkpoint_metadata(p) or {}
+    check_trainer(p, "sb3")  # an RLlib checkpoint's zip is no SB3 model
     cls = _algorithm(metadata.get("algorithm"), p)
 
     vec_normalize: VecNormalize | None = None

@@ -45,8 +45,9 @@ from checkpointing.ranking import METRICS
 from checkpointing.run_state import STATE_VERSION, RunState
 from checkpointing.schedule import AdaptiveSchedule
 from checkpointing.selection import checkpoints_of
-from checkpointing.snapshot import ModelSnapshot, take_snapshot
+from checkpointing.snapshot import take_snapshot
 from checkpointing.store import commit_files
+from checkpointing.trainers import CheckpointSource, Snapshot
 from checkpointing.triggers import BestTracker
 from checkpointing.writer import AsyncWriter
 
@@ -54,7 +55,7 @@ if TYPE_CHECKING:
     from stable_baselines3.common.base_class import BaseAlgorithm
     from stable_baselines3.common.vec_env import VecNormalize
 
-__all__ = ["DynamicCheckpointManager", "SaveOutcome"]
+__all__ = ["DynamicCheckpointManager", "SB3Source", "SaveOutcome"]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,30 @@ class SaveOutcome:
     @property
     def ok(self) -> bool:
         return self.skipped is None and self.error is None and bool(self.paths)
+
+
+@dataclass
+class SB3Source:
+    """An SB3 model and its VecNormalize (``buffers``: the manager's reusable tensor memory)."""
+
+    model: BaseAlgorithm
+    vec_normalize: VecNormalize | None
+    buffers: dict[tuple[Any, ...], Any] = field(default_factory=dict)
+    trainer: str = "sb3"
+
+    @property
+    def algorithm(self) -> str:
+        return type(self.model).__name__
+
+    @property
+    def timesteps(self) -> int:
+        return int(self.model.num_timesteps)
+
+    def estimated_bytes(self) -> int:
+        return estimated_checkpoint_bytes(self.model)
+
+    def snapshot(self) -> Snapshot:
+        return take_snapshot(self.model, self.vec_normalize, self.buffers)
 
 
 class DynamicCheckpointManager:
@@ -252,7 +277,7 @@ class DynamicCheckpointManager:
         runtime: Mapping[str, Any] | None = None,
         wait: bool = False,
     ) -> Future[SaveOutcome]:
-        """Save the model under one or more events (e.g. ``["periodic", "best"]``).
+        """Save the SB3 model under one or more events (e.g. ``["periodic", "best"]``).
 
         The snapshot is taken now, on the caller's thread; serialization and the commit run
         on the background writer. With ``wait=True`` (interrupt, phase end) it returns after
@@ -260,14 +285,37 @@ class DynamicCheckpointManager:
         the first one's files. The returned future never raises: errors land in the
         :class:`SaveOutcome`.
         """
+        return self.save_from(
+            SB3Source(model, vec_normalize, self._buffers),
+            events,
+            metrics=metrics,
+            metrics_timesteps=metrics_timesteps,
+            improved=improved,
+            runtime=runtime,
+            wait=wait,
+        )
+
+    def save_from(
+        self,
+        source: CheckpointSource,
+        events: str | Sequence[str],
+        *,
+        metrics: Mapping[str, float] | None = None,
+        metrics_timesteps: int | None = None,
+        improved: Sequence[str] = (),
+        runtime: Mapping[str, Any] | None = None,
+        wait: bool = False,
+    ) -> Future[SaveOutcome]:
+        """:meth:`save` for any trainer: ``source`` says the trainer, the algorithm and the
+        timesteps, and takes the snapshot (see :mod:`checkpointing.trainers`)."""
         names = [events] if isinstance(events, str) else list(events)
-        timesteps = int(model.num_timesteps)
+        timesteps = int(source.timesteps)
         if metrics is None:
             metrics, metrics_timesteps = self.state.last_metrics, self.state.last_metrics_timesteps
         outcome = SaveOutcome(tuple(names), timesteps)
         self._advance_schedule(names, timesteps)
         if self.disk.expected_bytes is None:  # no save of this run written yet
-            self.disk.expect(self._first_save_bytes(model))
+            self.disk.expect(self._first_save_bytes(source))
         if self._skipped_for_disk(outcome):
             done: Future[SaveOutcome] = Future()
             done.set_result(outcome)
@@ -290,13 +338,13 @@ class DynamicCheckpointManager:
         ]
         self.state.last_checkpoint = checkpoint_names[0].filename
         documents = self._documents(
-            checkpoint_names, clean, metrics_timesteps, improved, type(model).__name__, runtime
+            checkpoint_names, clean, metrics_timesteps, improved, source, runtime
         )
         compression = self.disk.compression()
 
         # One save in flight: the previous snapshot is written before its buffers are reused.
         self.writer.flush()
-        snapshot = take_snapshot(model, vec_normalize, self._buffers)
+        snapshot = source.snapshot()
 
         def job() -> SaveOutcome:
             try:
@@ -304,6 +352,8 @@ class DynamicCheckpointManager:
             except BaseException as exc:
                 self._failed(outcome, exc, checkpoint_names[0].filename)
                 return outcome
+            finally:
+                snapshot.close()
             if prune_now and self.pruner is not None:
                 self._prune(f"every {self.config.retention.prune_frequency} saves")
             return outcome
@@ -363,7 +413,7 @@ class DynamicCheckpointManager:
         metrics: Mapping[str, float],
         metrics_timesteps: int | None,
         improved: Sequence[str],
-        algorithm: str,
+        source: CheckpointSource,
         runtime: Mapping[str, Any] | None,
     ) -> list[dict[str, Any]]:
         """The metadata of each checkpoint of one save (they differ only in their event)."""
@@ -380,7 +430,11 @@ class DynamicCheckpointManager:
                 phase=self.phase,
                 metrics={**{k: metrics[k] for k in METRICS if k in metrics}, **other},
                 metrics_timesteps=metrics_timesteps,
-                runtime={"algorithm": algorithm, **dict(runtime or {})},
+                runtime={
+                    "algorithm": source.algorithm,
+                    "trainer": source.trainer,
+                    **dict(runtime or {}),
+                },
                 llm=llm if self.phase == 3 or llm else None,
                 improved_metrics=list(improved) if cname.event == "best" else [],
                 callback_state=callback_state,
@@ -404,7 +458,7 @@ class DynamicCheckpointManager:
 
     def _write(
         self,
-        snapshot: ModelSnapshot,
+        snapshot: Snapshot,
         names: list[CheckpointName],
         documents: list[dict[str, Any]],
         outcome: SaveOutcome,
@@ -456,7 +510,7 @@ class DynamicCheckpointManager:
 
     # ------------------------------------------------------------------ disk
 
-    def _first_save_bytes(self, model: BaseAlgorithm) -> int:
+    def _first_save_bytes(self, source: CheckpointSource) -> int:
         """The expected size of the run's first save: its newest checkpoint in the folder (a
         resumed run), else the checkpoint it started from, else the model's guess (which
         leaves room for an uncompressed zip)."""
@@ -470,7 +524,7 @@ class DynamicCheckpointManager:
             size = checkpoint_bytes_on_disk(self.models_root / str(self.run_info["started_from"]))
         else:
             size = None
-        return size or estimated_checkpoint_bytes(model)
+        return size or source.estimated_bytes()
 
     def _prune_now(self, why: str) -> None:
         """A retention pass before the next save (the disk guard asks when short of room)."""
@@ -505,7 +559,7 @@ def _is_number(value: Any) -> bool:
     return not isinstance(value, bool)
 
 
-def _write_snapshot_zip(snapshot: ModelSnapshot, compress: bool, level: int, tmp: Path) -> None:
+def _write_snapshot_zip(snapshot: Snapshot, compress: bool, level: int, tmp: Path) -> None:
     snapshot.write_zip(tmp, compress=compress, level=level)
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())

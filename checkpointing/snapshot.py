@@ -99,6 +99,9 @@ class ModelSnapshot:
             zf.writestr("_stable_baselines3_version", sb3.__version__)
             zf.writestr("system_info.txt", get_system_info(print_info=False)[1])
 
+    def close(self) -> None:
+        """Nothing to release: the snapshot is memory only."""
+
 
 def take_snapshot(
     model: BaseAlgorithm,

@@ -42,6 +42,11 @@ def tiny_config_dir(
     for phase in ("phase1", "phase2", "phase3"):
         tr[phase]["ppo"].update({"n_steps": 64, "batch_size": 64, "n_epochs": 2})
     tr["phase1"]["ppo"]["net_arch"] = [16]
+    for phase in ("phase1", "phase2", "phase3"):
+        tr[phase]["rllib"].update(
+            {"train_batch_size": 256, "minibatch_size": 64, "num_epochs": 2, "num_env_runners": 0}
+        )
+    tr["phase1"]["rllib"]["net_arch"] = [16]
     _merge(tr, training or {})
     (target / "training.yaml").write_text(yaml.safe_dump(t, sort_keys=False))
 

@@ -10,6 +10,7 @@ Examples::
     python -m tuner.train --phase 1 --market NQ --continue \\
         --model-path models/phase1/NQ/checkpoints/<name>.zip
     python -m tuner.train --market NQ --seed 42 --phase 2 --resume-from best:sharpe_ratio
+    python -m tuner.train --market NQ --seed 42 --phases 1,2 --trainer rllib --env-runners 2
 """
 
 from __future__ import annotations
@@ -71,6 +72,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--any-run",
         action="store_true",
         help="with --resume-from: pick across every run of the market and seed",
+    )
+    parser.add_argument(
+        "--trainer",
+        choices=("sb3", "rllib"),
+        default="sb3",
+        help="stable-baselines3 PPO (default) or RLlib PPO, each with its own section of "
+        "training.yaml; a run continues only checkpoints of its own trainer",
+    )
+    parser.add_argument(
+        "--env-runners",
+        type=int,
+        metavar="N",
+        help="with --trainer rllib: RLlib env runners sampling in parallel (default: the "
+        "phase's rllib.num_env_runners; 0 samples in the training process)",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--quiet", action="store_true", help="only the final lines")
@@ -136,6 +151,8 @@ def _jobs(args: argparse.Namespace, settings: Settings) -> list[PhaseJob]:
             torch_threads=args.threads,
             quiet=args.quiet,
             curves_dir=curves,
+            trainer=args.trainer,
+            env_runners=args.env_runners,
         )
         for i, phase in enumerate(phases or [1])
     ]
@@ -152,6 +169,8 @@ def _resume_line(
     is unknown: no interrupt checkpoint could be saved), quoted for a shell."""
     command = ["python", "-m", "tuner.train", "--market", job.market, "--seed", str(job.seed)]
     command += ["--phases", ",".join(map(str, rest)), "--resume-from", "latest"]
+    if job.trainer != "sb3":
+        command += ["--trainer", job.trainer]
     if run_id:
         command += ["--run-id", run_id]
     if args.models_root:

@@ -100,6 +100,8 @@ TYPOS = [
     ("training.yaml", "training.n_envs", "n_env"),
     ("training.yaml", "training.env.max_position", "max_positions"),
     ("training.yaml", "training.phase2.ppo.learning_rate", "learning_rat"),
+    ("training.yaml", "training.phase1.rllib.train_batch_size", "train_batch_sise"),
+    ("training.yaml", "training.phase3.rllib.num_env_runners", "num_env_runner"),
 ]
 
 
@@ -163,3 +165,32 @@ def test_a_bad_training_overlay_is_refused_naming_the_overlay_file(
     with pytest.raises(ConfigError) as info:
         load_run_settings(folder, str(overlay))
     assert message in str(info.value) and os.fspath(overlay) in str(info.value), info.value
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        ("training.phase1.rllib.minibatch_size", 512, "must be <= train_batch_size (256), got 512"),
+        ("training.phase2.rllib.lr", 0, "training.phase2.rllib.lr must be > 0"),
+        ("training.phase1.rllib.num_env_runners", -1, "num_env_runners must be >= 0, got -1"),
+        ("training.phase2.rllib.net_arch", [8], "training.phase1.rllib.net_arch"),
+    ],
+)
+def test_bad_rllib_settings_are_refused_naming_the_file_and_key(
+    tmp_path: Path, path: str, value: Any, expected: str
+) -> None:
+    folder = tiny_config_dir(tmp_path)
+    edit(folder / "training.yaml", path, value=value)
+    message = refusal(folder)
+    assert message.startswith(os.fspath(folder / "training.yaml"))
+    assert expected in message
+
+
+def test_the_rllib_settings_of_each_phase_are_read(tmp_path: Path) -> None:
+    folder = tiny_config_dir(tmp_path)
+    edit(folder / "training.yaml", "training.phase2.rllib.lambda", value=0.9)
+    training = load_settings(folder).training
+    assert training.phase(2).rllib.lambda_ == 0.9
+    assert training.phase(2).rllib.training_kwargs()["lambda_"] == 0.9
+    assert training.phase(1).rllib.train_batch_size == 256  # the tiny config's
+    assert training.rllib_net_arch == (16,)

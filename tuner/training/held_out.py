@@ -84,9 +84,11 @@ def evaluate_on_test(
     """The checkpoint's figures on the test split, with buy and hold and flat beside them.
 
     Market and phase come from the checkpoint's metadata. Loading verifies the checkpoint
-    first (:func:`checkpointing.load_checkpoint`); its VecNormalize statistics normalize the
-    test observations as they did in training. A file market's parsed bars come from the
-    data cache of ``models_root`` (the experiment's) when given.
+    first (:func:`checkpointing.load_checkpoint`; an RLlib checkpoint with
+    :func:`checkpointing.trainers.unpack_checkpoint`); its VecNormalize statistics (RLlib: its
+    observation filter's) normalize the test observations as they did in training. A file
+    market's parsed bars come from the data cache of ``models_root`` (the experiment's) when
+    given.
 
     Raises:
         ConfigError: the checkpoint does not say its market and phase, or the market is not
@@ -98,6 +100,7 @@ def evaluate_on_test(
     from checkpointing import load_checkpoint
     from checkpointing.errors import ConfigError
     from checkpointing.metadata import read_checkpoint_metadata
+    from checkpointing.trainers import trainer_of
     from tuner.trading.env import MarketData
     from tuner.trading.evaluation import make_vec_env, run_episodes, summarize_episodes
     from tuner.trading.markets import get_market
@@ -119,16 +122,24 @@ def evaluate_on_test(
         evaluation=True,
         advisor_config=settings.advisor if phase == 3 else None,
     )
-    loaded = load_checkpoint(path, env=env, device="cpu")
-    venv = loaded.vec_normalize
-    if not isinstance(venv, VecNormalize):
-        env.close()
-        raise ConfigError(f"{path.name}: no companion VecNormalize .pkl to normalize the test data")
-    venv.training, venv.norm_reward = False, False
-    try:
-        (episode,) = run_episodes(loaded.model, venv, 1)
-    finally:
-        venv.close()
+    if trainer_of(meta) == "rllib":
+        try:
+            (episode,) = run_episodes(_rllib_policy(path, meta, settings, env), env, 1)
+        finally:
+            env.close()
+    else:
+        loaded = load_checkpoint(path, env=env, device="cpu")
+        venv = loaded.vec_normalize
+        if not isinstance(venv, VecNormalize):
+            env.close()
+            raise ConfigError(
+                f"{path.name}: no companion VecNormalize .pkl to normalize the test data"
+            )
+        venv.training, venv.norm_reward = False, False
+        try:
+            (episode,) = run_episodes(loaded.model, venv, 1)
+        finally:
+            venv.close()
     summary = summarize_episodes([episode])
     bpy = episode.bars_per_year
     part = data.ranges["test"]
@@ -155,3 +166,17 @@ def evaluate_on_test(
         "flat": {"total_return": 0.0, "sharpe_ratio": 0.0, "max_drawdown": 0.0},
         "validation": {k: meta.get(k) for k in ("val_reward", "sharpe_ratio", "win_rate")},
     }
+
+
+def _rllib_policy(path: Path, meta: dict[str, Any], settings: Any, env: Any) -> Any:
+    """The greedy policy of an RLlib checkpoint, verified (every file) before it is read."""
+    import tempfile
+
+    from checkpointing.trainers import unpack_checkpoint
+    from tuner.training.job import PhaseJob
+    from tuner.training.rllib_algo import load_greedy_policy
+
+    job = PhaseJob(str(meta["market"]), int(meta.get("seed") or 0), int(meta["phase"]))
+    with tempfile.TemporaryDirectory(prefix="rllib-evaluate-") as tmp:
+        unpack_checkpoint(path, tmp)
+        return load_greedy_policy(Path(tmp), replace(job, trainer="rllib"), settings, env)

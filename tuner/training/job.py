@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from checkpointing.errors import ConfigError
 from checkpointing.naming import validate_market, validate_run_id, validate_seed
+from checkpointing.trainers import TRAINERS
 
 if TYPE_CHECKING:
     from tuner.training.settings import Settings
@@ -40,6 +41,8 @@ class PhaseJob:
     quiet: bool = False
     check_start: bool = False  # evaluate the starting checkpoint once it is loaded
     curves_dir: Path | None = None  # TensorBoard files go to <curves_dir>/phase<N>_<run id>
+    trainer: str = "sb3"  # sb3 | rllib
+    env_runners: int | None = None  # rllib: None is the phase's rllib.num_env_runners
 
 
 @dataclass
@@ -88,6 +91,12 @@ def check(job: PhaseJob, settings: Settings) -> int:
         validate_run_id(job.run_id)
     if job.any_run and (job.resume_from is None or job.run_id is not None):
         raise ConfigError("--any-run goes with --resume-from, and not with --run-id")
+    if job.trainer not in TRAINERS:
+        raise ConfigError(f"--trainer must be one of {list(TRAINERS)}, got {job.trainer!r}")
+    if job.env_runners is not None and (job.trainer != "rllib" or job.env_runners < 0):
+        raise ConfigError(
+            f"--env-runners goes with --trainer rllib and must be >= 0, got {job.env_runners!r}"
+        )
     if job.phase not in (1, 2, 3):
         raise ConfigError(f"--phase must be 1, 2 or 3, got {job.phase!r}")
     if job.timesteps is not None and job.timesteps < 1:

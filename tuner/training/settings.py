@@ -30,6 +30,7 @@ __all__ = [
     "PHASES",
     "PPOConfig",
     "PhaseTraining",
+    "RLlibConfig",
     "Settings",
     "TrainingConfig",
     "load_run_settings",
@@ -65,11 +66,42 @@ class PPOConfig:
 
 
 @dataclass(frozen=True)
+class RLlibConfig:
+    """RLlib PPO settings of one phase (``--trainer rllib``), under RLlib's own names
+    (``lambda_`` is ``lambda`` in the YAML). ``train_batch_size`` env steps are sampled per
+    iteration by ``num_env_runners`` remote env runners (0: sampling in the training process)
+    of ``num_envs_per_env_runner`` envs each."""
+
+    lr: float = 3e-4
+    gamma: float = 0.99
+    lambda_: float = 0.95
+    clip_param: float = 0.2
+    entropy_coeff: float = 0.01
+    vf_loss_coeff: float = 0.5
+    grad_clip: float = 0.5
+    train_batch_size: int = 4000
+    minibatch_size: int = 128
+    num_epochs: int = 10
+    num_env_runners: int = 1
+    num_envs_per_env_runner: int = 1
+    net_arch: tuple[int, ...] | None = None
+
+    def training_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``PPOConfig().training(...)``."""
+        names = (
+            *("lr", "gamma", "lambda_", "clip_param", "entropy_coeff", "vf_loss_coeff"),
+            *("grad_clip", "train_batch_size", "minibatch_size", "num_epochs"),
+        )
+        return {name: getattr(self, name) for name in names}
+
+
+@dataclass(frozen=True)
 class PhaseTraining:
     """How one phase trains. Its length is not here: it is the checkpoint config's
     ``checkpointing.phaseN.target_timesteps`` (``settings.checkpoint.phase(N)``)."""
 
     ppo: PPOConfig
+    rllib: RLlibConfig = RLlibConfig()
 
 
 @dataclass(frozen=True)
@@ -81,9 +113,15 @@ class TrainingConfig:
     eval_episode_length: int | None = 700
     device: str = "cpu"
     env: EnvConfig = field(default_factory=EnvConfig)
-    phase1: PhaseTraining = PhaseTraining(PPOConfig(net_arch=(64, 64)))
-    phase2: PhaseTraining = PhaseTraining(PPOConfig(learning_rate=2e-4))
-    phase3: PhaseTraining = PhaseTraining(PPOConfig(learning_rate=1e-4))
+    phase1: PhaseTraining = PhaseTraining(
+        PPOConfig(net_arch=(64, 64)), RLlibConfig(net_arch=(64, 64))
+    )
+    phase2: PhaseTraining = PhaseTraining(
+        PPOConfig(learning_rate=2e-4), RLlibConfig(lr=2e-4, entropy_coeff=0.005)
+    )
+    phase3: PhaseTraining = PhaseTraining(
+        PPOConfig(learning_rate=1e-4), RLlibConfig(lr=1e-4, entropy_coeff=0.005, clip_param=0.15)
+    )
 
     def phase(self, phase: int) -> PhaseTraining:
         if phase not in PHASES:
@@ -94,6 +132,11 @@ class TrainingConfig:
     @property
     def net_arch(self) -> tuple[int, ...]:
         return self.phase1.ppo.net_arch or (64, 64)
+
+    @property
+    def rllib_net_arch(self) -> tuple[int, ...]:
+        """The RLlib network of every phase: ``training.phase1.rllib.net_arch``."""
+        return self.phase1.rllib.net_arch or (64, 64)
 
     def env_config(self) -> EnvConfig:
         from dataclasses import replace
@@ -120,8 +163,50 @@ def _parse_ppo(sec: Section, default: PPOConfig, phase: int) -> PPOConfig:
         values[key] = sec.get_float(key, getattr(default, key), **bounds)
     for key, low in _PPO_INTS.items():
         values[key] = sec.get_int(key, getattr(default, key), ge=low)
+    values["net_arch"] = _parse_net_arch(sec, default.net_arch, phase)
+    sec.done()
+    return PPOConfig(**values)
+
+
+_RLLIB_FLOATS: dict[str, tuple[str, dict[str, float]]] = {
+    "lr": ("lr", {"gt": 0.0, "le": 1.0}),
+    "gamma": ("gamma", {"gt": 0.0, "le": 1.0}),
+    "lambda": ("lambda_", {"ge": 0.0, "le": 1.0}),
+    "clip_param": ("clip_param", {"gt": 0.0, "le": 10.0}),
+    "entropy_coeff": ("entropy_coeff", {"ge": 0.0}),
+    "vf_loss_coeff": ("vf_loss_coeff", {"ge": 0.0}),
+    "grad_clip": ("grad_clip", {"gt": 0.0}),
+}
+_RLLIB_INTS = {
+    "train_batch_size": 2,
+    "minibatch_size": 2,
+    "num_epochs": 1,
+    "num_env_runners": 0,
+    "num_envs_per_env_runner": 1,
+}
+
+
+def _parse_rllib(sec: Section, default: RLlibConfig, phase: int) -> RLlibConfig:
+    values: dict[str, Any] = {}
+    for key, (name, bounds) in _RLLIB_FLOATS.items():
+        values[name] = sec.get_float(key, getattr(default, name), **bounds)
+    for key, low in _RLLIB_INTS.items():
+        values[key] = sec.get_int(key, getattr(default, key), ge=low)
+    values["net_arch"] = _parse_net_arch(sec, default.net_arch, phase, "rllib")
+    sec.done()
+    if values["minibatch_size"] > values["train_batch_size"]:
+        raise ConfigError(
+            f"{sec.where('minibatch_size')} must be <= train_batch_size "
+            f"({values['train_batch_size']}), got {values['minibatch_size']!r}"
+        )
+    return RLlibConfig(**values)
+
+
+def _parse_net_arch(
+    sec: Section, default: tuple[int, ...] | None, phase: int, section: str = "ppo"
+) -> tuple[int, ...] | None:
+    """``net_arch`` of phase 1; later phases continue from the phase-1 network."""
     if phase == 1:
-        values["net_arch"] = default.net_arch
         if sec.has("net_arch"):
             arch = sec.raw("net_arch")
             if (
@@ -133,17 +218,14 @@ def _parse_ppo(sec: Section, default: PPOConfig, phase: int) -> PPOConfig:
                     f"{sec.where('net_arch')} must be a non-empty list of positive integers, "
                     f"got {arch!r}"
                 )
-            values["net_arch"] = tuple(arch)
-        sec.known("net_arch")
-    else:
-        sec.refuse(
-            "net_arch",
-            f"phase {phase} continues from the phase-1 network; its shape is "
-            "training.phase1.ppo.net_arch",
-        )
-        values["net_arch"] = default.net_arch
-    sec.done()
-    return PPOConfig(**values)
+            return tuple(arch)
+        return default
+    sec.refuse(
+        "net_arch",
+        f"phase {phase} continues from the phase-1 network; its shape is "
+        f"training.phase1.{section}.net_arch",
+    )
+    return default
 
 
 def _parse_phase(sec: Section, default: PhaseTraining, phase: int) -> PhaseTraining:
@@ -154,9 +236,14 @@ def _parse_phase(sec: Section, default: PhaseTraining, phase: int) -> PhaseTrain
         f"checkpoint_config.yaml{overlay if phase == 3 else ''}, or --timesteps",
     )
     ppo = _parse_ppo(sec.section("ppo"), default.ppo, phase) if sec.has("ppo") else default.ppo
-    sec.known("ppo")
+    rllib = (
+        _parse_rllib(sec.section("rllib"), default.rllib, phase)
+        if sec.has("rllib")
+        else default.rllib
+    )
+    sec.known("ppo", "rllib")
     sec.done()
-    return PhaseTraining(ppo)
+    return PhaseTraining(ppo, rllib)
 
 
 def _parse_training(sec: Section) -> TrainingConfig:

@@ -19,6 +19,7 @@ from checkpointing.config import CheckpointConfig
 from checkpointing.errors import ConfigError
 from checkpointing.naming import CheckpointName, parse_name
 from checkpointing.selection import RunChoice, find_resume_checkpoint, run_to_continue
+from checkpointing.trainers import check_trainer
 from tuner.training.job import PhaseJob, tag
 
 __all__ = ["Start", "choose_start"]
@@ -76,11 +77,14 @@ def choose_start(job: PhaseJob, config: CheckpointConfig) -> Start:
     """The starting point and run of ``job`` (nothing is loaded or written).
 
     Raises:
-        ConfigError: ``--resume-from`` finds nothing, ``--model-path`` is missing.
+        ConfigError: ``--resume-from`` finds nothing, ``--model-path`` is missing, or the
+            checkpoint was written by the other trainer (both named).
         CheckpointNameError: ``--run-id`` names a run that would mix with another's files.
     """
     folder = config.checkpoint_dir(job.phase, job.market, job.models_root)
     how, path, new_phase = _starting_checkpoint(job, config, folder)
+    if path is not None:
+        check_trainer(path, job.trainer)  # an SB3 zip is no RLlib checkpoint, and the reverse
     try:
         run = run_to_continue(folder, job.market, job.seed, path, job.run_id)
     except ValueError as exc:

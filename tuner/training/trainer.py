@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +17,12 @@ from checkpointing.config import CheckpointConfig
 from checkpointing.errors import ConfigError
 from tuner.training.curves import CurveLog, run_logger
 from tuner.training.job import PhaseJob, PhaseResult, prepare, tag
+from tuner.training.setup import (
+    phase_checkpoint_config,
+    retention_hooks,
+    run_manager,
+    validation_env,
+)
 from tuner.training.start import Start, choose_start
 
 if TYPE_CHECKING:
@@ -61,7 +67,21 @@ def train_phase(
         CheckpointCorruptError: the starting checkpoint fails verification or holds a
             pickle no checkpoint needs (nothing of it has been unpickled).
         TrainingInterrupted: a signal stopped training after an interrupt save.
+
+    With ``job.trainer == "rllib"`` the phase trains with RLlib instead
+    (:func:`tuner.training.rllib_trainer.train_rllib_phase`), under the same checkpoints.
     """
+    if job.trainer == "rllib":
+        from tuner.training.rllib_trainer import train_rllib_phase
+
+        return train_rllib_phase(
+            job,
+            settings,
+            report=report,
+            on_evaluation=on_evaluation,
+            stop_requested=stop_requested,
+            handle_signals=handle_signals,
+        )
     import torch
 
     from checkpointing import MetricTrackingEvalCallback, learn_with_checkpoints
@@ -72,13 +92,10 @@ def train_phase(
 
     # --- config, data, where to start and as which run --------------------------------------
     data, target = prepare(job, settings)
-    checkpoint_cfg = settings.checkpoint
-    if job.base_interval is not None:
-        schedule = replace(checkpoint_cfg.phase(job.phase), base_interval=job.base_interval)
-        checkpoint_cfg = checkpoint_cfg.with_phase(job.phase, schedule)
+    checkpoint_cfg = phase_checkpoint_config(job, settings)
     torch.set_num_threads(max(1, job.torch_threads))
     start = choose_start(job, checkpoint_cfg)
-    manager = _manager(job, checkpoint_cfg, start, target)
+    manager = run_manager(job, checkpoint_cfg, start, target)
     say(f"{tag(job)}: {start.describe()}")
 
     # --- environments and model ------------------------------------------------------------
@@ -133,23 +150,6 @@ def train_phase(
     return result
 
 
-def _manager(job: PhaseJob, config: CheckpointConfig, start: Start, target: int) -> Any:
-    """The run's checkpoint manager, with the registry and in-run retention."""
-    from checkpointing import DynamicCheckpointManager
-
-    return DynamicCheckpointManager(
-        config,
-        phase=job.phase,
-        market=job.market,
-        seed=job.seed,
-        run_id=start.run.run_id,
-        run_info=start.run_info(config.models_root(job.models_root), dict(job.run_info)),
-        models_root=job.models_root,
-        target_timesteps=target,
-        **retention_hooks(config, job.models_root),
-    )
-
-
 def _environments(job: PhaseJob, settings: Settings, data: Any) -> _Envs:
     from stable_baselines3.common.vec_env import VecNormalize
 
@@ -165,25 +165,6 @@ def _environments(job: PhaseJob, settings: Settings, data: Any) -> _Envs:
         validation_env(settings, data, job.phase, job.seed), training=False, norm_reward=False
     )
     return _Envs(raw_train, eval_env)
-
-
-def validation_env(settings: Settings, data: Any, phase: int, seed: int) -> Any:
-    """The raw VecEnv a run of ``phase`` evaluates on: ``eval_episodes`` envs walking the
-    validation split. The trainer sees it through a VecNormalize synced from training;
-    ``tuner.diff`` through each checkpoint's own."""
-    from tuner.trading.evaluation import make_vec_env
-
-    training = settings.training
-    return make_vec_env(
-        data,
-        phase,
-        "validation",
-        seed,
-        training.eval_episodes,
-        config=training.env_config(),
-        evaluation=True,
-        advisor_config=settings.advisor if phase == 3 else None,
-    )
 
 
 def _model(
@@ -300,25 +281,6 @@ def _progress(
             on_evaluation(t, metrics, manager)
 
     return progress
-
-
-def retention_hooks(config: CheckpointConfig, models_root: Path | None) -> dict[str, Any]:
-    """The registry and in-run pruning, when those modules are available."""
-    hooks: dict[str, Any] = {}
-    try:
-        from checkpointing.registry import Registry
-        from checkpointing.retention import prune_folder
-    except ImportError:  # pragma: no cover - retention ships with the package
-        return hooks
-    registry = Registry(config.models_root(models_root))
-    hooks["on_commit"] = registry.record
-    if config.retention.enabled:
-
-        def pruner(folder: Path) -> Any:
-            return prune_folder(folder, config.retention, registry=registry)
-
-        hooks["pruner"] = pruner
-    return hooks
 
 
 def retention_pass(
