@@ -101,12 +101,20 @@ class PageLoad:
             raise AssertionError(f"{expression!r} raised {result['exceptionDetails']}")
         return result.get("result", {}).get("value")
 
-    def screenshot(self, path: Path) -> Path:
-        """A PNG of the whole page."""
+    def screenshot(self, path: Path, selector: str | None = None) -> Path:
+        """A PNG of the whole page, or of the element ``selector`` finds."""
         assert self.browser is not None
-        size = self.browser.call("Page.getLayoutMetrics", {}, self.session)["result"]
-        content = size.get("cssContentSize") or size["contentSize"]
-        clip = {"x": 0, "y": 0, "width": content["width"], "height": content["height"], "scale": 1}
+        if selector is None:
+            size = self.browser.call("Page.getLayoutMetrics", {}, self.session)["result"]
+            content = size.get("cssContentSize") or size["contentSize"]
+            box = {"x": 0, "y": 0, "width": content["width"], "height": content["height"]}
+        else:
+            box = self.evaluate(
+                f"(() => {{ const r = document.querySelector({json.dumps(selector)})"
+                ".getBoundingClientRect(); return {x: r.x + window.scrollX, "
+                "y: r.y + window.scrollY, width: r.width, height: r.height}; })()"
+            )
+        clip = {**box, "scale": 1}
         shot = self.browser.call(
             "Page.captureScreenshot",
             {"format": "png", "clip": clip, "captureBeyondViewport": True},

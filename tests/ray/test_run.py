@@ -133,6 +133,10 @@ def test_four_trials_finish_in_isolated_folders_with_a_correct_summary(
     with open(models / "summaries/four.csv", newline="") as fh:
         assert len(list(csv.DictReader(fh))) == 4
     assert "summary: " + str(models / "summaries/four.json") in out
+    # The report, beside the summary (its content: tests/unit/test_report.py, and in a
+    # browser tests/ray/test_browse.py); the summary keeps the driver's retention pass.
+    assert "report:  " + str(models / "summaries/four_report.html") in out
+    assert {(p["market"], p["phase"]) for p in summary["retention"]} == {("NQ", 1), ("ES", 1)}
 
     # Learning curves: each trial's TensorBoard files in its folder of the storage path, so
     # `tensorboard --logdir ray_results/four` shows every trial.

@@ -109,10 +109,14 @@ def market_chart(
     """Markets side by side: a dot per seed, the mean as a bar and the standard deviation as
     a whisker; ``extra`` dots (buy and hold) as diamonds."""
     width = max(330.0, 90.0 + 80 * len(markets))
+    spans = [_mean_std([d.value for d in dots if d.market == m]) for m in markets]
+    ends: list[float | None] = [
+        v for mean, std in spans if math.isfinite(mean) for v in (mean - std, mean + std)
+    ]
     frame = Frame.fit(
         (_LEFT, 22, width - _LEFT - 10, 150),
         [0, len(markets)],
-        [d.value for d in [*dots, *extra]],
+        [d.value for d in [*dots, *extra]] + ends,
         y_zero=True,
     )
     parts = [frame.axes(y_label=title, x_ticks=False)]
@@ -148,15 +152,21 @@ def market_chart(
     return svg(width, 200, "".join(parts), "chart market-chart", title)
 
 
+def _mean_std(values: Sequence[float | None]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value; NaN for none)."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return math.nan, math.nan
+    mean = sum(finite) / len(finite)
+    if len(finite) == 1:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in finite) / (len(finite) - 1))
+
+
 def _spread(frame: Frame, cx: float, values: Sequence[float], market: str) -> list[str]:
     if not values:
         return []
-    mean = sum(values) / len(values)
-    std = (
-        math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-        if len(values) > 1
-        else 0.0
-    )
+    mean, std = _mean_std(values)
     y = frame.y(mean)
     tip = f"{market}: mean {mean:+.3f}, std {std:.3f} over {len(values)} seed(s)"
     return [

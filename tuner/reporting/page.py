@@ -12,7 +12,7 @@ from __future__ import annotations
 import html
 import math
 import statistics
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,14 +59,21 @@ svg .interrupt.kept{fill:#c62f2f}svg .boundary{stroke:#b58900}svg .boundary.kept
 svg .whisker{stroke:#333;stroke-width:1.2}svg .mean{stroke:#111;stroke-width:2.4}
 svg .hold{fill:#fff;stroke:#111}svg .policy-line{stroke:#2f6fd6;stroke-width:2}
 svg .other-line{stroke:#9db7e3;stroke-width:1}svg .hold-line{stroke:#444;stroke-dasharray:5 3}
-svg .dot{stroke:#fff;stroke-width:.8}svg .dot.stopped{fill:#fff!important;stroke-width:1.4}
-svg .dot.chosen{stroke:#111;stroke-width:2}.m0{fill:#2f6fd6;stroke:#2f6fd6}
-.m1{fill:#d9822b;stroke:#d9822b}.m2{fill:#1c9a4a;stroke:#1c9a4a}.m3{fill:#c62f2f;stroke:#c62f2f}
-.m4{fill:#6a3fb5;stroke:#6a3fb5}.m5{fill:#b58900;stroke:#b58900}.m6{fill:#0e8b8b;stroke:#0e8b8b}
-.m7{fill:#8a5a44;stroke:#8a5a44}.legend span{margin-right:12px;font-size:12px}
+svg .dot{stroke-width:.8}svg .dot.stopped{fill:#fff!important;stroke-width:1.6}
+svg .dot.chosen{stroke:#111!important;stroke-width:2}
+.legend span{margin-right:12px;font-size:12px}
 .swatch{display:inline-block;width:10px;height:10px;border-radius:50%;margin-right:4px;
 vertical-align:middle;border:1.4px solid}
 """
+
+_MARKET_COLOURS = (
+    *("#2f6fd6", "#d9822b", "#1c9a4a", "#c62f2f"),
+    *("#6a3fb5", "#b58900", "#0e8b8b", "#8a5a44"),
+)
+_CSS += "".join(
+    f".m{i}{{fill:{c};stroke:{c}}}.swatch.m{i}{{background:{c};border-color:{c}}}"
+    for i, c in enumerate(_MARKET_COLOURS)
+)
 
 _KIND_COLOURS = {
     "periodic": "#5b6b82",
@@ -390,6 +397,7 @@ def _search_section(data: ReportData) -> str:
         f"validation {_e(metric)} (hollow: stopped early; ringed: the chosen configuration).</p>"
     ]
     if points:
+        parts.append(_market_legend(markets))
         parts.append(
             '<div class="charts">'
             + "".join(scatter_chart(k, v, markets) for k, v in sorted(points.items()))
@@ -400,6 +408,17 @@ def _search_section(data: ReportData) -> str:
     parts.append("<h3>Chosen configuration per market</h3>")
     parts.append(_chosen_table(verdicts, metric))
     return "".join(parts)
+
+
+def _market_legend(markets: Sequence[str]) -> str:
+    swatches = "".join(
+        f'<span><i class="swatch m{i % 8}"></i>{_e(m)}</span>' for i, m in enumerate(markets)
+    )
+    return f'<p class="legend">{swatches}</p>'
+
+
+def _value(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _chosen_table(verdicts: Mapping[str, Any], metric: str) -> str:
@@ -416,7 +435,9 @@ def _chosen_table(verdicts: Mapping[str, Any], metric: str) -> str:
                 "configuration finished on every seed)</td></tr>"
             )
             continue
-        values = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in (c.get("values") or {}).items())
+        values = ", ".join(
+            f"{k.split('.')[-1]}={_value(v)}" for k, v in (c.get("values") or {}).items()
+        )
         rows.append(
             f'<tr><td class="l">{_e(market)}</td><td class="l">{_e(c.get("config_id"))}</td>'
             f"<td>{_num(c.get('mean'), '+.4f')} \u00b1 {_num(c.get('std'), '.4f')}</td>"

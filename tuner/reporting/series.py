@@ -30,7 +30,7 @@ def downsample(values: Sequence[float | None], max_points: int) -> list[int]:
     n = len(values)
     if n <= max_points:
         return list(range(n))
-    buckets = max(1, (max_points - 2) // 2)
+    buckets = (max_points - 2) // 2
     keep = {0, n - 1}
     for b in range(buckets):
         start = 1 + (n - 2) * b // buckets
