@@ -125,6 +125,14 @@ def test_four_trials_finish_in_isolated_folders_with_a_correct_summary(
         assert f"/phase1/{market}/checkpoints/" in best["path"]
         assert best["path"].endswith(f"_seed-{seed}_run-{row['run_id']}.zip")
         assert row["run_id"] == results[f"{market}/{seed}"][-1]["run_id"]
+        # Its reports name every checkpoint it saved: each one on disk (a best too) is there.
+        reported = {n for r in results[f"{market}/{seed}"] for n in r.get("saved", [])}
+        files = {
+            i.path.name
+            for i in list_checkpoints(models / "phase1" / market / "checkpoints")
+            if isinstance(i.name, CheckpointName) and i.name.run_id == row["run_id"]
+        }
+        assert files and files <= reported, files - reported
     for market in ("NQ", "ES"):
         values = [rows[(market, s)]["metrics"]["sharpe_ratio"] for s in (42, 7)]
         agg = summary["markets"][market]["sharpe_ratio"]
