@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         figures.append(
             Figure(
                 "report",
-                f"tuner.report, {args.trials} trials: in-process (loading / drawing); fresh process",
+                f"tuner.report, {args.trials} trials: in-process (loading / drawing); fresh",
                 "",
                 f"{t['total']:.2f} s ({share:.0%} / {1 - share:.0%}); {t['fresh']:.2f} s",
             )

@@ -18,6 +18,7 @@ __all__ = [
     "Dot",
     "EquityLine",
     "equity_chart",
+    "equity_curve_lines",
     "market_chart",
     "scatter_chart",
     "trial_chart",

@@ -30,7 +30,17 @@ from checkpointing.store import CheckpointInfo, list_checkpoints
 from tuner.driver.experiments import TrialInfo
 from tuner.driver.tune_files import RESULT_FILE, finite, integer, read_result_rows
 
-__all__ = ["EVENT_KINDS", "CheckpointEvent", "Folders", "Point", "TrialHistory", "trial_history"]
+__all__ = [
+    "EVENT_KINDS",
+    "CheckpointEvent",
+    "Folders",
+    "Point",
+    "TrialHistory",
+    "bytes_on_disk",
+    "event_kind",
+    "metric_series",
+    "trial_history",
+]
 
 EVENT_KINDS = ("periodic", "best", "phase_end", "interrupt", "boundary")
 

@@ -29,7 +29,7 @@ from tuner.reporting.history import EVENT_KINDS, TrialHistory
 from tuner.reporting.svg import fmt_number
 from tuner.search.space import flatten
 
-__all__ = ["render"]
+__all__ = ["render", "write"]
 
 _CSS = """
 body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;color:#1d2330;
