@@ -91,13 +91,13 @@ class ReportData:
         return self.models_root / "summaries"
 
 
-def _models_root(experiment: Experiment, override: str | os.PathLike[str] | None) -> Path:
+def _models_root(bests: Bests, override: str | os.PathLike[str] | None) -> Path:
+    """Where the summaries are: ``override``, else the models root of the trials (the one
+    :mod:`tuner.driver.bests` reads their checkpoints from)."""
     if override is not None:
         return Path(override).resolve()
-    roots = experiment.models_roots
-    if roots:
-        return roots[0] if roots[0].is_absolute() else roots[0].resolve()
-    return Path("models").resolve()
+    roots = sorted({r for r in bests.models_roots.values() if r is not None})
+    return roots[0] if roots else Path("models").resolve()
 
 
 def _test_results(summaries: Path, names: Sequence[str]) -> tuple[dict[str, Any], list[Path]]:
@@ -204,7 +204,8 @@ def gather(
             is given and does not exist.
     """
     experiment = load_experiment(storage_path, name)
-    root = _models_root(experiment, models_root)
+    first = experiment_bests(experiment, SELECTED_BY, top=1, models_root=models_root)
+    root = _models_root(first, models_root)
     summaries = root / "summaries"
     search = read_json(summaries / f"{name}_search.json")
     search = search if isinstance(search, dict) else None
@@ -217,7 +218,11 @@ def gather(
     histories, selected, notes = [], [], []
     disk_folders: dict[tuple[str, int], Path] = {}
     for e in experiments:
-        bests = experiment_bests(e, SELECTED_BY, top=1, models_root=models_root)
+        bests = (
+            first
+            if e is experiment
+            else experiment_bests(e, SELECTED_BY, top=1, models_root=models_root)
+        )
         notes += bests.notes
         selected += _selected(e, bests, tests)
         folders = checkpoint_folders(e, models_root)
