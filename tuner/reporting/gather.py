@@ -227,10 +227,12 @@ def gather(
         selected += _selected(e, bests, tests)
         folders = checkpoint_folders(e, models_root)
         disk_folders.update(folders)
+        by_trial: dict[str, dict[int, Path]] = {}
+        for (trial_id, phase), folder in folders.items():
+            by_trial.setdefault(trial_id, {})[phase] = folder
         for t in e.trials:
             if t.market:
-                mine = {p: f for (tid, p), f in folders.items() if tid == t.trial_id}
-                histories.append(trial_history(t, mine, listing))
+                histories.append(trial_history(t, by_trial.get(t.trial_id, {}), listing))
     return ReportData(
         name=name,
         storage_path=experiment.path.parent,
