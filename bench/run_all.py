@@ -33,6 +33,7 @@ ORDER = [
     "cli_startup",
     "retention",
     "browse_scale",
+    "report",
     "env_throughput",
     "save_overhead",
     "compression",

@@ -134,7 +134,8 @@ class DynamicCheckpointManager:
         on_commit: called as ``on_commit(zip_path, metadata)`` under the folder lock after
             each commit (the registry uses it).
         pruner: called as ``pruner(folder)`` every ``retention.prune_frequency`` saves and
-            when the disk runs short; returns anything.
+            when the disk runs short; returns anything (what a report with ``deleted`` and
+            ``bytes_freed`` counts adds up in :meth:`take_pruned`).
 
     Raises:
         CheckpointNameError: bad market or seed, before any path is built.
@@ -191,6 +192,10 @@ class DynamicCheckpointManager:
         self.disk = DiskGuard(self.folder, self.config.performance, self._prune_now)
         self._buffers: dict[tuple[Any, ...], Any] = {}
         self._state_lock = threading.Lock()
+        # The file names of the latest save, one per event (empty when the disk guard skipped
+        # it): a report after an evaluation names every checkpoint the evaluation led to.
+        self.last_saved: tuple[str, ...] = ()
+        self._pruned = (0, 0)  # checkpoints and bytes retention deleted, since take_pruned()
         self._swept = False
         # Before this step no boundary can be due: boundaries_due() is a single comparison on
         # most training steps (the callback asks on every one).
@@ -313,6 +318,7 @@ class DynamicCheckpointManager:
         if metrics is None:
             metrics, metrics_timesteps = self.state.last_metrics, self.state.last_metrics_timesteps
         outcome = SaveOutcome(tuple(names), timesteps)
+        self.last_saved = ()
         self._advance_schedule(names, timesteps)
         if self.disk.expected_bytes is None:  # no save of this run written yet
             self.disk.expect(self._first_save_bytes(source))
@@ -337,6 +343,7 @@ class DynamicCheckpointManager:
             for name in names
         ]
         self.state.last_checkpoint = checkpoint_names[0].filename
+        self.last_saved = tuple(n.filename for n in checkpoint_names)
         documents = self._documents(
             checkpoint_names, clean, metrics_timesteps, improved, source, runtime
         )
@@ -536,10 +543,24 @@ class DynamicCheckpointManager:
         if self.pruner is None:
             return
         try:
-            self.pruner(self.folder)
+            report = self.pruner(self.folder)
             log.debug("pruned %s (%s)", self.folder, why)
         except Exception as exc:  # pruning must never stop training
             log.warning("retention pass on %s failed: %s", self.folder, exc)
+            return
+        deleted, freed = getattr(report, "deleted", 0), getattr(report, "bytes_freed", 0)
+        if isinstance(deleted, int) and isinstance(freed, int):
+            with self._state_lock:
+                count, total = self._pruned
+                self._pruned = (count + deleted, total + freed)
+
+    def take_pruned(self) -> tuple[int, int]:
+        """The checkpoints and bytes this manager's retention passes deleted from its folder
+        (any run's) since the previous call; a report to Tune carries them, so that what
+        retention freed adds up over the reports."""
+        with self._state_lock:
+            pruned, self._pruned = self._pruned, (0, 0)
+        return pruned
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -4,7 +4,8 @@ One Ray Tune trial per (market, seed), each through the requested phases. Everyt
 validated before Ray starts. Ctrl+C or SIGTERM (also ``ray job stop``): every running trial
 saves an ``interrupt`` checkpoint, the experiment state is saved, and ``--resume`` continues.
 After all trials: retention over every folder the trials touched, then a cross-trial summary
-(screen, ``<models_root>/summaries/<experiment>.json`` and ``.csv``).
+(screen, ``<models_root>/summaries/<experiment>.json`` and ``.csv``) and the HTML report
+(``<experiment>_report.html``, :mod:`tuner.report`).
 
 The command line only: arguments in, :func:`tuner.driver.experiment.run_experiment` called.
 """
@@ -44,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-test-eval",
         action="store_true",
         help="skip measuring the chosen checkpoints on the held-out test split at the end",
+    )
+    p.add_argument(
+        "--no-report",
+        action="store_true",
+        help="skip writing the HTML report (python -m tuner.report) at the end",
     )
     s = p.add_argument_group(
         "hyperparameter search",

@@ -25,6 +25,7 @@ def _train(config_dir: Path, root: Path, curves: Path | None) -> object:
         seed=5,
         phase=1,
         timesteps=1536,
+        base_interval=256,  # several evaluations: the first is the baseline a best beats
         models_root=root,
         quiet=True,
         curves_dir=curves,
@@ -70,5 +71,14 @@ def test_a_run_writes_its_learning_curves_and_nothing_to_the_temp_folder(
         assert curve[step] == pytest.approx(name.val_reward, abs=1e-3)
     markers = {e.step for e in events.Scalars("checkpoints/phase_end")}
     assert markers == {max(saved)}
+    # A marker for every checkpoint on disk, under its own event: a best beside its periodic
+    # twin too (the same evaluation saved both).
+    by_event: dict[str, set[int]] = {}
+    for i in list_checkpoints(root / "phase1" / "NQ" / "checkpoints"):
+        if isinstance(i.name, CheckpointName):
+            by_event.setdefault(i.name.event, set()).add(i.name.timesteps)
+    assert "best" in by_event  # the first evaluation's baseline and what beat it
+    for event, steps in by_event.items():
+        assert steps <= {e.step for e in events.Scalars(f"checkpoints/{event}")}, event
     # tensorboard --logdir on the folder finds the run
     assert any(p.name.startswith("events.out.tfevents") for p in runs[0].iterdir())

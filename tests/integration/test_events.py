@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from checkpointing import learn_with_checkpoints, list_checkpoints, load_checkpoint
-from checkpointing.naming import CheckpointName
+from checkpointing.naming import CheckpointName, parse_name
 from tests.integration.train_script import (
     ScriptedEvaluator,
     make_callback,
@@ -135,3 +135,57 @@ def test_best_saves_happen_exactly_at_the_evaluations_that_improve(tmp_path: Pat
         scripted = RISING_METRICS[periodic_steps.index(steps)][0]
         assert {k: meta[k] for k in scripted} == scripted
         assert json.loads(twin.metadata_path.read_text())["improved_metrics"] == []
+
+
+def test_each_evaluation_names_every_checkpoint_it_saved_and_what_retention_freed(
+    tmp_path: Path,
+) -> None:
+    """What a report to Tune carries (the report's history): the file names of every
+    checkpoint an evaluation saved (a best and its periodic twin), and what retention deleted
+    since the previous evaluation, adding up to what the passes deleted."""
+    from checkpointing import load_config
+    from checkpointing.retention import prune_folder
+
+    interval, total = 128, 1024
+    config = write_config(
+        tmp_path / "c.yaml",
+        base_interval=interval,
+        max_interval_multiplier=1,
+        retention={"keep_last_n": 1, "keep_top_k_by_sharpe": 1, "keep_top_k_by_reward": 1,
+                   "prune_frequency": 2},
+    )  # fmt: skip
+    retention = load_config(config).retention
+    passes = []
+
+    def pruner(folder: Path) -> object:
+        passes.append(prune_folder(folder, retention))
+        return passes[-1]
+
+    manager = make_manager(config, tmp_path / "models", pruner=pruner)
+    seen: list[tuple[int, tuple[str, ...], tuple[int, int]]] = []
+
+    def on_evaluation(t: int, metrics: object) -> None:
+        seen.append((t, manager.last_saved, manager.take_pruned()))
+
+    evaluator = ScriptedEvaluator([metrics for metrics, _ in RISING_METRICS])
+    callback = make_callback(manager, evaluator=evaluator, on_evaluation=on_evaluation)
+    learn_with_checkpoints(make_model(make_train_env()), total, callback)
+    manager.close()
+
+    def events(saved: tuple[str, ...], t: int) -> list[str]:
+        names = [parse_name(s) for s in saved]
+        assert all(isinstance(n, CheckpointName) and n.timesteps == t for n in names), saved
+        return [n.event for n in names if isinstance(n, CheckpointName)]
+
+    improved = {interval * (i + 1) for i, (_, better) in enumerate(RISING_METRICS) if better}
+    *periodic, (end, end_saved, _) = seen
+    assert [t for t, _, _ in periodic] == list(range(interval, total + 1, interval))
+    for t, saved, _ in periodic:
+        assert events(saved, t) == ["periodic", *(["best"] if t in improved else [])]
+    assert events(end_saved, end) == ["phase_end"]
+    deleted = sum(p.deleted for p in passes)
+    freed = sum(p.bytes_freed for p in passes)
+    left = manager.take_pruned()  # a pass after the last evaluation's report
+    assert deleted > 0
+    assert sum(n for _, _, (n, _) in seen) + left[0] == deleted
+    assert sum(b for _, _, (_, b) in seen) + left[1] == freed > 0

@@ -732,3 +732,82 @@ def test_the_cli_never_imports_ray_nor_writes(built: Built) -> None:
         timeout=60,
     )
     assert helped.returncode == 0 and "--all-runs" in helped.stdout
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def _expected_history(built: Built, experiment: str) -> dict[str, dict[str, Any]]:
+    """Per trial, from the raw files: the checkpoints its reports name (``saved``) and those of
+    its runs on disk (every one of them kept), and its evaluated steps."""
+    out = {}
+    for result in sorted((built.storage / experiment).glob("*/result.json")):
+        rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        market, seed = rows[0]["config"]["market"], rows[0]["config"]["seed"]
+        runs = {r["run_id"] for r in rows if r.get("run_id")}
+        reported = {n for r in rows for n in (r.get("saved") or [])}
+        on_disk = {
+            i.path.name
+            for i in _checkpoints(built.models, market)
+            if _name(i).run_id in runs and _name(i).seed == seed
+        }
+        steps = {r["timesteps"] for r in rows if not r.get("interrupted")}
+        out[rows[0]["trial_id"]] = {
+            "events": reported | on_disk,
+            "kept": on_disk,
+            "evaluations": len(steps),
+            "interrupts": {n for n in reported if "_evt-interrupt_" in n},
+        }
+    return out
+
+
+_PAGE_FACTS = """(() => Array.from(document.querySelectorAll('div.trial')).map(d => ({
+  id: d.id.slice(6),
+  events: Array.from(d.querySelectorAll('circle.marker')).map(c => c.dataset.name),
+  kept: Array.from(d.querySelectorAll('circle.marker.kept')).map(c => c.dataset.name),
+  lines: Array.from(d.querySelectorAll('polyline.series')).map(p => p.points.numberOfItems),
+})))()"""
+
+
+@pytest.mark.parametrize("experiment", ["short", "long"])
+def test_the_report_opens_offline_in_a_real_browser_with_every_event(
+    built: Built, experiment: str, tmp_path: Path
+) -> None:
+    from tests.browser import kept, open_page
+    from tuner.report import main as report
+    from tuner.reporting.svg import MAX_LINE_POINTS
+
+    # tuner.run wrote it at its end; a fresh one (elsewhere: the tree stays as it is) reads
+    # the files as they are now.
+    assert (built.models / "summaries" / f"{experiment}_report.html").is_file()
+    page_path = tmp_path / f"{experiment}.html"
+    argv = ["--storage-path", str(built.storage), "--experiment", experiment]
+    assert report([*argv, "--out", str(page_path)]) == 0
+    expected = _expected_history(built, experiment)
+    test_doc = json.loads((built.models / "summaries" / f"{experiment}_test.json").read_text())
+    with open_page(page_path) as page:
+        assert page.errors == []
+        assert page.requests == [page.url]  # the page itself, nothing else
+        trials = {t["id"]: t for t in page.evaluate(_PAGE_FACTS)}
+        curves = page.evaluate(
+            "Array.from(document.querySelectorAll('svg.equity-chart polyline'))"
+            ".map(p => [p.dataset.label, p.points.numberOfItems])"
+        )
+        dots = page.evaluate("document.querySelectorAll('svg.market-chart circle.dot').length")
+        shot = page.screenshot(kept(f"{experiment}_report.png"))
+    print(f"screenshot of the {experiment} report: {shot}")
+    assert set(trials) == set(expected)
+    for trial_id, want in expected.items():
+        got = trials[trial_id]
+        assert sorted(got["events"]) == sorted(want["events"]), trial_id
+        assert sorted(got["kept"]) == sorted(want["kept"]), trial_id
+        assert got["lines"] == [want["evaluations"]] * 2, trial_id
+        assert want["interrupts"] <= set(got["events"])
+    if experiment == "short":  # stopped with SIGINT: its seed-42 trials saved interrupts
+        assert sum(len(w["interrupts"]) for w in expected.values()) == 2
+    # Each market's equity chart: its selected checkpoint and buy and hold, every point kept.
+    lengths = {min(len(r["curve"]["bar"]), MAX_LINE_POINTS) for r in test_doc["results"]}
+    assert [n for label, n in curves if label == "buy and hold"] and all(
+        n in lengths for _, n in curves
+    )
+    assert dots == 3 * len(expected)  # a dot per seed: validation, test Sharpe, test return

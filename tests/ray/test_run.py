@@ -125,6 +125,14 @@ def test_four_trials_finish_in_isolated_folders_with_a_correct_summary(
         assert f"/phase1/{market}/checkpoints/" in best["path"]
         assert best["path"].endswith(f"_seed-{seed}_run-{row['run_id']}.zip")
         assert row["run_id"] == results[f"{market}/{seed}"][-1]["run_id"]
+        # Its reports name every checkpoint it saved: each one on disk (a best too) is there.
+        reported = {n for r in results[f"{market}/{seed}"] for n in r.get("saved", [])}
+        files = {
+            i.path.name
+            for i in list_checkpoints(models / "phase1" / market / "checkpoints")
+            if isinstance(i.name, CheckpointName) and i.name.run_id == row["run_id"]
+        }
+        assert files and files <= reported, files - reported
     for market in ("NQ", "ES"):
         values = [rows[(market, s)]["metrics"]["sharpe_ratio"] for s in (42, 7)]
         agg = summary["markets"][market]["sharpe_ratio"]
@@ -133,6 +141,10 @@ def test_four_trials_finish_in_isolated_folders_with_a_correct_summary(
     with open(models / "summaries/four.csv", newline="") as fh:
         assert len(list(csv.DictReader(fh))) == 4
     assert "summary: " + str(models / "summaries/four.json") in out
+    # The report, beside the summary (its content: tests/unit/test_report.py, and in a
+    # browser tests/ray/test_browse.py); the summary keeps the driver's retention pass.
+    assert "report:  " + str(models / "summaries/four_report.html") in out
+    assert {(p["market"], p["phase"]) for p in summary["retention"]} == {("NQ", 1), ("ES", 1)}
 
     # Learning curves: each trial's TensorBoard files in its folder of the storage path, so
     # `tensorboard --logdir ray_results/four` shows every trial.

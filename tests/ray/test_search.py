@@ -158,6 +158,24 @@ def test_random_search_with_asha_stops_early_and_confirms_on_every_seed(
     assert "NQ: configurations ranked across seeds by sharpe_ratio" in text
     assert "stopped" in text
 
+    # The report plots the metric against each hyperparameter, a dot per trial that reported
+    # it, and compares the markets over the chosen configuration's seeds.
+    from tests.report_files import Elements
+
+    page = Elements((models / "summaries" / "asha_report.html").read_text())
+    scatters = page.having("svg", "scatter-chart")
+    assert len(scatters) == len(SPACE["search"]["phase1"]["ppo"])
+    measured = [
+        t
+        for t in [*search.trials, *confirm.trials]
+        if isinstance(t.metrics.get("val_reward"), float) and math.isfinite(t.metrics["val_reward"])
+    ]
+    dots = [a for a in page.having("circle", "dot") if "seed" not in a["class"]]
+    assert len(dots) == len(scatters) * len(measured)
+    assert len([a for a in dots if "stopped" in a["class"]]) == len(scatters) * len(
+        [t for t in measured if t.status == "stopped"]
+    )
+
     # The chosen settings, as an overlay training.yaml takes.
     from tuner.training.settings import load_run_settings
 

@@ -51,6 +51,7 @@ def _loaded_after(code: str) -> dict[str, object]:
         "checkpointing.diff",
         "tuner.diff",
         "tuner.data",
+        "tuner.report",
     ],
 )
 def test_help_loads_no_heavy_package(module: str) -> None:
@@ -76,4 +77,23 @@ def test_validating_every_config_loads_no_heavy_package() -> None:
     result = _loaded_after(
         "from tuner.training.settings import load_settings\nload_settings('config')"
     )
+    assert result["loaded"] == []
+
+
+def test_writing_a_report_loads_no_heavy_package(tmp_path: Path) -> None:
+    """The driver writes the report in its own process, which never imports torch or Ray."""
+    from checkpointing.naming import CheckpointName
+    from tests.report_files import checkpoint_dir, report_row, write_checkpoint, write_trial
+
+    models = tmp_path / "models"
+    name = CheckpointName("NQ", 500, "phase_end", 0.1, 1.0, 1, "light-t1")
+    write_checkpoint(checkpoint_dir(models, "NQ"), name)
+    rows = [report_row(name, finished=True)]
+    write_trial(tmp_path / "rr" / "light", "t1", market="NQ", seed=1, models=models, rows=rows)
+    result = _loaded_after(
+        "from tuner.report import main\n"
+        f"sys.exit(main(['--storage-path', {str(tmp_path / 'rr')!r}, '--experiment', 'light']))"
+    )
+    assert result["exit"] == 0, result
+    assert (models / "summaries" / "light_report.html").is_file()
     assert result["loaded"] == []

@@ -26,7 +26,7 @@ from checkpointing.ranking import METRICS, Ranked
 from checkpointing.registry import Registry, RegistryEntry, rank_entries
 from tuner.driver.experiments import BrowseError, Experiment, TrialInfo, _gc_paused
 
-__all__ = ["BestCheckpoint", "Bests", "bests_by_metric", "experiment_bests"]
+__all__ = ["BestCheckpoint", "Bests", "bests_by_metric", "checkpoint_folders", "experiment_bests"]
 
 RunKey = tuple[str, int, str | None]  # (market, seed, run id)
 
@@ -170,6 +170,28 @@ def _check(
             )
         selected.append(market)
     return selected
+
+
+def checkpoint_folders(
+    experiment: Experiment, models_root: str | os.PathLike[str] | None = None
+) -> dict[tuple[str, int], Path]:
+    """Where each trial's checkpoints of each of its phases are: ``(trial id, phase)`` ->
+    its checkpoint folder, in the layout of the trial's config folder, under ``models_root``
+    (default: the root the trial recorded, else ``paths.root`` of
+    ``config/checkpoint_config.yaml``). Trials without a market or seed are left out."""
+    override = None if models_root is None else Path(models_root).resolve()
+    configs = _Configs([])
+    fallback = _default_root() if any(t.models_root is None for t in experiment.trials) else None
+    folders: dict[tuple[str, int], Path] = {}
+    for t in experiment.trials:
+        root = _root_of(t, override) or fallback
+        if root is None or t.market is None or t.seed is None:
+            continue
+        config = configs.get(t.config_dir)
+        for phase in t.phases:
+            with contextlib.suppress(ConfigError, ValueError):
+                folders[(t.trial_id, phase)] = config.checkpoint_dir(phase, t.market, root)
+    return folders
 
 
 def experiment_bests(

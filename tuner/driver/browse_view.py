@@ -45,7 +45,11 @@ class ExperimentView:
             results = doc.get("results") if isinstance(doc, dict) else None
             if isinstance(results, list):
                 markets = set(self.bests.markets)  # --market: that market's only
-                return [r for r in results if isinstance(r, dict) and r.get("market") in markets]
+                return [
+                    {k: v for k, v in r.items() if k != "curve"}  # the report draws curves
+                    for r in results
+                    if isinstance(r, dict) and r.get("market") in markets
+                ]
         return []
 
     @property

@@ -19,7 +19,7 @@ from tuner.driver.summary import (
     write_summary,
 )
 from tuner.job_paths import job_notes
-from tuner.training.trainer import retention_pass
+from tuner.training.trainer import retention_line, retention_reports
 
 __all__ = ["EXIT_FAILED_TRIALS", "run_experiment"]
 
@@ -228,8 +228,10 @@ def _new_or_restored(
 
 
 def _finish(opts: RunOptions, settings: Any, signum: int | None) -> int:
-    """Retention over every folder the trials touched, the summary, and the exit code."""
-    print(retention_pass(settings.checkpoint, opts.models_root, opts.phases, opts.markets))
+    """Retention over every folder the trials touched, the summary, the report, and the
+    exit code."""
+    pruned = retention_reports(settings.checkpoint, opts.models_root, opts.phases, opts.markets)
+    print(retention_line(pruned))
     names = [opts.name]
     if opts.search is not None and (opts.storage_path / opts.confirm_name).is_dir():
         names.append(opts.confirm_name)
@@ -237,6 +239,8 @@ def _finish(opts: RunOptions, settings: Any, signum: int | None) -> int:
     summaries = {n: build_summary(e, phases=opts.phases) for n, e in experiments.items()}
     if signum is None and opts.test_eval:  # a search: its confirmation stage, after the choice
         _test_split(opts, names[-1], summaries[names[-1]])
+    for summary in summaries.values():  # what the driver's pass freed, for the report
+        summary["retention"] = [_pruned(r) for r in pruned]
     for name, summary in summaries.items():
         json_path, csv_path = write_summary(summary, opts.models_root / "summaries")
         print()
@@ -253,6 +257,8 @@ def _finish(opts: RunOptions, settings: Any, signum: int | None) -> int:
         print(line, flush=True)
     if opts.search is not None:
         _finish_search(opts, experiments, summaries)
+    if opts.report:
+        _report(opts)
     unfinished = [u for s in summaries.values() for u in s["unfinished"]]
     failed = [f for s in summaries.values() for f in s["failed"]]
     if signum is not None or _missing(opts, experiments[opts.name]) or unfinished:
@@ -290,6 +296,32 @@ def _test_split(opts: RunOptions, name: str, summary: dict[str, Any]) -> None:
         print("test split: not measured (" + " / ".join(tail) + ")", flush=True)
         return
     attach_test(summary, doc)
+
+
+def _pruned(report: Any) -> dict[str, Any]:
+    """One folder of the driver's retention pass, as the summary keeps it."""
+    return {
+        "phase": report.phase,
+        "market": report.market,
+        "folder": os.fspath(report.folder),
+        "kept": report.kept,
+        "deleted": report.deleted,
+        "bytes_freed": report.bytes_freed,
+    }
+
+
+def _report(opts: RunOptions) -> None:
+    """The experiment's HTML report beside the summary (``python -m tuner.report``); a
+    failure is reported, the run's outcome stands."""
+    from tuner.reporting import default_report_path, write_report
+
+    out = default_report_path(opts.models_root, opts.name)
+    try:
+        path = write_report(opts.storage_path, opts.name, models_root=opts.models_root, out=out)
+    except Exception as exc:  # the report must never cost the run its exit code
+        print(f"report:  not written ({type(exc).__name__}: {exc})", flush=True)
+        return
+    print(f"report:  {path}", flush=True)
 
 
 def _missing(opts: RunOptions, experiment: Any) -> list[tuple[str, int]]:

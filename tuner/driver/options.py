@@ -57,6 +57,7 @@ class RunOptions:
     training_overlay: dict[str, Any] = field(default_factory=dict)
     search: SearchOptions | None = None
     test_eval: bool = True  # measure the chosen checkpoints on the test split at the end
+    report: bool = True  # write the HTML report beside the summary at the end
 
     @property
     def experiment_dir(self) -> Path:
@@ -139,6 +140,7 @@ def options_from_args(args: argparse.Namespace) -> tuple[RunOptions, Any]:
         training_overlay=dict(settings.training_overlay),
         search=search,
         test_eval=not args.no_test_eval,
+        report=not args.no_report,
     )
     _check_experiment(opts)
     return opts, settings

@@ -254,7 +254,12 @@ def attach_test(summary: dict[str, Any], test: Mapping[str, Any]) -> None:
             ),
             None,
         )
-        row["test"] = {"best": by_path.get(best.get("path")), "phase_end": end}
+        row["test"] = {"best": _figures(by_path.get(best.get("path"))), "phase_end": _figures(end)}
+
+
+def _figures(result: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A test result without its equity curve (the report draws it from the test file)."""
+    return None if result is None else {k: v for k, v in result.items() if k != "curve"}
 
 
 def format_test_table(summary: Mapping[str, Any]) -> str:

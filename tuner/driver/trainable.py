@@ -218,6 +218,8 @@ def train_trial(config: dict[str, Any]) -> None:
             "phase_timesteps": last.timesteps,
             "timesteps": completed,
             "checkpoint": last.phase_end.name if last.phase_end else None,
+            "saved": [last.phase_end.name] if last.phase_end else [],
+            **trial.unreported,  # what the last phase end's evaluation did not report
             "finished": True,
         },
         None,
@@ -240,6 +242,7 @@ class _Trial:
         self.run_id = run_id_for_trial(config.experiment, trial_id)
         self.stop_requested = _StopPoll(config.stop_flag)
         self.latest: dict[str, Any] = {}  # the latest evaluation report, for an interrupt's
+        self.unreported: dict[str, int] = {}  # retention's tally the final report carries
         self.folder = Path(config.models_root)  # the checkpoint folder of the current phase
         self.hyperparameters = flatten_overlay(config.training)
         self.run_info: dict[str, Any] = {
@@ -381,6 +384,7 @@ class _Trial:
 
         def on_evaluation(t: int, metrics: Mapping[str, float], manager: Any) -> None:
             state = manager.state_dict()
+            pruned, pruned_bytes = manager.take_pruned()
             report: dict[str, Any] = {
                 **{k: float(v) for k, v in metrics.items()},
                 **self.about,
@@ -388,11 +392,17 @@ class _Trial:
                 "phase_timesteps": t,
                 "timesteps": completed + t,
                 "checkpoint": state.get("last_checkpoint"),
+                # Every checkpoint of this evaluation (a best is the periodic's twin), and
+                # what retention deleted since the previous report: the report's history.
+                "saved": list(manager.last_saved),
+                "pruned": pruned,
+                "pruned_bytes": pruned_bytes,
             }
             self.latest = report
             if phase == self.config.phases[-1] and t >= manager.phase_schedule.target_timesteps:
                 # The phase-end evaluation of the last phase: the final report follows with
                 # its metrics. A scheduler deciding on it could only stop a finished trial.
+                self.unreported = {"pruned": pruned, "pruned_bytes": pruned_bytes}
                 return
             pointer = {
                 **self.about,
@@ -425,9 +435,10 @@ class _Trial:
         from checkpointing.ranking import METRICS
 
         report: dict[str, Any] = dict.fromkeys(METRICS, math.nan)
-        report.update((k, v) for k, v in self.latest.items() if k not in ("checkpoint", "finished"))
+        skip = ("checkpoint", "finished", "saved", "pruned", "pruned_bytes")
+        report.update((k, v) for k, v in self.latest.items() if k not in skip)
         report.update(self.about, phase=job.phase, phase_timesteps=at, timesteps=completed + at)
-        report.update(checkpoint=name, interrupted=True)
+        report.update(checkpoint=name, saved=[name] if name else [], interrupted=True)
         pointer = {
             **self.about,
             "trial_id": self.trial_id,

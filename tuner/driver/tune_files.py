@@ -46,6 +46,7 @@ __all__ = [
     "read_experiment_state",
     "read_json",
     "read_pointer",
+    "read_result_rows",
     "read_results",
     "write_pointer",
 ]
@@ -342,15 +343,16 @@ def _settle(out: TrialResults, pending: _Pending) -> None:
             break
 
 
-def read_results(path: Path) -> TrialResults:
-    """Every result of a ``result.json``; lines cut short (a crash, a copy in progress) and
-    anything that is not a JSON object are skipped."""
-    out, pending = TrialResults(), _Pending()
+def read_result_rows(path: Path) -> list[dict[str, Any]]:
+    """Every result of a ``result.json`` in the order reported (a retried trial's crashed
+    worker's first); lines cut short (a crash, a copy in progress) and anything that is not
+    a JSON object are skipped. A missing file has none."""
     try:
         with open(path, encoding="utf-8", errors="replace") as fh:
             lines = list(fh)
     except OSError:
-        return out
+        return []
+    rows = []
     for line in lines:
         if not line.strip():
             continue
@@ -359,6 +361,15 @@ def read_results(path: Path) -> TrialResults:
         except ValueError:
             continue
         if isinstance(row, dict):
-            _take(out, row, pending)
+            rows.append(row)
+    return rows
+
+
+def read_results(path: Path) -> TrialResults:
+    """What :func:`read_result_rows` of a ``result.json`` come to (see
+    :class:`TrialResults`)."""
+    out, pending = TrialResults(), _Pending()
+    for row in read_result_rows(path):
+        _take(out, row, pending)
     _settle(out, pending)
     return out

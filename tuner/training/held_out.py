@@ -5,7 +5,8 @@ its best checkpoint. This module measures a chosen checkpoint on the test split,
 else reads: the deterministic policy walks the whole test span in one pass, with its phase's
 costs, next to holding one contract long (buy and hold) and staying flat. The Sharpe ratio is
 annualized by the data's own bars per year and comes with a block-bootstrap confidence
-interval, so a reader sees how much of it is noise.
+interval, so a reader sees how much of it is noise. The equity curves (the policy's and buy and
+hold's, downsampled) go with the figures, for the report's test-period chart.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["TEST_METRICS", "bootstrap_sharpe", "evaluate_on_test"]
+__all__ = ["CURVE_POINTS", "TEST_METRICS", "bootstrap_sharpe", "equity_curve", "evaluate_on_test"]
+
+CURVE_POINTS = 2000  # the most bars of a test-period equity curve kept in the JSON
 
 TEST_METRICS = (
     "total_return",
@@ -165,6 +168,23 @@ def evaluate_on_test(
         "buy_and_hold": _figures(hold, bpy, boot, seed) if np.all(hold > 0) else None,
         "flat": {"total_return": 0.0, "sharpe_ratio": 0.0, "max_drawdown": 0.0},
         "validation": {k: meta.get(k) for k in ("val_reward", "sharpe_ratio", "win_rate")},
+        "curve": equity_curve(np.asarray(episode.equity, dtype=np.float64), hold),
+    }
+
+
+def equity_curve(
+    equity: np.ndarray, hold: np.ndarray, max_points: int = CURVE_POINTS
+) -> dict[str, list[float] | list[int]]:
+    """The test-period equity of the policy and of buy and hold (account value, in the
+    account's currency), downsampled to at most ``max_points`` bars for the report: ``bar``
+    is each kept point's index in the test span."""
+    from tuner.reporting.series import downsample
+
+    keep = downsample(equity.tolist(), max_points)
+    return {
+        "bar": keep,
+        "policy": [round(float(equity[i]), 2) for i in keep],
+        "buy_and_hold": [round(float(hold[i]), 2) for i in keep],
     }
 
 

@@ -30,7 +30,15 @@ if TYPE_CHECKING:
 
     from tuner.training.settings import Settings
 
-__all__ = ["Reporter", "retention_hooks", "retention_pass", "train_phase", "validation_env"]
+__all__ = [
+    "Reporter",
+    "retention_hooks",
+    "retention_line",
+    "retention_pass",
+    "retention_reports",
+    "train_phase",
+    "validation_env",
+]
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +145,9 @@ def train_phase(
             result.skipped = True
     finally:
         manager.close()
+        interrupt = callback.interrupt_outcome
+        if interrupt is not None and interrupt.paths:
+            curves.interrupt(interrupt.timesteps, interrupt.paths[0])
         curves.flush()
         envs.eval_env.close()
         train_env.close()
@@ -276,11 +287,33 @@ def _progress(
                     if k in metrics
                 )
             )
-        curves.evaluation(t, metrics, manager.state.last_checkpoint)
+        curves.evaluation(t, metrics, manager.last_saved)
         if on_evaluation is not None:
             on_evaluation(t, metrics, manager)
 
     return progress
+
+
+def retention_reports(
+    config: CheckpointConfig,
+    models_root: Path | None,
+    phases: Sequence[int],
+    markets: Sequence[str],
+) -> list[Any]:
+    """Retention over every checkpoint folder of ``phases`` x ``markets`` under the models root,
+    as every run ends (``tuner.train`` and the driver alike); the
+    :class:`~checkpointing.retention.PruneReport` of each folder."""
+    from checkpointing.registry import Registry
+    from checkpointing.retention import prune_tree
+
+    root = config.models_root(models_root)
+    return prune_tree(root, config, phases, markets, registry=Registry(root, config))
+
+
+def retention_line(reports: Sequence[Any]) -> str:
+    """The line a retention pass prints."""
+    deleted = sum(r.deleted for r in reports)
+    return f"retention: {len(reports)} folders pruned, {deleted} checkpoints deleted"
 
 
 def retention_pass(
@@ -289,15 +322,8 @@ def retention_pass(
     phases: Sequence[int],
     markets: Sequence[str],
 ) -> str:
-    """Retention over every checkpoint folder of ``phases`` x ``markets`` under the models root,
-    as every run ends (``tuner.train`` and the driver alike); returns the line to print."""
-    from checkpointing.registry import Registry
-    from checkpointing.retention import prune_tree
-
-    root = config.models_root(models_root)
-    reports = prune_tree(root, config, phases, markets, registry=Registry(root, config))
-    deleted = sum(r.deleted for r in reports)
-    return f"retention: {len(reports)} folders pruned, {deleted} checkpoints deleted"
+    """:func:`retention_reports`, returning the line to print."""
+    return retention_line(retention_reports(config, models_root, phases, markets))
 
 
 class _Rate:
