@@ -22,6 +22,7 @@ from tuner.training.start import Start, choose_start
 if TYPE_CHECKING:
     from stable_baselines3 import PPO
 
+    from checkpointing.uploads import Uploader
     from tuner.training.settings import Settings
 
 __all__ = ["Reporter", "retention_hooks", "retention_pass", "train_phase", "validation_env"]
@@ -48,13 +49,16 @@ def train_phase(
     on_evaluation: Callable[[int, Mapping[str, float], Any], None] | None = None,
     stop_requested: Callable[[], bool] | None = None,
     handle_signals: bool = True,
+    uploads: Uploader | None = None,
 ) -> PhaseResult:
     """Train one phase of one (market, seed) with dynamic checkpointing.
 
     Starts as :func:`tuner.training.start.choose_start` says: from ``job.model_path``
     (``--continue``), else from the checkpoint picked by ``job.resume_from``, else, for
     phases 2 and 3, from the previous phase's ``phase_end`` of the same run (VecNormalize
-    carried over), else from scratch; as the run it says.
+    carried over), else from scratch; as the run it says. With ``uploads`` (an object-store
+    models root), ``job.models_root`` is the staging folder: each committed checkpoint is
+    queued for upload, and retention there keeps what is not uploaded yet.
 
     Raises:
         ConfigError, CheckpointNameError, DataError: bad input, before anything is written.
@@ -78,7 +82,7 @@ def train_phase(
         checkpoint_cfg = checkpoint_cfg.with_phase(job.phase, schedule)
     torch.set_num_threads(max(1, job.torch_threads))
     start = choose_start(job, checkpoint_cfg)
-    manager = _manager(job, checkpoint_cfg, start, target)
+    manager = _manager(job, checkpoint_cfg, start, target, uploads)
     say(f"{tag(job)}: {start.describe()}")
 
     # --- environments and model ------------------------------------------------------------
@@ -133,8 +137,10 @@ def train_phase(
     return result
 
 
-def _manager(job: PhaseJob, config: CheckpointConfig, start: Start, target: int) -> Any:
-    """The run's checkpoint manager, with the registry and in-run retention."""
+def _manager(
+    job: PhaseJob, config: CheckpointConfig, start: Start, target: int, uploads: Uploader | None
+) -> Any:
+    """The run's checkpoint manager, with the registry, in-run retention and uploads."""
     from checkpointing import DynamicCheckpointManager
 
     return DynamicCheckpointManager(
@@ -146,7 +152,7 @@ def _manager(job: PhaseJob, config: CheckpointConfig, start: Start, target: int)
         run_info=start.run_info(config.models_root(job.models_root), dict(job.run_info)),
         models_root=job.models_root,
         target_timesteps=target,
-        **retention_hooks(config, job.models_root),
+        **retention_hooks(config, job.models_root, uploads),
     )
 
 
@@ -302,8 +308,12 @@ def _progress(
     return progress
 
 
-def retention_hooks(config: CheckpointConfig, models_root: Path | None) -> dict[str, Any]:
-    """The registry and in-run pruning, when those modules are available."""
+def retention_hooks(
+    config: CheckpointConfig, models_root: Path | None, uploads: Uploader | None = None
+) -> dict[str, Any]:
+    """The registry and in-run pruning, when those modules are available; with ``uploads``,
+    each commit is also queued for upload, pending uploads are kept by retention, and what
+    retention deletes is deleted on the bucket too."""
     hooks: dict[str, Any] = {}
     try:
         from checkpointing.registry import Registry
@@ -311,14 +321,36 @@ def retention_hooks(config: CheckpointConfig, models_root: Path | None) -> dict[
     except ImportError:  # pragma: no cover - retention ships with the package
         return hooks
     registry = Registry(config.models_root(models_root))
-    hooks["on_commit"] = registry.record
+    hooks["on_commit"] = registry.record if uploads is None else _both(registry.record, uploads)
     if config.retention.enabled:
 
         def pruner(folder: Path) -> Any:
-            return prune_folder(folder, config.retention, registry=registry)
+            report = prune_folder(
+                folder, config.retention, registry=registry, policy=_policy(config, uploads)
+            )
+            if uploads is not None:
+                uploads.forget(row.info.path for row in report.deleted_rows)
+            return report
 
         hooks["pruner"] = pruner
     return hooks
+
+
+def _both(record: Callable[[Path, dict[str, Any]], None], uploads: Uploader) -> Any:
+    def on_commit(zip_path: Path, metadata: dict[str, Any]) -> None:
+        record(zip_path, metadata)
+        uploads.committed(zip_path, metadata)
+
+    return on_commit
+
+
+def _policy(config: CheckpointConfig, uploads: Uploader | None) -> Any:
+    """The retention policy of the config, plus the pending uploads' rule with ``uploads``."""
+    if uploads is None:
+        return None
+    from checkpointing.policies import build_policy
+
+    return build_policy(config.retention, extra=[uploads.retention_rule()])
 
 
 def retention_pass(
@@ -326,14 +358,25 @@ def retention_pass(
     models_root: Path | None,
     phases: Sequence[int],
     markets: Sequence[str],
+    uploads: Uploader | None = None,
 ) -> str:
     """Retention over every checkpoint folder of ``phases`` x ``markets`` under the models root,
-    as every run ends (``tuner.train`` and the driver alike); returns the line to print."""
+    as every run ends (``tuner.train`` and the driver alike); returns the line to print. With
+    ``uploads``, pending uploads are kept and deletions are made on the bucket too."""
     from checkpointing.registry import Registry
     from checkpointing.retention import prune_tree
 
     root = config.models_root(models_root)
-    reports = prune_tree(root, config, phases, markets, registry=Registry(root, config))
+    reports = prune_tree(
+        root,
+        config,
+        phases,
+        markets,
+        registry=Registry(root, config),
+        policy=_policy(config, uploads),
+    )
+    if uploads is not None:
+        uploads.forget(row.info.path for r in reports for row in r.deleted_rows)
     deleted = sum(r.deleted for r in reports)
     return f"retention: {len(reports)} folders pruned, {deleted} checkpoints deleted"
 
