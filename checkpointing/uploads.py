@@ -17,8 +17,9 @@ checkpoint exists if and only if its zip exists.
   (:class:`KeepPendingUploads`, reason ``pending_upload``); once uploaded, the staging
   folder holds what the retention policy keeps, like any models root, and what retention
   deletes there is deleted on the bucket too (:meth:`Uploader.forget`).
-- **End of a run**: :meth:`Uploader.close` waits for what is pending, with progress lines and
-  a time bound, and reports what is still only local (:class:`UploadReport`).
+- **End of a run**: :meth:`Uploader.wait` waits for what is pending, with progress lines and
+  a time bound; :meth:`Uploader.close` then stops the thread and reports what is still only
+  local (:class:`UploadReport`).
 - **Catching up**: :meth:`Uploader.catch_up` queues the staged checkpoints of a folder that
   are not on the bucket (a previous run that ended with the bucket unreachable).
 
@@ -174,7 +175,6 @@ class Uploader:
         self._jobs: deque[_Job] = deque()
         self._pending: dict[str, int] = {}  # real zip path -> uploads queued
         self._cond = threading.Condition()
-        self._closing = False
         self._abandon = False
         self._uploaded = 0
         self._dropped = 0
@@ -256,9 +256,9 @@ class Uploader:
         failures = 0
         while True:
             with self._cond:
-                while not self._jobs and not self._closing:
+                while not self._jobs and not self._abandon:
                     self._cond.wait()
-                if not self._jobs or self._abandon:
+                if self._abandon:
                     return
                 job = self._jobs[0]
             try:
@@ -380,44 +380,46 @@ class Uploader:
                 self._last_error,
             )
 
-    def close(self, timeout: float, report: Callable[[str], None] | None = None) -> UploadReport:
-        """Wait up to ``timeout`` seconds for the queue to empty, then stop the thread.
-
-        ``report`` gets a progress line every ``progress_every`` seconds while uploads are
-        left. Returns what is still only local (the thread is abandoned, not waited for, if
-        the bucket stays unreachable; a half-sent object never appears on the bucket).
-        """
+    def wait(self, timeout: float, report: Callable[[str], None] | None = None) -> bool:
+        """Wait up to ``timeout`` seconds until every queued upload and deletion is done;
+        True if so. ``report`` gets a line when the wait starts and one every
+        ``progress_every`` seconds. Ctrl+C stops the wait (False)."""
         say = report or (lambda line: None)
         deadline = time.monotonic() + max(timeout, 0.0)
-        with self._cond:
-            self._closing = True
-            self._cond.notify_all()
-        if self._thread.is_alive() and self.backlog():
+        if self.backlog():
             say(
                 f"uploads: waiting for {self.backlog()} checkpoint(s) to reach {self.store.uri} "
                 f"(at most {timeout:.0f}s)"
             )
         try:
-            self._wait(deadline, say)
-        except KeyboardInterrupt:  # a second Ctrl+C: stop waiting, still say what is left
-            say("uploads: interrupted; not waiting for the bucket any longer")
-        with self._cond:
-            self._abandon = True
-            self._cond.notify_all()
-        return self.report()
-
-    def _wait(self, deadline: float, say: Callable[[str], None]) -> None:
-        while self._thread.is_alive():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            self._thread.join(min(self.progress_every, remaining))
-            if self._thread.is_alive() and time.monotonic() < deadline:
+            while True:
+                with self._cond:
+                    remaining = deadline - time.monotonic()
+                    step = min(self.progress_every, max(remaining, 0.0))
+                    if self._cond.wait_for(lambda: not self._jobs, timeout=step):
+                        return True
+                if time.monotonic() >= deadline:
+                    return False
                 error = self._last_error
                 say(
                     f"uploads: {self.backlog()} checkpoint(s) still to upload to "
                     f"{self.store.uri}" + (f" (last error: {error})" if error else "")
                 )
+        except KeyboardInterrupt:  # a second Ctrl+C: stop waiting, still say what is left
+            say("uploads: interrupted; not waiting for the bucket any longer")
+            return False
+
+    def close(self, timeout: float, report: Callable[[str], None] | None = None) -> UploadReport:
+        """:meth:`wait`, then stop the thread; returns what is still only local.
+
+        If the bucket stays unreachable the thread is abandoned, not waited for (a half-sent
+        object never appears on the bucket).
+        """
+        self.wait(timeout, report)
+        with self._cond:
+            self._abandon = True
+            self._cond.notify_all()
+        return self.report()
 
 
 @dataclass(frozen=True)

@@ -26,11 +26,12 @@ import math
 import os
 import shlex
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from checkpointing.errors import CheckpointNameError, ConfigError, usage_error
+from checkpointing.errors import EXIT_USAGE, CheckpointNameError, ConfigError, usage_error
 from tuner.cli import add_run_arguments, check_path_argument
 from tuner.job_paths import check_job_paths, job_notes
 from tuner.training.job import PhaseJob, PhaseResult, parse_phases, prepare, tag
@@ -38,7 +39,7 @@ from tuner.training.staging import RemoteRoot, resolve_models_root
 from tuner.training.trainer import retention_pass, train_phase
 
 if TYPE_CHECKING:
-    from checkpointing.uploads import Uploader
+    from checkpointing.uploads import Uploader, UploadReport
     from tuner.training.settings import Settings
 
 __all__ = ["build_parser", "main"]
@@ -241,14 +242,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     notes = job_notes({} if remote else {"checkpoints": local})
     for line in notes:
         say(line)
-    report = None
+    report, code = None, None
     try:
         code = _train(args, jobs, settings, say, uploads)
     finally:
         if uploads is not None:
-            report = uploads.close(args.upload_timeout, say)
-            for line in report.lines():
-                say(line)
+            report = _end_uploads(
+                args, jobs, settings, say, uploads, prune=code not in (None, EXIT_USAGE)
+            )
+    assert code is not None
     if report is not None and not report.complete and code == 0:
         code = 1  # the checkpoints are safe, but not where --models-root says
     for line in notes:
@@ -289,8 +291,33 @@ def _train(
         run_id = result.run_id
         for line in _done_lines(job, result, uploads):
             say(line)
-    say(retention_pass(settings.checkpoint, jobs[0].models_root, phases, [market], uploads))
+    if uploads is None:  # with uploads, once they are done (see _end_uploads)
+        say(retention_pass(settings.checkpoint, jobs[0].models_root, phases, [market]))
     return code
+
+
+def _end_uploads(
+    args: argparse.Namespace,
+    jobs: list[PhaseJob],
+    settings: Settings,
+    say: Callable[[str], None],
+    uploads: Uploader,
+    *,
+    prune: bool,
+) -> UploadReport:
+    """The end of a run to object storage, within ``--upload-timeout``: wait for the uploads,
+    then the retention pass (which keeps whatever is still not uploaded), then the deletions
+    it made on the bucket; say what is still only local."""
+    deadline = time.monotonic() + args.upload_timeout
+    uploads.wait(args.upload_timeout, say)
+    if prune:
+        phases = [job.phase for job in jobs]
+        root = jobs[0].models_root
+        say(retention_pass(settings.checkpoint, root, phases, [jobs[0].market], uploads))
+    report = uploads.close(max(deadline - time.monotonic(), 0.0), say)
+    for line in report.lines():
+        say(line)
+    return report
 
 
 if __name__ == "__main__":
