@@ -314,7 +314,8 @@ def _end_uploads(
         phases = [job.phase for job in jobs]
         root = jobs[0].models_root
         say(retention_pass(settings.checkpoint, root, phases, [jobs[0].market], uploads))
-    report = uploads.close(max(deadline - time.monotonic(), 0.0), say)
+    remaining = deadline - time.monotonic()
+    report = uploads.close(max(remaining, 0.0), say if remaining > 0 else None)
     for line in report.lines():
         say(line)
     return report
