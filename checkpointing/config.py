@@ -19,6 +19,7 @@ from pathlib import Path
 
 from checkpointing.errors import CheckpointNameError, ConfigError
 from checkpointing.layout import PHASES, Layout, PathsConfig
+from checkpointing.locations import StoreURI, parse_location
 from checkpointing.naming import EVENT_KINDS, validate_boundary_name
 from checkpointing.policies import RetentionPolicy, parse_rules
 from checkpointing.ranking import METRICS
@@ -269,10 +270,10 @@ def _parse_rules(sec: Section) -> tuple[RetentionPolicy, ...]:
 
 def _parse_paths(sec: Section) -> PathsConfig:
     d = PathsConfig()
-    values = {"root": sec.get_str("root", d.root)}
+    values = {"root": _local(sec, "root", sec.get_str("root", d.root))}
     for phase in PHASES:
         key = f"phase{phase}"
-        template = sec.get_str(key, getattr(d, key))
+        template = _local(sec, key, sec.get_str(key, getattr(d, key)))
         if template.count("{market}") != 1 or any(
             tok not in ("{market}",) for tok in _placeholders(template)
         ):
@@ -283,6 +284,16 @@ def _parse_paths(sec: Section) -> PathsConfig:
         values[key] = template
     sec.done()
     return PathsConfig(**values)
+
+
+def _local(sec: Section, key: str, value: str) -> str:
+    """A folder of ``paths``: never an object-store URI (nor a URI missing its ``//``)."""
+    if isinstance(parse_location(value, sec.where(key)), StoreURI):
+        raise ConfigError(
+            f"{sec.where(key)} {value!r} is an object-store URI: the config takes local "
+            "folders only; pass the URI as --models-root to python -m tuner.train instead"
+        )
+    return value
 
 
 def _placeholders(template: str) -> list[str]:

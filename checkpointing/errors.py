@@ -6,7 +6,9 @@ Each error names its culprit (a file, a key path, a value) so that a user can ac
 - :class:`CheckpointNameError`: a market, seed, run id, event or file name the grammar refuses;
 - :class:`MetadataError`: a metadata file that is missing, unreadable or of an unknown schema;
 - :class:`CheckpointCorruptError`: a checkpoint whose files do not match its metadata;
-- :class:`RegistryError`: a path outside the registry root, or a bad query.
+- :class:`RegistryError`: a path outside the registry root, or a bad query;
+- :class:`ObjectStoreError`: an object-store location that cannot be used (no such bucket,
+  an endpoint that refuses, credentials that are denied), found before anything is written.
 
 This module imports nothing of the package, so every other module can import it.
 """
@@ -23,6 +25,7 @@ __all__ = [
     "CheckpointNameError",
     "ConfigError",
     "MetadataError",
+    "ObjectStoreError",
     "RegistryError",
     "usage_error",
 ]
@@ -45,6 +48,10 @@ class MetadataError(ValueError):
 
 class RegistryError(ValueError):
     """A path outside the registry root, or a bad query (phase, metric, resume spec)."""
+
+
+class ObjectStoreError(ConfigError):
+    """An object-store location that cannot be used; the message names the URI and why."""
 
 
 class CheckpointCorruptError(Exception):

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from checkpointing.errors import CheckpointNameError, ConfigError
+from checkpointing.locations import StoreURI, parse_location
 from checkpointing.naming import validate_market, validate_run_id
 
 __all__ = [
@@ -88,6 +89,21 @@ def _real_dirs(top: Path, below: Sequence[str]) -> bool:
         return False
 
 
+def _local_root(root: str | os.PathLike[str], what: str) -> Path:
+    """``root`` as a local folder; a URI is refused (a layout is folders on this machine: a
+    run with an object-store models root commits to a local staging folder and uploads)."""
+    if isinstance(root, str) and not root:
+        raise ConfigError(f"the models root must be a non-empty path without NUL, got {root!r}")
+    where = parse_location(root, what)
+    if isinstance(where, StoreURI):
+        raise ConfigError(
+            f"{what} {str(where)!r} is an object-store URI, not a folder: checkpoints are "
+            "committed to a local staging folder and uploaded from there (pass the URI as "
+            "--models-root to python -m tuner.train)"
+        )
+    return where
+
+
 class Layout:
     """The folder templates of ``paths`` bound to one models root.
 
@@ -97,21 +113,17 @@ class Layout:
             needs every template under ``paths.root``.
 
     Raises:
-        ConfigError: an empty root or one with NUL.
+        ConfigError: an empty root, one with NUL, or an object-store URI (see
+            :mod:`checkpointing.locations`).
     """
 
     def __init__(self, paths: PathsConfig, root: str | os.PathLike[str] | None = None) -> None:
         self.paths = paths
         if root is None:
-            self.root = Path(paths.root)
+            self.root = _local_root(paths.root, "checkpointing.paths.root")
             self._moved = False
         else:
-            text = os.fspath(root)
-            if not text or "\x00" in text:
-                raise ConfigError(
-                    f"the models root must be a non-empty path without NUL, got {text!r}"
-                )
-            self.root = Path(text)
+            self.root = _local_root(root, "the models root")
             self._moved = True
 
     def __repr__(self) -> str:

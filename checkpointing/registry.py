@@ -40,6 +40,7 @@ from checkpointing.errors import (
 )
 from checkpointing.files import fsync_dir, temp_path
 from checkpointing.layout import PHASES
+from checkpointing.locations import local_folder
 from checkpointing.metadata import read_checkpoint_metadata, utc_timestamp
 from checkpointing.naming import parse_name, validate_market
 from checkpointing.ranking import METRICS, Ranked
@@ -399,6 +400,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
+        if args.root is not None:
+            local_folder(args.root, "--root", "python -m checkpointing.registry")
         config = resolve_config(args.config)
         root = config.models_root(args.root)
     except ConfigError as exc:

@@ -42,6 +42,7 @@ from checkpointing.cleanup import SweepReport, sweep
 from checkpointing.config import CheckpointConfig, RetentionConfig, resolve_config
 from checkpointing.errors import CheckpointNameError, ConfigError, usage_error
 from checkpointing.layout import PHASES
+from checkpointing.locations import local_folder
 from checkpointing.naming import validate_market
 from checkpointing.plan import PlanRow, RetentionPlan, apply, plan
 from checkpointing.policies import RetentionPolicy, build_policy
@@ -322,8 +323,11 @@ def _print_all(args: argparse.Namespace, reports: Sequence[PruneReport], root: P
 def main(argv: Sequence[str] | None = None) -> int:
     """The retention CLI; returns the exit code (0 ok, 1 a deletion failed, 2 bad input)."""
     args = _parser().parse_args(argv)
-    if args.root is not None and (not args.root or "\x00" in args.root):
-        return usage_error(f"--root must be a non-empty path without NUL, got {args.root!r}")
+    if args.root is not None:
+        try:
+            local_folder(args.root, "--root", "python -m checkpointing.retention")
+        except ConfigError as exc:
+            return usage_error(exc)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

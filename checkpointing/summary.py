@@ -28,6 +28,7 @@ from typing import Any
 from checkpointing.config import CheckpointConfig, resolve_config
 from checkpointing.errors import CheckpointNameError, ConfigError, usage_error
 from checkpointing.layout import PHASES
+from checkpointing.locations import local_folder
 from checkpointing.naming import COMPANION_SUFFIXES, CheckpointName
 from checkpointing.policies import RankedMetric
 from checkpointing.ranking import rank
@@ -163,8 +164,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--json", action="store_true", help="print JSON on stdout")
     args = parser.parse_args(argv)
-    if args.root is not None and (not args.root or "\x00" in args.root):
-        return usage_error(f"--root must be a non-empty path without NUL, got {args.root!r}")
+    if args.root is not None:
+        try:
+            local_folder(args.root, "--root", "python -m checkpointing.summary")
+        except ConfigError as exc:
+            return usage_error(exc)
     try:
         config = resolve_config(args.config)
         root = config.models_root(args.root)

@@ -31,6 +31,7 @@ from tuner.driver.experiments import (
     find_experiments,
     json_ready,
     load_experiment,
+    local_path,
 )
 
 __all__ = ["build_parser", "main"]
@@ -85,6 +86,8 @@ def _run(args: argparse.Namespace) -> None:
         except CheckpointNameError as exc:
             raise BrowseError(f"--market: {exc}") from None
     storage = _storage(args.storage_path)
+    if args.models_root is not None:
+        local_path(args.models_root, "--models-root")
 
     if args.experiment is None:
         experiments = find_experiments(storage)

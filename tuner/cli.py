@@ -1,5 +1,6 @@
 """What the command lines share: the run flags of ``tuner.train`` and ``tuner.run``, and the
-checks of path arguments made before anything touches the disk."""
+checks of path arguments made before anything touches the disk (a URI is never a path:
+see :mod:`checkpointing.locations`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 from pathlib import Path
 
 from checkpointing.errors import ConfigError
+from checkpointing.locations import local_folder
 
 __all__ = ["add_run_arguments", "check_path_argument"]
 
@@ -26,7 +28,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--base-interval", type=int, help="checkpoint base interval (default: checkpoint config)"
     )
     parser.add_argument("--config-dir", default="config", help="folder of the YAML configs")
-    parser.add_argument("--models-root", help="where checkpoints go (default: paths.root)")
+    parser.add_argument(
+        "--models-root",
+        help="where checkpoints go: a folder (default: paths.root), or s3://bucket/prefix "
+        "with python -m tuner.train",
+    )
     parser.add_argument(
         "--training-config",
         metavar="PATH",
@@ -41,13 +47,17 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def check_path_argument(value: str | os.PathLike[str], what: str, *, folder: bool = False) -> Path:
-    """Refuse NUL and empty paths from the command line before anything touches the disk;
-    with ``folder``, also a path that exists and is not a folder."""
-    text = os.fspath(value)
-    if not text or "\x00" in text:
-        raise ConfigError(f"{what} must be a non-empty path without NUL, got {text!r}")
-    path = Path(text)
+def check_path_argument(
+    value: str | os.PathLike[str],
+    what: str,
+    *,
+    folder: bool = False,
+    command: str = "this command",
+) -> Path:
+    """Refuse NUL and empty paths from the command line before anything touches the disk, and
+    URIs (``s3://...``: never a path; ``command`` names who does not take one yet); with
+    ``folder``, also a path that exists and is not a folder."""
+    path = local_folder(value, what, command)
     if folder and path.exists() and not path.is_dir():
-        raise ConfigError(f"{what} must be a folder, but {text!r} is a file")
+        raise ConfigError(f"{what} must be a folder, but {os.fspath(value)!r} is a file")
     return path

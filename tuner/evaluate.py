@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from checkpointing.errors import CheckpointNameError, ConfigError, usage_error
+from checkpointing.locations import local_folder
 from checkpointing.ranking import METRICS
 
 __all__ = ["build_parser", "main"]
@@ -52,7 +53,7 @@ def _chosen(args: argparse.Namespace) -> tuple[list[tuple[str, Path]], Any]:
     from tuner.driver.experiments import BrowseError, load_experiment
 
     try:
-        experiment = load_experiment(Path(args.storage_path), args.experiment)
+        experiment = load_experiment(args.storage_path, args.experiment)
         bests = experiment_bests(experiment, args.metric, top=1)
     except BrowseError as exc:
         raise ConfigError(str(exc)) from None
@@ -110,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError(f"--boot must be >= 100, got {args.boot!r}")
         settings = load_settings(args.config_dir)
         if args.checkpoint is not None:
-            path = Path(args.checkpoint)
+            path = local_folder(args.checkpoint, "--checkpoint", "python -m tuner.evaluate")
             if not path.is_file():
                 raise ConfigError(f"--checkpoint: no such file {os.fspath(path)!r}")
             chosen, experiment = [(path.name[:22], path)], None

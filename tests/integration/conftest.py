@@ -3,7 +3,7 @@
 The builders (env, model, manager, config) live in ``train_script.py`` beside this file, which
 is also the program the training processes run. The processes themselves (``spawn``, a fork
 server preloaded with torch and stable-baselines3) come from ``tests/training_processes.py``,
-shared with the reliability suite.
+shared with the reliability suite. The S3 server on loopback (``s3``) is tests/s3.py's.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.train_script import write_config
+from tests.s3 import s3, s3_server  # noqa: F401  (fixtures, used by name)
 from tests.training_processes import (  # noqa: F401  (fixtures, used by name)
     fork_server,
     sb3_logs_in_tmp,

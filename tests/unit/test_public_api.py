@@ -61,6 +61,15 @@ def test_importing_the_package_loads_neither_ray_tuner_nor_torch() -> None:
     assert out.stdout.strip() == "[]"
 
 
+def test_the_object_store_modules_load_pyarrow_only_when_used() -> None:
+    code = (
+        "import sys, checkpointing.uploads, checkpointing.object_store, checkpointing.locations;"
+        "print(sorted(m for m in ('pyarrow', 'ray', 'torch') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def _imports(package: str) -> dict[str, set[str]]:
     """Module -> the modules of ``package`` it imports (at any depth of the file)."""
     import ast

@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from checkpointing.cleanup import pid_alive
+from checkpointing.errors import ConfigError
+from checkpointing.locations import local_folder
 from checkpointing.naming import run_id_for_trial
 from tuner.driver.tune_files import (
     ERROR_FILES,
@@ -58,6 +60,7 @@ __all__ = [
     "find_experiments",
     "json_ready",
     "load_experiment",
+    "local_path",
 ]
 
 log = logging.getLogger(__name__)
@@ -400,9 +403,7 @@ def _is_experiment(folder: Path) -> bool:
 
 def _storage(storage_path: str | os.PathLike[str]) -> Path:
     text = os.fspath(storage_path)
-    if not text or "\x00" in text:
-        raise BrowseError(f"--storage-path must be a non-empty path, got {text!r}")
-    path = Path(text)
+    path = local_path(text, "--storage-path")
     if not path.is_dir():
         raise BrowseError(
             f"storage path {text!r} does not exist or is not a folder (the --storage-path "
@@ -449,6 +450,14 @@ def _read_experiment(folder: Path) -> Experiment:
         trials=tuple(trials),
         state_updated=max((t for t in state_files if t is not None), default=None),
     )
+
+
+def local_path(text: str | os.PathLike[str], what: str) -> Path:
+    """A folder argument of the browser: a local path, never a URI (:class:`BrowseError`)."""
+    try:
+        return local_folder(text, what, "python -m tuner.browse (and tuner.evaluate)")
+    except ConfigError as exc:
+        raise BrowseError(str(exc)) from None
 
 
 def load_experiment(storage_path: str | os.PathLike[str], name: str) -> Experiment:

@@ -19,6 +19,7 @@ from tuner.job_paths import check_job_paths
 
 __all__ = ["RunOptions", "SearchOptions", "options_from_args"]
 
+_COMMAND = "python -m tuner.run"
 _EXPERIMENT_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_]|[.-](?=[A-Za-z0-9_]))*\Z", re.ASCII)
 
 
@@ -95,11 +96,13 @@ def options_from_args(args: argparse.Namespace) -> tuple[RunOptions, Any]:
     settings = load_run_settings(args.config_dir, args.training_config)
     search = _search_options(args, settings, phases)
     models_root = (
-        check_path_argument(args.models_root, "--models-root", folder=True)
+        check_path_argument(args.models_root, "--models-root", folder=True, command=_COMMAND)
         if args.models_root is not None
         else Path(settings.checkpoint.paths.root)
     ).resolve()
-    storage = check_path_argument(args.storage_path, "--storage-path", folder=True)
+    storage = check_path_argument(
+        args.storage_path, "--storage-path", folder=True, command=_COMMAND
+    )
     check_job_paths(
         {"--models-root": models_root, "--storage-path": storage},
         allow_ephemeral=args.allow_ephemeral,

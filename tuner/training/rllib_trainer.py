@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from ray.rllib.algorithms.algorithm import Algorithm
 
     from checkpointing.manager import DynamicCheckpointManager, SaveOutcome
+    from checkpointing.uploads import Uploader
     from tuner.training.settings import RLlibConfig, Settings
 
 __all__ = ["train_rllib_phase"]
@@ -50,6 +51,7 @@ def train_rllib_phase(
     on_evaluation: Callable[[int, Mapping[str, float], Any], None] | None = None,
     stop_requested: Callable[[], bool] | None = None,
     handle_signals: bool = True,
+    uploads: Uploader | None = None,
 ) -> PhaseResult:
     """:func:`tuner.training.trainer.train_phase` with RLlib (same arguments, same result).
 
@@ -69,7 +71,7 @@ def train_rllib_phase(
     data, target = prepare(job, settings)
     checkpoint_cfg = phase_checkpoint_config(job, settings)
     start = choose_start(job, checkpoint_cfg)
-    manager = run_manager(job, checkpoint_cfg, start, target)
+    manager = run_manager(job, checkpoint_cfg, start, target, uploads)
     say(f"{tag(job)}: {start.describe()} (rllib)")
     if job.curves_dir is not None:
         log.warning("--tensorboard is not written by the rllib trainer yet")

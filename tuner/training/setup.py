@@ -3,6 +3,7 @@ checkpoint manager (with the registry and in-run retention) and the validation e
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,9 +13,16 @@ from tuner.training.job import PhaseJob
 from tuner.training.start import Start
 
 if TYPE_CHECKING:
+    from checkpointing.uploads import Uploader
     from tuner.training.settings import Settings
 
-__all__ = ["phase_checkpoint_config", "retention_hooks", "run_manager", "validation_env"]
+__all__ = [
+    "phase_checkpoint_config",
+    "retention_hooks",
+    "run_manager",
+    "upload_policy",
+    "validation_env",
+]
 
 
 def phase_checkpoint_config(job: PhaseJob, settings: Settings) -> CheckpointConfig:
@@ -26,8 +34,15 @@ def phase_checkpoint_config(job: PhaseJob, settings: Settings) -> CheckpointConf
     return config
 
 
-def run_manager(job: PhaseJob, config: CheckpointConfig, start: Start, target: int) -> Any:
-    """The run's checkpoint manager, with the registry and in-run retention."""
+def run_manager(
+    job: PhaseJob,
+    config: CheckpointConfig,
+    start: Start,
+    target: int,
+    uploads: Uploader | None = None,
+) -> Any:
+    """The run's checkpoint manager, with the registry, in-run retention and, with
+    ``uploads`` (an object-store models root), each commit queued for upload."""
     from checkpointing import DynamicCheckpointManager
 
     return DynamicCheckpointManager(
@@ -39,7 +54,7 @@ def run_manager(job: PhaseJob, config: CheckpointConfig, start: Start, target: i
         run_info=start.run_info(config.models_root(job.models_root), dict(job.run_info)),
         models_root=job.models_root,
         target_timesteps=target,
-        **retention_hooks(config, job.models_root),
+        **retention_hooks(config, job.models_root, uploads),
     )
 
 
@@ -62,8 +77,12 @@ def validation_env(settings: Settings, data: Any, phase: int, seed: int) -> Any:
     )
 
 
-def retention_hooks(config: CheckpointConfig, models_root: Path | None) -> dict[str, Any]:
-    """The registry and in-run pruning, when those modules are available."""
+def retention_hooks(
+    config: CheckpointConfig, models_root: Path | None, uploads: Uploader | None = None
+) -> dict[str, Any]:
+    """The registry and in-run pruning, when those modules are available; with ``uploads``,
+    each commit is also queued for upload, pending uploads are kept by retention, and what
+    retention deletes is deleted on the bucket too."""
     hooks: dict[str, Any] = {}
     try:
         from checkpointing.registry import Registry
@@ -71,11 +90,34 @@ def retention_hooks(config: CheckpointConfig, models_root: Path | None) -> dict[
     except ImportError:  # pragma: no cover - retention ships with the package
         return hooks
     registry = Registry(config.models_root(models_root))
-    hooks["on_commit"] = registry.record
+    hooks["on_commit"] = registry.record if uploads is None else _both(registry.record, uploads)
     if config.retention.enabled:
 
         def pruner(folder: Path) -> Any:
-            return prune_folder(folder, config.retention, registry=registry)
+            report = prune_folder(
+                folder, config.retention, registry=registry, policy=upload_policy(config, uploads)
+            )
+            if uploads is not None:
+                uploads.forget(row.info.path for row in report.deleted_rows)
+            return report
 
         hooks["pruner"] = pruner
     return hooks
+
+
+def upload_policy(config: CheckpointConfig, uploads: Uploader | None) -> Any:
+    """The retention policy of the config plus the pending uploads' rule (None: the config's
+    own, without ``uploads``)."""
+    if uploads is None:
+        return None
+    from checkpointing.policies import build_policy
+
+    return build_policy(config.retention, extra=[uploads.retention_rule()])
+
+
+def _both(record: Callable[[Path, dict[str, Any]], None], uploads: Uploader) -> Any:
+    def on_commit(zip_path: Path, metadata: dict[str, Any]) -> None:
+        record(zip_path, metadata)
+        uploads.committed(zip_path, metadata)
+
+    return on_commit

@@ -21,6 +21,7 @@ from tuner.training.setup import (
     phase_checkpoint_config,
     retention_hooks,
     run_manager,
+    upload_policy,
     validation_env,
 )
 from tuner.training.start import Start, choose_start
@@ -28,6 +29,7 @@ from tuner.training.start import Start, choose_start
 if TYPE_CHECKING:
     from stable_baselines3 import PPO
 
+    from checkpointing.uploads import Uploader
     from tuner.training.settings import Settings
 
 __all__ = [
@@ -62,13 +64,16 @@ def train_phase(
     on_evaluation: Callable[[int, Mapping[str, float], Any], None] | None = None,
     stop_requested: Callable[[], bool] | None = None,
     handle_signals: bool = True,
+    uploads: Uploader | None = None,
 ) -> PhaseResult:
     """Train one phase of one (market, seed) with dynamic checkpointing.
 
     Starts as :func:`tuner.training.start.choose_start` says: from ``job.model_path``
     (``--continue``), else from the checkpoint picked by ``job.resume_from``, else, for
     phases 2 and 3, from the previous phase's ``phase_end`` of the same run (VecNormalize
-    carried over), else from scratch; as the run it says.
+    carried over), else from scratch; as the run it says. With ``uploads`` (an object-store
+    models root), ``job.models_root`` is the staging folder: each committed checkpoint is
+    queued for upload, and retention there keeps what is not uploaded yet.
 
     Raises:
         ConfigError, CheckpointNameError, DataError: bad input, before anything is written.
@@ -89,6 +94,7 @@ def train_phase(
             on_evaluation=on_evaluation,
             stop_requested=stop_requested,
             handle_signals=handle_signals,
+            uploads=uploads,
         )
     import torch
 
@@ -103,7 +109,7 @@ def train_phase(
     checkpoint_cfg = phase_checkpoint_config(job, settings)
     torch.set_num_threads(max(1, job.torch_threads))
     start = choose_start(job, checkpoint_cfg)
-    manager = run_manager(job, checkpoint_cfg, start, target)
+    manager = run_manager(job, checkpoint_cfg, start, target, uploads)
     say(f"{tag(job)}: {start.describe()}")
 
     # --- environments and model ------------------------------------------------------------
@@ -299,15 +305,27 @@ def retention_reports(
     models_root: Path | None,
     phases: Sequence[int],
     markets: Sequence[str],
+    uploads: Uploader | None = None,
 ) -> list[Any]:
     """Retention over every checkpoint folder of ``phases`` x ``markets`` under the models root,
     as every run ends (``tuner.train`` and the driver alike); the
-    :class:`~checkpointing.retention.PruneReport` of each folder."""
+    :class:`~checkpointing.retention.PruneReport` of each folder. With ``uploads``, pending
+    uploads are kept and deletions are made on the bucket too."""
     from checkpointing.registry import Registry
     from checkpointing.retention import prune_tree
 
     root = config.models_root(models_root)
-    return prune_tree(root, config, phases, markets, registry=Registry(root, config))
+    reports = prune_tree(
+        root,
+        config,
+        phases,
+        markets,
+        registry=Registry(root, config),
+        policy=upload_policy(config, uploads),
+    )
+    if uploads is not None:
+        uploads.forget(row.info.path for r in reports for row in r.deleted_rows)
+    return list(reports)
 
 
 def retention_line(reports: Sequence[Any]) -> str:
@@ -321,9 +339,11 @@ def retention_pass(
     models_root: Path | None,
     phases: Sequence[int],
     markets: Sequence[str],
+    uploads: Uploader | None = None,
 ) -> str:
-    """:func:`retention_reports`, returning the line to print."""
-    return retention_line(retention_reports(config, models_root, phases, markets))
+    """:func:`retention_reports`, returning the line to print. With ``uploads``, pending
+    uploads are kept and deletions are made on the bucket too."""
+    return retention_line(retention_reports(config, models_root, phases, markets, uploads))
 
 
 class _Rate:

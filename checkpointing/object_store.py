@@ -1,0 +1,241 @@
+"""The object-store seam: a pyarrow file system for an ``s3://`` location, set up from the
+standard AWS environment, and the few operations the uploader needs.
+
+Credentials are never handed to pyarrow. ``pyarrow.fs.S3FileSystem`` pickles whatever it was
+built with (``access_key``, ``secret_key``, ``session_token`` included), and a file system
+given to Ray Tune is pickled into ``tuner.pkl``. So the file system is built without any:
+the AWS SDK inside pyarrow finds them itself, at request time, the standard way
+(``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``, ``AWS_PROFILE``
+and ``~/.aws``, an instance role). What is passed is not secret: the endpoint, timeouts and
+the SDK's retry count. The endpoint is passed because pyarrow (26) does not read
+``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL`` itself; :class:`S3Settings` reads them (the
+service-specific one first), refusing one with a user or password in it.
+
+::
+
+    store = ObjectStore(parse_location("s3://acc/models", "--models-root"))
+    store.preflight()                       # ObjectStoreError naming the URI, before training
+    size, sha = store.put(Path("x.zip"), "phase1/NQ/checkpoints/x.zip")
+    assert store.digest("phase1/NQ/checkpoints/x.zip") == (size, sha)   # read back
+
+pyarrow is imported on first use, never at module import (command lines answer ``--help``
+without it). pyarrow keeps a folder visible after it deletes a file in it by writing an empty
+``folder/`` marker object; listings of files ignore those.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from checkpointing.errors import ConfigError, ObjectStoreError
+from checkpointing.files import HOST
+from checkpointing.locations import StoreURI
+
+if TYPE_CHECKING:
+    from pyarrow.fs import FileSystem
+
+__all__ = ["ENDPOINT_VARIABLES", "ObjectStore", "S3Settings"]
+
+ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+_CHUNK = 1024 * 1024
+_DENIED = re.compile(
+    r"ACCESS_DENIED|INVALID_ACCESS_KEY_ID|SIGNATURE_DOES_NOT_MATCH|EXPIRED_TOKEN|"
+    r"InvalidAccessKeyId|SignatureDoesNotMatch|AccessDenied|Forbidden",
+    re.IGNORECASE,
+)
+_UNREACHABLE = re.compile(r"NETWORK_CONNECTION|curlCode|Could not (connect|resolve)", re.I)
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """How to reach S3: the endpoint (None: AWS's own) and the client's patience.
+
+    Holds no credentials, by design (see the module docstring). ``attempts`` is the SDK's
+    own tries per request; the uploader retries on top with its backoff.
+    """
+
+    endpoint: str | None = None
+    endpoint_source: str | None = None
+    connect_timeout: float = 5.0
+    request_timeout: float = 60.0
+    attempts: int = 2
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> S3Settings:
+        """The endpoint of ``AWS_ENDPOINT_URL_S3``, else ``AWS_ENDPOINT_URL``, else AWS's.
+
+        Raises:
+            ConfigError: an endpoint that is not an ``http(s)://host[:port]`` URL, or one
+                with a user or password in it (never echoed).
+        """
+        environ = os.environ if environ is None else environ
+        for name in ENDPOINT_VARIABLES:
+            value = environ.get(name, "").strip()
+            if value:
+                return cls(endpoint=_check_endpoint(value, name), endpoint_source=name)
+        return cls()
+
+    def describe(self) -> str:
+        """Where requests go, for messages: ``endpoint http://127.0.0.1:9000 (from ...)``."""
+        if self.endpoint is None:
+            return "AWS's S3 endpoint (no AWS_ENDPOINT_URL_S3 set)"
+        return f"endpoint {self.endpoint} (from {self.endpoint_source})"
+
+    def filesystem(self) -> FileSystem:
+        """A new ``pyarrow.fs.S3FileSystem`` for these settings; safe to pickle (no keys)."""
+        from pyarrow import fs as pafs
+
+        options: dict[str, Any] = {
+            "connect_timeout": self.connect_timeout,
+            "request_timeout": self.request_timeout,
+            "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=self.attempts),
+        }
+        if self.endpoint is not None:
+            options["endpoint_override"] = self.endpoint
+        return pafs.S3FileSystem(**options)
+
+
+def _check_endpoint(value: str, name: str) -> str:
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        parts, port = None, None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        shown = value if "@" not in value else "(a URL with a user or password)"
+        raise ConfigError(
+            f"{name} must be an http:// or https:// URL such as http://127.0.0.1:9000, "
+            f"got {shown!r}"
+        )
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(
+            f"{name} has a user or password in it: credentials go in AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), never in the endpoint"
+        )
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
+
+
+class ObjectStore:
+    """One ``s3://bucket/prefix`` location and the operations on keys below it.
+
+    Keys are ``/``-separated and relative to the prefix. The pyarrow file system is made on
+    first use. Errors are pyarrow's ``OSError`` (``FileNotFoundError`` for a missing key),
+    except :meth:`preflight`'s.
+    """
+
+    def __init__(self, uri: StoreURI, settings: S3Settings | None = None) -> None:
+        self.uri = uri
+        self.settings = S3Settings.from_environment() if settings is None else settings
+        self._fs: FileSystem | None = None
+
+    def __repr__(self) -> str:
+        return f"ObjectStore({str(self.uri)!r})"
+
+    @property
+    def fs(self) -> FileSystem:
+        if self._fs is None:
+            self._fs = self.settings.filesystem()
+        return self._fs
+
+    def _path(self, key: str) -> str:
+        return self.uri.child(key).path
+
+    def uri_of(self, key: str) -> StoreURI:
+        return self.uri.child(key)
+
+    # ----------------------------------------------------------------- objects
+
+    def put(self, local: Path, key: str) -> tuple[int, str]:
+        """Upload the file ``local`` to ``key``; (size, sha256) of the bytes sent. The object
+        appears whole or not at all."""
+        digest = hashlib.sha256()
+        size = 0
+        with open(local, "rb") as src, self.fs.open_output_stream(self._path(key)) as out:
+            while chunk := src.read(_CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+                out.write(chunk)
+        return size, digest.hexdigest()
+
+    def digest(self, key: str) -> tuple[int, str]:
+        """(size, sha256) of the object ``key`` as stored, read back in full."""
+        digest = hashlib.sha256()
+        size = 0
+        with self.fs.open_input_stream(self._path(key)) as src:
+            while chunk := src.read(_CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+        return size, digest.hexdigest()
+
+    def delete(self, key: str) -> bool:
+        """Delete the object ``key``; False when there was none."""
+        try:
+            self.fs.delete_file(self._path(key))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def sizes(self, folder: str) -> dict[str, int]:
+        """``{file name: size}`` of the objects directly in ``folder`` (empty if none)."""
+        from pyarrow import fs as pafs
+
+        selector = pafs.FileSelector(self._path(folder), allow_not_found=True)
+        return {
+            info.base_name: int(info.size or 0)
+            for info in self.fs.get_file_info(selector)
+            if info.type == pafs.FileType.File
+        }
+
+    # ----------------------------------------------------------------- preflight
+
+    def preflight(self) -> None:
+        """Check, before any training, that the bucket exists and that these credentials
+        may list, write and delete under the prefix (a probe object, removed at once).
+
+        Raises:
+            ObjectStoreError: naming the URI and what failed: no such bucket, an endpoint
+                that cannot be reached, credentials that are denied.
+        """
+        from pyarrow import fs as pafs
+
+        step = "reach the bucket"
+        try:
+            if self.fs.get_file_info(self.uri.bucket).type == pafs.FileType.NotFound:
+                raise ObjectStoreError(
+                    f"{self.uri}: bucket {self.uri.bucket!r} does not exist at "
+                    f"{self.settings.describe()}; create it first, or check the URI"
+                )
+            step = "list the prefix"
+            self.sizes("")
+            step = "write under the prefix"
+            probe = f".preflight-{HOST}-{os.getpid()}-{secrets.token_hex(4)}"
+            with self.fs.open_output_stream(self._path(probe)) as out:
+                out.write(b"")
+            step = "delete under the prefix (retention needs it)"
+            self.delete(probe)
+        except OSError as exc:
+            raise ObjectStoreError(self._explain(step, exc)) from None
+
+    def _explain(self, step: str, exc: OSError) -> str:
+        detail = str(exc).strip() or type(exc).__name__
+        if _UNREACHABLE.search(detail):
+            return (
+                f"{self.uri}: cannot reach {self.settings.describe()} ({detail}); check "
+                "AWS_ENDPOINT_URL_S3 and that the server runs"
+            )
+        if _DENIED.search(detail):
+            return (
+                f"{self.uri}: the credentials are denied when trying to {step} ({detail}); "
+                "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE and the "
+                "bucket's policy"
+            )
+        return f"{self.uri}: cannot {step} at {self.settings.describe()} ({detail})"
