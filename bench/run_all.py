@@ -7,6 +7,7 @@ one table: benchmark, figure, target, result. ``make bench`` runs this::
     .venv/bin/python bench/run_all.py [--full] [--skip-slow] [--only NAME,NAME]
 
 The slow ones (``tune_scaling``, ``search``: minutes of real training through Ray;
+``trainers``: SB3 and RLlib training the same phase four ways;
 ``data_load``: a 572 MB CSV parsed twice in its full run) are skipped with ``--skip-slow`` or
 ``BENCH_SKIP_SLOW=1``. Exits 1 if a benchmark failed to run; a target not
 met is shown in the table, not an error (the figures are noisy on a shared machine).
@@ -40,7 +41,7 @@ ORDER = [
     "training_overhead",
     "held_out",
 ]
-SLOW = ["data_load", "tune_scaling", "search"]
+SLOW = ["data_load", "tune_scaling", "search", "trainers"]
 
 
 def discover() -> list[str]:

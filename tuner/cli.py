@@ -15,7 +15,8 @@ __all__ = ["add_run_arguments", "check_path_argument"]
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags ``tuner.train`` and ``tuner.run`` share: phases, length, configs, models root."""
+    """The flags ``tuner.train`` and ``tuner.run`` share: phases, length, configs, models root,
+    trainer."""
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--phase", type=int, help="the phase to train: 1, 2 or 3 (default 1)")
     group.add_argument("--phases", help="a curriculum, e.g. 1,2,3")
@@ -38,6 +39,21 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="a training.yaml overlay laid over the config folder's, e.g. the settings a "
         "search chose (<models-root>/summaries/<experiment>_<market>_training.yaml)",
+    )
+    parser.add_argument(
+        "--trainer",
+        choices=("sb3", "rllib"),
+        default="sb3",
+        help="stable-baselines3 PPO (default) or RLlib PPO, each with its own section of "
+        "training.yaml; a run continues only checkpoints of its own trainer",
+    )
+    parser.add_argument(
+        "--env-runners",
+        type=int,
+        metavar="N",
+        help="with --trainer rllib: RLlib env runners sampling in parallel, one CPU each, on "
+        "any node of the cluster (default: the phase's rllib.num_env_runners; 0 samples in "
+        "the training process)",
     )
     parser.add_argument(
         "--allow-ephemeral",

@@ -85,20 +85,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --resume-from: pick across every run of the market and seed",
     )
     parser.add_argument(
-        "--trainer",
-        choices=("sb3", "rllib"),
-        default="sb3",
-        help="stable-baselines3 PPO (default) or RLlib PPO, each with its own section of "
-        "training.yaml; a run continues only checkpoints of its own trainer",
-    )
-    parser.add_argument(
-        "--env-runners",
-        type=int,
-        metavar="N",
-        help="with --trainer rllib: RLlib env runners sampling in parallel (default: the "
-        "phase's rllib.num_env_runners; 0 samples in the training process)",
-    )
-    parser.add_argument(
         "--staging-dir",
         metavar="DIR",
         help="with --models-root s3://...: the local folder checkpoints are committed to before "

@@ -93,7 +93,7 @@ def _announce(opts: RunOptions) -> None:
         n_trials = len(opts.markets) * len(opts.seeds)
         print(
             f"experiment {opts.name}: {n_trials} trials ({', '.join(opts.markets)} x seeds "
-            f"{', '.join(map(str, opts.seeds))}), phases {phases}",
+            f"{', '.join(map(str, opts.seeds))}), phases {phases}{_trainer_note(opts)}",
             flush=True,
         )
     else:
@@ -106,6 +106,13 @@ def _announce(opts: RunOptions) -> None:
             flush=True,
         )
     print(f"checkpoints under {opts.models_root}, Tune results under {opts.experiment_dir}")
+
+
+def _trainer_note(opts: RunOptions) -> str:
+    if opts.trainer == "sb3":
+        return ""
+    runners = opts.env_runner_cpus
+    return f", trainer {opts.trainer} ({runners} env runner{'s' if runners != 1 else ''} a trial)"
 
 
 class _CannotRestore(Exception):
@@ -131,6 +138,8 @@ def _trial_base(opts: RunOptions, flag_name: str) -> dict[str, Any]:
         stop_flag=flag_name,
         training=dict(opts.training_overlay),
         curves_root=os.fspath(opts.experiment_dir),
+        trainer=opts.trainer,
+        env_runners=opts.env_runners,
     )
     base = asdict(trial)
     base["phases"] = list(trial.phases)
@@ -188,7 +197,7 @@ def _new_or_restored(
     from tuner.driver.result_logs import result_loggers
     from tuner.driver.trainable import train_trial
 
-    trainable = tune.with_resources(train_trial, {"cpu": opts.cpus_per_trial})
+    trainable = tune.with_resources(train_trial, _trial_resources(opts))
     experiment_dir = opts.storage_path / name
     if (experiment_dir / "tuner.pkl").exists():  # --resume (a new experiment was refused)
         try:
@@ -225,6 +234,17 @@ def _new_or_restored(
             verbose=0,
         ),
     )
+
+
+def _trial_resources(opts: RunOptions) -> Any:
+    """A trial's CPUs; with RLlib env runners, a placement group of the trial's bundle and one
+    bundle per runner. RLlib's runners are the trial's child actors, so Ray schedules them into
+    those bundles, on this node or any other of the cluster (PACK: together when they fit)."""
+    if not opts.env_runner_cpus:
+        return {"cpu": opts.cpus_per_trial}
+    from ray import tune
+
+    return tune.PlacementGroupFactory(opts.trial_bundles(), strategy="PACK")
 
 
 def _finish(opts: RunOptions, settings: Any, signum: int | None) -> int:
@@ -380,6 +400,10 @@ def _resume_args(opts: RunOptions) -> list[str]:
     ]
     if opts.training_config is not None:
         args += ["--training-config", os.fspath(opts.training_config)]
+    if opts.trainer != "sb3":
+        args += ["--trainer", opts.trainer]
+    if opts.env_runners is not None:
+        args += ["--env-runners", str(opts.env_runners)]
     if opts.search is not None:
         s = opts.search
         args += ["--search", os.fspath(s.path), "--num-samples", str(s.num_samples)]

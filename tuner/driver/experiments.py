@@ -160,6 +160,7 @@ class TrialInfo:
     stage: str | None = None  # grid, search or confirm
     config_id: str | None = None  # the configuration's id (overlay_id of ``training``)
     training: Mapping[str, Any] = field(default_factory=dict)  # the overlay on training.yaml
+    trainer: str = "sb3"  # the trial's --trainer (sb3 for experiments before it had one)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -185,6 +186,7 @@ class TrialInfo:
             "stage": self.stage,
             "config_id": self.config_id,
             "training": dict(self.training),
+            "trainer": self.trainer,
         }
 
 
@@ -316,6 +318,7 @@ def _load_trial(folder: Path, state: StateTrial | None) -> TrialInfo:
         stage=str(config.get("stage") or "grid"),
         config_id=None if training is None else overlay_id(training),
         training=training or {},
+        trainer=str(config.get("trainer") or "sb3"),
     )
 
 

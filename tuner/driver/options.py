@@ -59,10 +59,18 @@ class RunOptions:
     search: SearchOptions | None = None
     test_eval: bool = True  # measure the chosen checkpoints on the test split at the end
     report: bool = True  # write the HTML report beside the summary at the end
+    trainer: str = "sb3"  # sb3 | rllib
+    env_runners: int | None = None  # --env-runners; None: each phase's rllib.num_env_runners
+    env_runner_cpus: int = 0  # CPUs a trial reserves for RLlib's env runners (1 each)
 
     @property
     def experiment_dir(self) -> Path:
         return self.storage_path / self.name
+
+    def trial_bundles(self) -> list[dict[str, float]]:
+        """A trial's resources as placement-group bundles: its own CPUs, then one CPU per
+        RLlib env runner (a bundle each, so the runners may sit on other nodes)."""
+        return [{"CPU": self.cpus_per_trial}] + [{"CPU": 1.0}] * self.env_runner_cpus
 
     @property
     def confirm_name(self) -> str:
@@ -94,6 +102,13 @@ def options_from_args(args: argparse.Namespace) -> tuple[RunOptions, Any]:
     _check_numbers(args)
 
     settings = load_run_settings(args.config_dir, args.training_config)
+    if args.search is not None and args.trainer != "sb3":
+        raise ConfigError(
+            f"--search with --trainer {args.trainer} is not supported: a search space samples "
+            "the sb3 trainer's ppo: settings and its schedulers (ASHA, PBT) act on sb3 runs. "
+            f"Search with --trainer sb3, or train --trainer {args.trainer} with a fixed "
+            "training.yaml (--training-config)"
+        )
     search = _search_options(args, settings, phases)
     models_root = (
         check_path_argument(args.models_root, "--models-root", folder=True, command=_COMMAND)
@@ -116,7 +131,16 @@ def options_from_args(args: argparse.Namespace) -> tuple[RunOptions, Any]:
         )
     for market in markets:  # names known, data loadable: nothing written but the data cache
         jobs = [
-            PhaseJob(market, seeds[0], phase, args.timesteps, args.base_interval, models_root)
+            PhaseJob(
+                market,
+                seeds[0],
+                phase,
+                args.timesteps,
+                args.base_interval,
+                models_root,
+                trainer=args.trainer,
+                env_runners=args.env_runners,
+            )
             for phase in phases
         ]
         for job in jobs[1:]:
@@ -144,6 +168,9 @@ def options_from_args(args: argparse.Namespace) -> tuple[RunOptions, Any]:
         search=search,
         test_eval=not args.no_test_eval,
         report=not args.no_report,
+        trainer=args.trainer,
+        env_runners=args.env_runners,
+        env_runner_cpus=_env_runner_cpus(args, settings, phases),
     )
     _check_experiment(opts)
     return opts, settings
@@ -215,6 +242,16 @@ def _search_options(
     )
 
 
+def _env_runner_cpus(args: argparse.Namespace, settings: Any, phases: list[int]) -> int:
+    """The env runners a trial of ``--trainer rllib`` reserves a CPU for: ``--env-runners``,
+    else the most any of its phases' ``rllib.num_env_runners`` asks; none for sb3."""
+    if args.trainer != "rllib":
+        return 0
+    if args.env_runners is not None:
+        return int(args.env_runners)
+    return max(settings.training.phase(p).rllib.num_env_runners for p in phases)
+
+
 def _seeds(text: str) -> list[int]:
     seeds = []
     for item in _split(text, "seeds"):
@@ -267,4 +304,4 @@ def _check_experiment(opts: RunOptions) -> None:
     # Tune would restart every trial from scratch on a damaged state.
     from tuner.driver.resume_check import check_resumable
 
-    check_resumable(opts.experiment_dir, opts.models_root)
+    check_resumable(opts.experiment_dir, opts.models_root, trainer=opts.trainer)

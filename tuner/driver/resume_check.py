@@ -34,13 +34,17 @@ T = TypeVar("T")
 
 
 def check_resumable(
-    experiment_dir: str | os.PathLike[str], models_root: str | os.PathLike[str]
+    experiment_dir: str | os.PathLike[str],
+    models_root: str | os.PathLike[str],
+    *,
+    trainer: str = "sb3",
 ) -> None:
     """Refuse an experiment folder that Tune could not resume from as it stands.
 
     Checks ``tuner.pkl`` (a complete pickle stream), the newest experiment state file (the one
     Tune reads: JSON of Tune's shape whose embedded pickles are complete) and the pointer of
-    the latest Tune checkpoint of every trial that will be resumed.
+    the latest Tune checkpoint of every trial that will be resumed; and that its trials were
+    run with ``trainer`` (a trial continues only checkpoints of its own trainer).
 
     Raises:
         ConfigError: naming the damaged or missing file, with what the user can do.
@@ -61,6 +65,12 @@ def check_resumable(
             f"--resume under another --name; the checkpoints under {root} are untouched."
         )
     for trial in _read(state, parse_experiment_state, advice):
+        ran_with = trial.config.get("trainer") or "sb3"  # older experiments: sb3 only
+        if ran_with != trainer:
+            raise ConfigError(
+                f"--resume --trainer {trainer}: experiment {folder.name!r} was run with "
+                f"--trainer {ran_with}; resume it with --trainer {ran_with}"
+            )
         pointer = pointer_of(folder, trial)
         if pointer is not None:
             _read(pointer, parse_pointer, advice)

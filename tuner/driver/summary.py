@@ -68,6 +68,7 @@ def _trial_row(
         "seed": trial.seed,
         "run_id": trial.run_id,
         "trial_id": trial.trial_id,
+        "trainer": trial.trainer,
         "status": trial.status,
         "phase": phase,
         "timesteps": trial.timesteps or 0,
@@ -140,6 +141,7 @@ def write_summary(summary: Mapping[str, Any], folder: str | os.PathLike[str]) ->
         "market",
         "seed",
         "run_id",
+        "trainer",
         "status",
         "phase",
         "timesteps",
@@ -165,6 +167,7 @@ def write_summary(summary: Mapping[str, Any], folder: str | os.PathLike[str]) ->
                     r["market"],
                     r["seed"],
                     r["run_id"] or "",
+                    r.get("trainer", "sb3"),
                     r["status"],
                     r["phase"],
                     r["timesteps"],
@@ -201,6 +204,12 @@ def _fmt(value: Any, spec: str = "+.3f") -> str:
     return "nan" if not math.isfinite(v) else format(v, spec)
 
 
+def _trainer_suffix(row: Mapping[str, Any]) -> str:
+    """`` (rllib)`` after the run of a trial another trainer than sb3 trained."""
+    trainer = row.get("trainer", "sb3")
+    return "" if trainer == "sb3" else f" ({trainer})"
+
+
 def format_table(summary: Mapping[str, Any]) -> str:
     """The on-screen table: one line per trial, one per market (mean ± std), then the best
     checkpoints per market and phase."""
@@ -215,7 +224,7 @@ def format_table(summary: Mapping[str, Any]) -> str:
             f"{r['status']:<11} {r['phase']:>5} {r['timesteps']:>10,} "
             f"{_fmt(m['val_reward']):>10} {_fmt(m['sharpe_ratio'], '+.2f'):>8} "
             f"{_fmt(m['win_rate'], '.3f'):>8} {_fmt(m['max_drawdown'], '.3f'):>7}  "
-            f"{r['run_id'] or '(legacy)'}"
+            f"{r['run_id'] or '(legacy)'}{_trainer_suffix(r)}"
         )
     lines += [
         "",

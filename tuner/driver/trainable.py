@@ -49,6 +49,8 @@ class TrialConfig:
     training: Mapping[str, Any] = field(default_factory=dict)  # overlay on training.yaml
     stage: str = "grid"  # grid (one trial per market and seed), search, confirm
     curves_root: str | None = None  # the experiment's folder: TensorBoard files per trial
+    trainer: str = "sb3"  # sb3 | rllib (RLlib joins the trial's Ray; its runners are children)
+    env_runners: int | None = None  # rllib: None is each phase's rllib.num_env_runners
 
     @classmethod
     def from_tune(cls, config: Mapping[str, Any]) -> TrialConfig:
@@ -375,6 +377,8 @@ class _Trial:
             quiet=True,
             check_start=source is not None,
             curves_dir=self.curves_dir,
+            trainer=c.trainer,
+            env_runners=c.env_runners,
         )
 
     def reporter(

@@ -1,0 +1,262 @@
+"""``python -m tuner.run --trainer rllib`` end to end with a real Ray on loopback.
+
+One experiment, built once for the module as a user would live it: NQ x seeds 1, 2, RLlib
+with one env runner a trial (so each trial is a placement group of two CPUs), 8,000 steps;
+the worker of the seed-1 trial is SIGKILLed after its second periodic checkpoint and Tune
+retries it; once the retry reports, the driver gets SIGINT; then ``--resume`` runs it to the
+end. The summary, retention, the browser and the held-out test split then work on the RLlib
+checkpoints. Expected values come from the checkpoint files and Tune's result files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from checkpointing import list_checkpoints, verify_checkpoint
+from checkpointing.naming import CheckpointName
+from checkpointing.trainers import unpack_checkpoint
+from tests.ray.conftest import (
+    Crash,
+    Driver,
+    common,
+    crash_trial,
+    results_so_far,
+    session_processes,
+    trial_results,
+    wait_for,
+)
+from tests.tiny_config import tiny_config_dir
+from tuner.run import main
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+STEPS = 8_000
+KEEP_LAST_N = 2  # small, so that retention deletes checkpoints of runs this short
+ARGS = ["--markets", "NQ", "--seeds", "1,2", "--timesteps", str(STEPS), "--name", "rl"]
+RLLIB = ["--trainer", "rllib", "--env-runners", "1", "--num-cpus", "4", "--max-failures", "2"]
+
+
+@dataclass(frozen=True)
+class Built:
+    workdir: Path
+    configs: Path
+    storage: Path
+    models: Path
+    args: list[str]
+    first_out: str
+    resume_out: str
+    crash: Crash
+    interrupt: CheckpointName  # seed 1's, from the SIGINT
+    interrupt_meta: dict[str, Any]  # its metadata, verified before --resume
+    processes: list[str]  # the driver session's Ray processes while the trials ran
+
+    @property
+    def folder(self) -> Path:
+        return self.models / "phase1" / "NQ" / "checkpoints"
+
+
+def _names(folder: Path) -> list[CheckpointName]:
+    return [i.name for i in list_checkpoints(folder) if isinstance(i.name, CheckpointName)]
+
+
+def _ray_processes(driver: Driver) -> list[str]:
+    """The executable and command of the driver's Ray processes, once an RLlib env runner is
+    among them (else an empty list)."""
+    names = []
+    for p in session_processes(driver.proc.pid):
+        with contextlib.suppress(psutil.Error):
+            names.append(f"{p.name()}: {' '.join(p.cmdline())[:80]}")
+    return names if any(": ray::SingleAgentEnvRunner" in n for n in names) else []
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
+    workdir = tmp_path_factory.mktemp("rllib-run")
+    configs = tiny_config_dir(
+        workdir / "config",
+        checkpoint={
+            "retention": {
+                "keep_last_n": KEEP_LAST_N,
+                "keep_top_k_by_sharpe": 1,
+                "keep_top_k_by_reward": 1,
+                "prune_frequency": 2,
+            }
+        },
+    )
+    args = [*ARGS, *RLLIB, *common(configs, workdir)]
+    storage, models = workdir / "ray_results", workdir / "models"
+    folder = models / "phase1" / "NQ" / "checkpoints"
+    drivers: list[Driver] = []
+    try:
+        first = Driver(args, workdir)
+        drivers.append(first)
+        processes = wait_for(lambda: _ray_processes(first), 240, "an env runner", first)
+        crash = crash_trial(first, folder, "NQ", 1, saves=2)
+
+        def retried() -> bool:
+            rows = results_so_far(storage / "rl").get("NQ/1", [])
+            return any(r.get("pid") not in (None, crash.pid) for r in rows)
+
+        wait_for(retried, 240, "the retried trial's first report", first)
+        first.signal(signal.SIGINT)  # the driver alone, as Ctrl+C would
+        assert first.wait(240) == 128 + signal.SIGINT, first.output[-3000:]
+        (interrupt,) = [n for n in _names(folder) if n.seed == 1 and n.event == "interrupt"]
+        interrupt_meta = verify_checkpoint(folder / interrupt.filename)
+        resumed = Driver([*args, "--resume"], workdir, "resume.log")
+        drivers.append(resumed)
+        assert resumed.wait(600) == 0, resumed.output[-3000:]
+        yield Built(
+            workdir,
+            configs,
+            storage,
+            models,
+            args,
+            first.output,
+            resumed.output,
+            crash,
+            interrupt,
+            interrupt_meta,
+            processes,
+        )
+    finally:
+        for d in drivers:
+            d.kill()
+
+
+def test_trials_train_with_rllib_in_the_trials_own_ray(built: Built) -> None:
+    """Each checkpoint says RLlib and one env runner; the runners ran as actors of the
+    experiment's Ray (one GCS in the session: no trial started a Ray of its own)."""
+    assert "trainer rllib (1 env runner a trial)" in built.first_out
+    assert sum(1 for p in built.processes if p.startswith("gcs_server:")) == 1, built.processes
+    infos = list_checkpoints(built.folder)
+    assert {i.name.seed for i in infos if isinstance(i.name, CheckpointName)} == {1, 2}
+    for info in infos:
+        meta = verify_checkpoint(info.path)
+        assert meta["trainer"] == "rllib" and meta["env_runners"] == 1, info.filename
+        assert meta["experiment"] == "rl" and meta["timesteps"] == info.timesteps
+
+
+def test_a_killed_worker_is_retried_from_its_newest_checkpoint(built: Built) -> None:
+    assert "[retry]  NQ seed 1" in built.first_out
+    rows = trial_results(built.storage / "rl")["NQ/1"]
+    pids = [r["pid"] for r in rows]
+    assert built.crash.pid in pids and pids[-1] != built.crash.pid
+    after = [r for r in rows if r["pid"] != built.crash.pid]
+    # Resumed from the newest RLlib checkpoint that verified after the crash, not from zero,
+    # in the same run; timesteps never go back.
+    assert built.crash.saved > 0 and int(after[0]["timesteps"]) > built.crash.saved
+    assert {r["run_id"] for r in rows} == {rows[0]["run_id"]}
+    steps = [int(r["timesteps"]) for r in after]
+    assert steps == sorted(steps) and rows[-1]["finished"] is True
+
+
+def test_ctrl_c_then_resume_finishes_every_trial(built: Built) -> None:
+    assert "asking running trials to save interrupt checkpoints" in built.first_out
+    assert "--trainer rllib --env-runners 1" in built.first_out  # the printed resume command
+    assert built.interrupt_meta["trainer"] == "rllib"
+    rows = trial_results(built.storage / "rl")["NQ/1"]
+    last_pid = rows[-1]["pid"]
+    resumed = [r for r in rows if r["pid"] == last_pid]
+    assert min(int(r["timesteps"]) for r in resumed) > built.interrupt.timesteps
+    summary = json.loads((built.models / "summaries/rl.json").read_text())
+    assert {(r["seed"], r["status"]) for r in summary["trials"]} == {
+        (1, "finished"),
+        (2, "finished"),
+    }
+    assert all(r["timesteps"] >= STEPS for r in summary["trials"])
+
+
+def test_the_summary_names_rllib_runs_and_their_best_checkpoints(built: Built) -> None:
+    summary = json.loads((built.models / "summaries/rl.json").read_text())
+    results = trial_results(built.storage / "rl")
+    for row in summary["trials"]:
+        assert row["trainer"] == "rllib"
+        last = results[f"NQ/{row['seed']}"][-1]
+        assert row["metrics"]["val_reward"] == pytest.approx(last["val_reward"])
+        best = row["best"]["sharpe_ratio"]
+        assert best["path"].endswith(f"_seed-{row['seed']}_run-{row['run_id']}.zip")
+        mine = [
+            (verify_checkpoint(i.path)["sharpe_ratio"], i.path)
+            for i in list_checkpoints(built.folder)
+            if isinstance(i.name, CheckpointName) and i.name.run_id == row["run_id"]
+        ]
+        assert best["value"] == pytest.approx(max(v for v, _ in mine if v is not None))
+        # Measured on the held-out test split by the project's evaluation of RLlib's policy.
+        assert row["test"]["best"]["checkpoint"] == best["path"]
+        assert row["test"]["phase_end"]["run_id"] == row["run_id"]
+    with open(built.models / "summaries/rl.csv", newline="") as fh:
+        assert {r["trainer"] for r in csv.DictReader(fh)} == {"rllib"}
+    assert f" ({'rllib'})" in built.resume_out  # the table marks the trainer
+
+
+def test_retention_keeps_each_runs_last_periodic_saves(built: Built) -> None:
+    present = {i.filename for i in list_checkpoints(built.folder)}
+    deleted = 0
+    for rows in trial_results(built.storage / "rl").values():
+        periodic = list(
+            dict.fromkeys(
+                r["checkpoint"] for r in rows if "_evt-periodic_" in (r.get("checkpoint") or "")
+            )
+        )
+        assert [n for n in periodic[-KEEP_LAST_N:] if n not in present] == []
+        deleted += sum(1 for n in periodic if n not in present)
+        assert rows[-1]["checkpoint"] in present  # its phase_end
+    assert deleted > 0  # retention pruned RLlib checkpoints
+
+
+def test_the_browser_names_the_summarys_bests(
+    built: Built, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from tuner.browse import main as browse
+
+    capsys.readouterr()
+    code = browse(["--storage-path", str(built.storage), "--experiment", "rl", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    doc: dict[str, Any] = json.loads(out)
+    summary = json.loads((built.models / "summaries/rl.json").read_text())
+    (from_summary,) = [b for b in summary["markets"]["NQ"]["best"] if b["metric"] == "sharpe_ratio"]
+    (from_browse,) = doc["best"]["NQ"][:1]
+    assert (from_browse["path"], from_browse["value"]) == (
+        from_summary["path"],
+        from_summary["value"],
+    )
+    # Every file of the best RLlib checkpoint verifies before anything would be unpickled.
+    assert unpack_checkpoint(from_browse["path"], tmp_path / "best")["trainer"] == "rllib"
+
+
+def test_resume_with_another_trainer_is_refused(
+    built: Built, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [*ARGS, *common(built.configs, built.workdir), "--resume"]  # sb3, the default
+    assert main(args) == 2
+    assert "was run with --trainer rllib; resume it with --trainer rllib" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--search", "config/search.yaml"], "--search with --trainer rllib is not supported"),
+        (["--env-runners", "-1"], "--env-runners goes with --trainer rllib and must be >= 0"),
+    ],
+)
+def test_refused_before_ray_starts(
+    tmp_path: Path, extra: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import ray
+
+    configs = tiny_config_dir(tmp_path / "config")
+    args = ["--markets", "NQ", "--trainer", "rllib", *extra, *common(configs, tmp_path)]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+    assert not ray.is_initialized() and not (tmp_path / "ray_results").exists()
