@@ -1,4 +1,5 @@
-"""Loading a big data file: first (parsed) and cached (memory-mapped) load, and memory per trial.
+"""Loading a big data file and its features: first (parsed, computed) and cached (mapped) load,
+and memory per trial.
 
 Writes a minute CSV of ``--rows`` bars (weekdays, ISO times, 60 bytes a row: 10 million rows
 is 572 MB) into a temporary folder, then, each in a fresh process:
@@ -6,16 +7,20 @@ is 572 MB) into a temporary folder, then, each in a fresh process:
 1. an uncached load (:func:`tuner.trading.ohlcv.load_ohlcv_report`): seconds, and resident
    memory while it holds the bars (RSS; the peak too) -- what every trial paid before;
 2. the first load through the cache (:class:`tuner.trading.data_cache.DataCache`): the
-   parse, plus writing the entry and mapping it;
-3. ``--trials`` processes at once, each a trial's cached load: seconds, then every byte of
-   the bars read, then RSS, USS (memory only this process holds) and PSS (shared pages split
-   between the processes that map them), measured while all of them hold the bars;
-4. one of them then computes the features (``MarketData.from_bars``), which no cache holds:
-   seconds and USS added -- the memory a trial still has of its own.
+   parse, plus writing the bars entry and mapping it; then the features computed from them
+   (``compute_features``), written and mapped -- what the first trial on a node pays;
+3. the first cached load once the entries have settled: every array's checksum read (the
+   entries are then remembered as checked, :mod:`tuner.trading.data_cache`);
+4. ``--trials`` processes at once, each a trial's cached load of bars and features (the
+   fast path), then ``MarketData.from_bars`` with those features and ``--envs`` training
+   environments on it, then every byte of the bars and features read: seconds, then RSS,
+   USS (memory only this process holds) and PSS (shared pages split between the processes
+   that map them), measured while all of them hold everything.
 
 Also the SHA-256 of the CSV (what a load pays when the file's stat changed; otherwise the
-remembered digest is used) and a cached load in a warm process. Everything is deleted at
-the end. Usage::
+remembered digest is used), the features computed alone in a fresh process (no cache: what
+each trial paid per phase before) and a cached load in a warm process. Everything is
+deleted at the end. Usage::
 
     .venv/bin/python bench/data_load.py [--rows 10000000] [--trials 3] [--quick] [--json PATH]
 
@@ -47,7 +52,8 @@ MB = 1024 * 1024
 TARGET_SECONDS = 1.0
 CHUNK = 1_000_000
 
-# Each child prints one JSON line; {cache} None loads without the cache.
+# Each child prints one JSON line. {mode}: "parse" (no cache), "first" (bars and features
+# through the cache, made), "cached" (through the cache), "features" (computed, no cache).
 _CHILD = textwrap.dedent(
     """
     import json, os, resource, sys, time, zlib
@@ -56,24 +62,48 @@ _CHILD = textwrap.dedent(
     import numpy as np, psutil
     from tuner.trading.data_cache import DataCache
     from tuner.trading.data_settings import DataSettings
-    from tuner.trading.env import MarketData  # what a trial has imported before it loads
+    from tuner.trading.env import FuturesTradingEnv, MarketData  # what a trial has imported
+    from tuner.trading.features import compute_features
     from tuner.trading.markets import load_markets
     from tuner.trading.ohlcv import load_ohlcv_report
 
-    file, cache, sync, features = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1"
+    file, cache, mode, sync, n_envs = sys.argv[1:6]
+    spec = load_markets("config/markets.yaml")["ES"]
     me = psutil.Process()
     base = me.memory_full_info()
+    out = {}
     started = time.perf_counter()
-    if cache == "-":
+    if mode in ("parse", "features"):
         bars, _ = load_ohlcv_report(file, DataSettings())
     else:
-        bars, _ = DataCache(Path(cache)).load(file, DataSettings(), market="ES")
-    seconds = time.perf_counter() - started
+        cached = DataCache(Path(cache)).read(file, DataSettings(), market="ES")
+        bars = cached.bars
+    out["seconds"] = time.perf_counter() - started
+    if mode == "features":
+        before = me.memory_full_info().uss
+        started = time.perf_counter()
+        features = compute_features(bars)
+        out["features_seconds"] = time.perf_counter() - started
+        out["features_uss"] = me.memory_full_info().uss - before
+    elif mode != "parse":
+        started = time.perf_counter()
+        features = DataCache(Path(cache)).features(cached)
+        out["features_seconds"] = time.perf_counter() - started
+    if mode == "cached":
+        started = time.perf_counter()
+        data = MarketData.from_bars(spec, bars, features)
+        envs = [FuturesTradingEnv(data, "train", 2, seed=i) for i in range(int(n_envs))]
+        for env in envs:
+            env.reset()
+        out["envs_seconds"] = time.perf_counter() - started
+    started = time.perf_counter()
     crc = 0
     arrays = [getattr(bars, f.name) for f in fields(bars)]
+    if mode != "parse":
+        arrays += [getattr(features, f.name) for f in fields(features)]
     for array in (a for a in arrays if isinstance(a, np.ndarray)):  # read every byte
         crc = zlib.crc32(np.ascontiguousarray(array).view(np.uint8), crc)
-    out = {"seconds": seconds, "crc": crc, "bars": len(bars)}
+    out.update(crc=crc, bars=len(bars), read_seconds=time.perf_counter() - started)
     if sync != "-":  # measure while every trial holds the bars
         Path(sync, f"ready-{os.getpid()}").touch()
         while not Path(sync, "measure").exists():
@@ -83,12 +113,6 @@ _CHILD = textwrap.dedent(
         out[key] = getattr(mem, key) - getattr(base, key)
     out["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     out["base_rss"] = base.rss
-    if features:  # while the other trials still map the bars
-        spec = load_markets("config/markets.yaml")["ES"]
-        started = time.perf_counter()
-        data = MarketData.from_bars(spec, bars)
-        out["features_seconds"] = time.perf_counter() - started
-        out["features_uss"] = me.memory_full_info().uss - mem.uss
     if sync != "-":
         Path(sync, f"measured-{os.getpid()}").touch()
         while not Path(sync, "done").exists():
@@ -152,16 +176,17 @@ def _digits(values: np.ndarray, count: int, point: int | None = None) -> np.ndar
     return out
 
 
-def child(file: Path, cache: Path | None, sync: Path | None, features: bool) -> Any:
+def child(file: Path, cache: Path, mode: str, sync: Path | None = None, envs: int = 0) -> Any:
     return subprocess.Popen(
         [
             sys.executable,
             "-c",
             _CHILD,
             str(file),
-            "-" if cache is None else str(cache),
+            str(cache),
+            mode,
             "-" if sync is None else str(sync),
-            "1" if features else "0",
+            str(envs),
         ],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
@@ -178,11 +203,13 @@ def result(process: Any) -> dict[str, Any]:
     return doc
 
 
-def trials_at_once(file: Path, cache: Path, folder: Path, n: int) -> list[dict[str, Any]]:
+def trials_at_once(
+    file: Path, cache: Path, folder: Path, n: int, envs: int
+) -> list[dict[str, Any]]:
     """``n`` cached loads in processes that all hold their bars while each measures."""
     sync = folder / "sync"
     sync.mkdir()
-    processes = [child(file, cache, sync, features=i == 0) for i in range(n)]
+    processes = [child(file, cache, "cached", sync, envs) for _ in range(n)]
     _wait_for(sync, "ready-", n, processes)
     (sync / "measure").touch()
     _wait_for(sync, "measured-", n, processes)
@@ -201,25 +228,27 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=None, help="bars in the CSV (10,000,000)")
     parser.add_argument("--trials", type=int, default=None, help="trials loading at once (3)")
+    parser.add_argument("--envs", type=int, default=8, help="training envs per trial (8)")
     parser.add_argument("--quick", action="store_true", help="200,000 rows, 2 trials")
     parser.add_argument("--dir", help="where the temporary folder goes (default: the system's)")
     add_json_argument(parser)
     args = parser.parse_args(argv)
     rows = args.rows or (200_000 if args.quick else 10_000_000)
     n_trials = args.trials or (2 if args.quick else 3)
-    if rows < 1000 or n_trials < 1:
-        parser.error("--rows must be >= 1000 and --trials >= 1")
+    if rows < 1000 or n_trials < 1 or args.envs < 1:
+        parser.error("--rows must be >= 1000, --trials and --envs >= 1")
 
     folder = Path(tempfile.mkdtemp(prefix="bench-data-load-", dir=args.dir))
     try:
-        figures = run(folder, rows, n_trials)
+        figures = run(folder, rows, n_trials, args.envs)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     write_figures(args.json, figures)
     return 0
 
 
-def run(folder: Path, rows: int, n_trials: int) -> list[Figure]:
+def run(folder: Path, rows: int, n_trials: int, n_envs: int) -> list[Figure]:
+    from tuner.trading import data_cache
     from tuner.trading.data_cache import DataCache, file_sha256
     from tuner.trading.data_settings import DataSettings
 
@@ -234,58 +263,86 @@ def run(folder: Path, rows: int, n_trials: int) -> list[Figure]:
     started = time.perf_counter()
     file_sha256(file)
     digest_s = time.perf_counter() - started
-    plain = result(child(file, None, None, features=False))
-    first = result(child(file, cache, None, features=False))
-    trials = trials_at_once(file, cache, folder, n_trials)
-    DataCache(cache).load(file, DataSettings())
+    plain = result(child(file, cache, "parse"))
+    alone = result(child(file, cache, "features"))
+    first = result(child(file, cache, "first"))
+    time.sleep(data_cache.SETTLE_SECONDS + 0.1)  # entries untouched that long can be trusted
+    checked = result(child(file, cache, "cached"))
+    trials = trials_at_once(file, cache, folder, n_trials, n_envs)
+    warm = DataCache(cache)
+    warm.features(warm.read(file, DataSettings()))
     started = time.perf_counter()
-    DataCache(cache).load(file, DataSettings())
+    warm.features(warm.read(file, DataSettings()))
     warm_s = time.perf_counter() - started
-    entry_mb = sum(p.stat().st_size for p in cache.glob("*.bars")) / MB
-    assert {t["crc"] for t in trials} == {plain["crc"], first["crc"]}, "loads disagree"
+    entries = {
+        suffix: sum(p.stat().st_size for p in cache.glob("*" + suffix)) / MB
+        for suffix in (".bars", ".features")
+    }
+    assert len({t["crc"] for t in trials} | {first["crc"], checked["crc"]}) == 1, "loads disagree"
 
-    cached_s = max(t["seconds"] for t in trials)
-    uss = max(t["uss"] for t in trials) / MB
-    pss = max(t["pss"] for t in trials) / MB
-    rss = max(t["rss"] for t in trials) / MB
-    feat = trials[0]
+    def slowest(key: str) -> float:
+        return max(t[key] for t in trials)
+
+    cached_s = max(t["seconds"] + t["features_seconds"] for t in trials)
+    uss, pss, rss = (slowest(k) / MB for k in ("uss", "pss", "rss"))
     print(f"\nSHA-256 of the CSV: {digest_s:.2f} s ({size / MB / digest_s:,.0f} MB/s)")
-    print(f"cache entry: {entry_mb:,.0f} MB for {rows:,} bars")
-    print("\nload                          seconds   RSS MB  USS MB  PSS MB  peak RSS MB")
-    for label, doc in [("uncached (parse)", plain), ("first through the cache", first)] + [
-        (f"cached, trial {i + 1} of {n_trials}", t) for i, t in enumerate(trials)
-    ]:
-        print(
-            f"{label:<29} {doc['seconds']:7.2f} {doc['rss'] / MB:8.0f} {doc['uss'] / MB:7.0f} "
-            f"{doc['pss'] / MB:7.0f} {doc['peak_rss'] / MB:12.0f}"
-        )
-    print(f"cached, in a warm process     {warm_s:7.2f}")
     print(
-        f"\nfeatures of one trial (MarketData.from_bars, not cached): "
-        f"{feat['features_seconds']:.1f} s, USS +{feat['features_uss'] / MB:,.0f} MB"
+        f"cache entries: bars {entries['.bars']:,.0f} MB, features {entries['.features']:,.0f} MB"
+        f" for {rows:,} bars"
+    )
+    print(
+        "\nload                          bars s  features s  read all s"
+        "  RSS MB  USS MB  PSS MB  peak RSS MB"
+    )
+    labelled = [("uncached (parse)", plain), ("first through the cache", first)]
+    labelled += [("first cached (checked whole)", checked)]
+    labelled += [(f"cached, trial {i + 1} of {n_trials}", t) for i, t in enumerate(trials)]
+    for label, doc in labelled:
+        print(
+            f"{label:<29} {doc['seconds']:6.2f} {doc.get('features_seconds', 0):11.2f}"
+            f" {doc['read_seconds']:11.2f} {doc['rss'] / MB:7.0f} {doc['uss'] / MB:7.0f}"
+            f" {doc['pss'] / MB:7.0f} {doc['peak_rss'] / MB:12.0f}"
+        )
+    print(f"cached bars and features, in a warm process: {warm_s:.3f} s")
+    print(
+        f"features computed alone (no cache, as each trial did per phase): "
+        f"{alone['features_seconds']:.1f} s, USS +{alone['features_uss'] / MB:,.0f} MB"
+    )
+    print(
+        f"MarketData.from_bars + {n_envs} envs on the cached features, per trial: "
+        f"{slowest('envs_seconds'):.2f} s (slowest)"
     )
     label = f"{rows / 1e6:g}M-row minute CSV ({size / MB:,.0f} MB)"
     return [
-        Figure("data_load", f"first load, {label}: parse + cache", "", f"{first['seconds']:.1f} s"),
         Figure(
             "data_load",
-            f"cached load in a fresh trial process ({n_trials} at once, slowest)",
+            f"first load, {label}: parse + cache; features computed + cached",
+            "",
+            f"{first['seconds']:.1f} s; {first['features_seconds']:.1f} s",
+        ),
+        Figure(
+            "data_load",
+            "first cached load on a node (every checksum read): bars + features",
+            "",
+            f"{checked['seconds'] + checked['features_seconds']:.2f} s",
+        ),
+        Figure(
+            "data_load",
+            f"cached load of bars + features in a fresh trial process ({n_trials} at once,"
+            " slowest); then every byte read",
             f"< {TARGET_SECONDS:g} s",
-            f"{cached_s:.2f} s (uncached {plain['seconds']:.1f} s)",
+            f"{cached_s:.3f} s (uncached: parse {plain['seconds']:.1f} s + features"
+            f" {alone['features_seconds']:.1f} s); {slowest('read_seconds'):.2f} s",
             cached_s < TARGET_SECONDS,
         ),
         Figure(
             "data_load",
-            "memory a trial holds alone after reading all its bars: USS (PSS; RSS)",
+            f"memory a trial holds alone with bars, features and {n_envs} envs, every byte read:"
+            " USS (PSS; RSS)",
             "small vs uncached",
-            f"{uss:,.0f} MB ({pss:,.0f}; {rss:,.0f}) vs uncached RSS {plain['rss'] / MB:,.0f} MB",
-            uss < 0.1 * plain["rss"] / MB,
-        ),
-        Figure(
-            "data_load",
-            "features per trial (MarketData.from_bars; not cached)",
-            "",
-            f"{feat['features_seconds']:.1f} s, USS +{feat['features_uss'] / MB:,.0f} MB",
+            f"{uss:,.0f} MB ({pss:,.0f}; {rss:,.0f}) vs uncached RSS {plain['rss'] / MB:,.0f} MB"
+            f" + features {alone['features_uss'] / MB:,.0f} MB",
+            uss < 0.1 * (plain["rss"] + alone["features_uss"]) / MB,
         ),
         Figure("data_load", "SHA-256 of the CSV (when its stat changed)", "", f"{digest_s:.2f} s"),
     ]

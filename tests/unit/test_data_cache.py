@@ -4,6 +4,8 @@ never used, processes share one mapped entry, and a run parses each file once.""
 
 from __future__ import annotations
 
+import inspect
+import json
 import logging
 import os
 import subprocess
@@ -18,10 +20,11 @@ import numpy as np
 import pytest
 
 from tests.exports import CHICAGO, ninjatrader, sample_bars
-from tuner.trading import data, data_cache
+from tuner.trading import data, data_cache, data_cache_entry
 from tuner.trading.bars import Bars
 from tuner.trading.data_cache import DataCache
 from tuner.trading.data_settings import DataSettings
+from tuner.trading.features import FeatureSet, compute_features
 from tuner.trading.ohlcv import load_ohlcv_report
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,6 +43,19 @@ def parses(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
 
     monkeypatch.setattr(data_cache, "load_ohlcv_report", counting)
     monkeypatch.setattr(data, "load_ohlcv_report", counting)  # the loads without a cache
+    return calls
+
+
+def counting_features(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of bars of each features computation the cache made."""
+    calls: list[int] = []
+    real = data_cache.compute_features
+
+    def counting(bars: Bars) -> Any:
+        calls.append(len(bars))
+        return real(bars)
+
+    monkeypatch.setattr(data_cache, "compute_features", counting)
     return calls
 
 
@@ -325,6 +341,229 @@ def test_a_cache_that_cannot_be_written_still_loads(
     assert f"data cache {blocked / 'cache'} cannot be used" in cache_warnings(caplog)[-1]
 
 
+# --- features -----------------------------------------------------------------------------
+
+
+def assert_same_features(got: FeatureSet, want: FeatureSet) -> None:
+    """Every field of FeatureSet is equal (a field added later too)."""
+    for f in fields(FeatureSet):
+        a, b = getattr(got, f.name), getattr(want, f.name)
+        if isinstance(b, np.ndarray):
+            assert a.dtype == b.dtype and np.array_equal(a, b), f.name
+        else:
+            assert a == b, f.name
+
+
+def test_features_are_computed_once_and_then_mapped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    computed = counting_features(monkeypatch)
+    file = export(tmp_path / "NQ.Last.txt")
+    cache = DataCache.beside(tmp_path / "models")
+    first = cache.features(cache.read(file, NINJA))
+    cached = cache.read(file, NINJA)
+    caplog.clear()
+    features = cache.features(cached)
+
+    assert computed == [len(cached.bars)]
+    assert_same_features(features, compute_features(cached.bars))
+    assert_same_features(first, features)
+    entry = cache.entry_path(file, NINJA).with_suffix(".features")
+    for f in fields(FeatureSet):
+        array = getattr(features, f.name)
+        if isinstance(array, np.ndarray):
+            assert isinstance(array, np.memmap) and Path(array.filename) == entry
+            assert not array.flags.writeable
+    assert cache_warnings(caplog) == []
+
+
+def test_the_features_key_is_the_bars_and_the_features_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    computed = counting_features(monkeypatch)
+    file = export(tmp_path / "NQ.Last.txt")
+    cache = DataCache(tmp_path / "cache")
+    eastern = DataSettings(format="ninjatrader", timezone="America/New_York")
+    for settings in (NINJA, eastern, NINJA, eastern):  # one entry each, computed once each
+        cache.features(cache.read(file, settings))
+    assert len(computed) == 2
+
+    monkeypatch.setattr(data_cache, "features_code", lambda: "other")
+    cache.features(cache.read(file, NINJA))
+    assert len(computed) == 3
+    entry = cache.entry_path(file, NINJA).with_suffix(".features")
+    (warning,) = cache_warnings(caplog)
+    assert f"{entry} not used: computed by another version of the features code" in warning
+
+    caplog.clear()
+    monkeypatch.setattr(data_cache, "loader_code", lambda: "another loader")  # other bars
+    features = cache.features(cache.read(file, NINJA))
+    assert len(computed) == 4
+    assert "computed from other bars" in cache_warnings(caplog)[-1]
+    assert_same_features(features, compute_features(load_ohlcv_report(file, NINJA)[0]))
+
+
+def test_the_features_read_nothing_but_the_bars() -> None:
+    # The features' key holds the bars' key and the features' code, nothing else: a new
+    # argument to compute_features (a window, a setting) must join the key in data_cache.
+    assert list(inspect.signature(compute_features).parameters) == ["bars"]
+
+
+def test_the_features_code_digest_covers_the_features_and_their_libraries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert "features.py" in data_cache._FEATURES_CODE
+    before = data_cache.features_code()
+    data_cache.features_code.cache_clear()
+    monkeypatch.setattr(np, "__version__", "0.0.1")
+    try:
+        assert data_cache.features_code() != before
+    finally:
+        monkeypatch.undo()
+        data_cache.features_code.cache_clear()
+
+
+def test_a_damaged_features_entry_is_never_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    computed = counting_features(monkeypatch)
+    file = export(tmp_path / "NQ.Last.txt")
+    cache = DataCache(tmp_path / "cache")
+    cached = cache.read(file, NINJA)
+    cache.features(cached)
+    want = compute_features(cached.bars)  # not the mapped entry, which the flip changes
+    entry = cache.entry_path(file, NINJA).with_suffix(".features")
+    _flip_last_byte(entry)
+
+    features = cache.features(cache.read(file, NINJA))
+
+    assert len(computed) == 2
+    assert_same_features(features, want)
+    assert f"{entry} not used: corrupt (array '" in cache_warnings(caplog)[-1]
+
+
+def test_bars_that_could_not_be_cached_get_their_features_computed_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    file = export(tmp_path / "NQ.Last.txt")
+    blocked = tmp_path / "file-not-folder"
+    blocked.write_text("")
+    cache = DataCache(blocked / "cache")
+    cached = cache.read(file, NINJA)
+    assert cached.entry is None
+    assert_same_features(cache.features(cached), compute_features(cached.bars))
+
+
+# --- the fast path: an entry checked whole is trusted while its stat is unchanged -----------
+
+
+@pytest.fixture
+def checksums(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The byte count of every array checksum computed (written or checked)."""
+    passes: list[int] = []
+    real = data_cache_entry._checksum
+
+    def counting(raw: Any) -> int:
+        passes.append(len(raw))
+        return real(raw)
+
+    monkeypatch.setattr(data_cache_entry, "_checksum", counting)
+    return passes
+
+
+def _rewrite(entry: Path) -> None:
+    entry.write_bytes(entry.read_bytes())  # the same bytes, written again
+
+
+def _touch(entry: Path) -> None:
+    os.utime(entry)
+
+
+def _replace_with_copy(entry: Path) -> None:
+    copy = entry.with_name("copy")
+    copy.write_bytes(entry.read_bytes())
+    os.replace(copy, entry)
+
+
+@pytest.mark.parametrize("change", [_rewrite, _touch, _replace_with_copy])
+def test_a_verified_entry_skips_its_checksums_until_its_stat_changes(
+    tmp_path: Path,
+    parses: list[Path],
+    checksums: list[int],
+    monkeypatch: pytest.MonkeyPatch,
+    change: Any,
+) -> None:
+    file = export(tmp_path / "NQ.Last.txt")
+    cache = DataCache(tmp_path / "cache")
+    n_arrays = len(arrays_of(load_ohlcv_report(file, NINJA)[0]))
+    cache.load(file, NINJA)  # written (a checksum per array), read back (one more each)
+    assert len(checksums) == 2 * n_arrays
+    cache.load(file, NINJA)
+    assert len(checksums) == 3 * n_arrays  # just written: its stat may not have settled
+
+    monkeypatch.setattr(data_cache, "SETTLE_SECONDS", 0.0)
+    cache.load(file, NINJA)  # checked whole again, and now remembered
+    assert len(checksums) == 4 * n_arrays
+    bars, _ = cache.load(file, NINJA)
+    cache.load(file, NINJA)
+    assert len(checksums) == 4 * n_arrays  # the fast path: no checksum at all
+    assert_same_bars(bars, load_ohlcv_report(file, NINJA)[0])
+
+    entry = cache.entry_path(file, NINJA)
+    time.sleep(0.01)  # a later clock tick for the entry's times
+    change(entry)
+    cache.load(file, NINJA)
+    assert len(checksums) == 5 * n_arrays  # any change to the entry's stat: checked whole
+    cache.load(file, NINJA)
+    assert len(checksums) == 5 * n_arrays
+    assert len(parses) == 1
+
+
+def test_a_truncated_verified_entry_is_caught_by_its_size(
+    tmp_path: Path, parses: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(data_cache, "SETTLE_SECONDS", 0.0)
+    file = export(tmp_path / "NQ.Last.txt")
+    cache = DataCache(tmp_path / "cache")
+    cache.load(file, NINJA)
+    cache.load(file, NINJA)  # remembered as checked
+    _truncate(cache.entry_path(file, NINJA))
+    bars, _ = cache.load(file, NINJA)
+    assert len(parses) == 2
+    assert_same_bars(bars, load_ohlcv_report(file, NINJA)[0])
+
+
+def test_a_bit_flip_that_leaves_the_stat_as_it_was_is_served(
+    tmp_path: Path, parses: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trade-off of the fast path, shown rather than hidden (module docstring)."""
+    monkeypatch.setattr(data_cache, "SETTLE_SECONDS", 0.0)
+    file = export(tmp_path / "NQ.Last.txt")
+    cache = DataCache(tmp_path / "cache")
+    want, _ = cache.load(file, NINJA)
+    want_last = float(want.roll_gap[-1])
+    cache.load(file, NINJA)  # remembered as checked
+    entry = cache.entry_path(file, NINJA)
+    verified = entry.with_name(entry.name + ".verified")
+    st = entry.stat()
+
+    _flip_last_byte(entry)  # the last array's last byte: Bars.roll_gap's last value
+    os.utime(entry, ns=(st.st_atime_ns, st.st_mtime_ns))  # its mtime restored ...
+    bars, _ = cache.load(file, NINJA)
+    assert len(parses) == 2  # ... but not its ctime (no call sets it): checked, caught
+
+    cache.load(file, NINJA)  # the new entry, remembered as checked
+    _flip_last_byte(entry)
+    record = json.loads(verified.read_text())
+    record["stat"] = data_cache_entry.signature(
+        entry.stat()
+    )  # as if the flip had left the stat alone
+    verified.write_text(json.dumps(record))
+    bars, _ = cache.load(file, NINJA)
+    assert len(parses) == 2  # served, flipped byte and all: the accepted risk
+    assert float(bars.roll_gap[-1]) != want_last
+
+
 # --- processes ----------------------------------------------------------------------------
 
 _LOAD = textwrap.dedent(
@@ -414,19 +653,61 @@ def test_two_processes_loading_at_once_parse_once_and_agree(
     assert_same_bars(bars, load_ohlcv_report(minute_file)[0])
 
 
+_TRIAL = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    import numpy as np, psutil
+    from tuner.trading.data_cache import DataCache
+    from tuner.trading.data_settings import DataSettings
+    from tuner.trading.env import FuturesTradingEnv, MarketData
+    from tuner.trading.markets import load_markets
+
+    spec = load_markets("config/markets.yaml")["ES"]
+    me = psutil.Process()
+    before = me.memory_full_info()
+    cache = DataCache(Path(sys.argv[2]))
+    cached = cache.read(sys.argv[1], DataSettings(), market="ES")
+    features = cache.features(cached)
+    data = MarketData.from_bars(spec, cached.bars, features)
+    envs = [FuturesTradingEnv(data, "train", 2, seed=i) for i in range(4)]
+    for env in envs:
+        env.reset()
+    total = 0.0  # read every page of the features, as the envs' episodes will
+    for array in (features.values, features.atr, features.volatility, cached.bars.close):
+        total += float(np.asarray(array, dtype=np.float64).sum())
+    after = me.memory_full_info()
+    print("uss", after.uss - before.uss, "rss", after.rss - before.rss)
+    """
+)
+
+
 @pytest.mark.slow
-def test_a_second_process_shares_the_mapped_pages(minute_file: Path, tmp_path: Path) -> None:
-    folder, go = tmp_path / "cache", tmp_path / "go"
-    # Parsed, written and mapped here; checking the entry read every page of it.
-    mine, _ = DataCache(folder).load(minute_file, DataSettings())
-    size = sum(a.nbytes for a in arrays_of(mine))
+def test_a_second_process_shares_the_mapped_pages_of_bars_and_features(
+    minute_file: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "cache"
+    # Parsed, computed, written and mapped here; reading them back read every page.
+    cache = DataCache(folder)
+    cached = cache.read(minute_file, DataSettings())
+    features = cache.features(cached)
+    size = sum(a.nbytes for a in arrays_of(cached.bars))
+    size += features.values.nbytes + features.atr.nbytes + features.volatility.nbytes
 
-    go.touch()
-    other, log_text = _finish(_start(minute_file, folder, go))
+    child = subprocess.run(
+        [sys.executable, "-c", _TRIAL, str(minute_file), str(folder)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    words = child.stdout.split()
+    other = {k: int(v) for k, v in zip(words[::2], words[1::2], strict=True)}
 
-    assert "from the data cache" in log_text
-    assert other["rss"] > 0.8 * size  # it read every page ...
-    assert other["uss"] < 0.2 * size  # ... and holds almost none of them alone
+    assert other["rss"] > 0.5 * size  # it read the bars and every feature ...
+    assert other["uss"] < 0.2 * size  # ... and with 4 envs on them holds almost none alone
 
 
 # --- where the cache is, and a run's loads ------------------------------------------------
@@ -490,12 +771,13 @@ def test_the_drivers_validation_loads_once_and_the_trials_map_its_cache(
     from tuner.training.settings import load_settings
 
     loads: list[Path] = []
-    real = DataCache.load
+    real = DataCache.read
     monkeypatch.setattr(
         DataCache,
-        "load",
+        "read",
         lambda self, path, *a, **k: loads.append(path) or real(self, path, *a, **k),
     )
+    computed = counting_features(monkeypatch)
     configs = file_market_configs(tmp_path)
     models = tmp_path / "elsewhere" / "models"
     opts, _ = parse_options(
@@ -514,8 +796,10 @@ def test_the_drivers_validation_loads_once_and_the_trials_map_its_cache(
         for phase in config.phases:
             data, _ = prepare(trial.phase_job(phase, settings), settings)
             assert isinstance(data.bars.close, np.memmap)
-    assert (len(loads), len(parses)) == (5, 1)
+            assert isinstance(data.features.values, np.memmap)
+    assert (len(loads), len(parses), len(computed)) == (5, 1, 1)  # the first phase computed
     assert [p.parent for p in models.rglob("*.bars")] == [models / ".data-cache"]
+    assert [p.parent for p in models.rglob("*.features")] == [models / ".data-cache"]
 
 
 def test_an_unreadable_data_file_is_the_files_error_not_the_caches(

@@ -261,13 +261,20 @@ def test_short_split_shortens_training_episodes() -> None:
     assert env.episode_length == 9
 
 
-def test_environments_share_the_markets_prices_instead_of_copying_them() -> None:
+@pytest.mark.parametrize("rolled", [False, True])
+def test_environments_share_the_markets_prices_instead_of_copying_them(rolled: bool) -> None:
     import tracemalloc
+    from dataclasses import replace
 
     from tuner.trading.synthetic import generate_synthetic
 
     spec = MARKETS["NQ"]
     bars = generate_synthetic("NQ", spec.data, spec.tick_size, n_bars=100_000)  # type: ignore[arg-type]
+    if rolled:  # raw prices with roll gaps: the closes without gaps differ from the closes
+        gaps = np.zeros(len(bars))
+        gaps[::5_000] = 25.0
+        gaps[0] = 0.0
+        bars = replace(bars, roll_gap=gaps)
     data = MarketData.from_bars(spec, bars)
     train_bytes = 8 * (data.ranges.train.stop - data.ranges.train.start)
     tracemalloc.start()

@@ -61,7 +61,7 @@ from numpy.typing import NDArray
 
 from tuner.trading.advisor import Advice, Advisor, AdvisorCounters, MarketState, RuleAdvisor
 from tuner.trading.bars import SPLIT_NAMES, Bars, SplitRanges, split_ranges
-from tuner.trading.data import load_bars
+from tuner.trading.data import load_market
 from tuner.trading.env_config import EnvConfig
 from tuner.trading.features import FEATURE_CLIP, FeatureSet, compute_features
 from tuner.trading.markets import MarketSpec
@@ -105,15 +105,31 @@ class MarketData:
     reward_scale: float
 
     @classmethod
-    def from_bars(cls, spec: MarketSpec, bars: Bars) -> MarketData:
-        """Compute features, split ranges and the reward scale for ``bars``."""
+    def from_bars(
+        cls, spec: MarketSpec, bars: Bars, features: FeatureSet | None = None
+    ) -> MarketData:
+        """Split ranges, the reward scale and (unless given) the features of ``bars``.
+
+        Args:
+            spec: The market.
+            bars: Its bars.
+            features: ``compute_features(bars)`` when they are known (e.g. from the data
+                cache); computed when None.
+
+        Raises:
+            ValueError: if ``features`` are not those of as many bars.
+        """
+        if features is None:
+            features = compute_features(bars)
+        elif len(features.values) != len(bars):
+            raise ValueError(f"features of {len(features.values)} bars for {len(bars)} bars")
         ranges = split_ranges(len(bars), spec.split, market=spec.name)
         train_close = bars.slice(ranges.train).close_without_gaps()
         move = float(np.mean(np.abs(np.diff(train_close)))) if len(train_close) > 1 else 0.0
         scale = move * spec.point_value
         if not math.isfinite(scale) or scale <= 0:  # flat training prices
             scale = spec.tick_value
-        return cls(spec, bars, compute_features(bars), ranges, scale)
+        return cls(spec, bars, features, ranges, scale)
 
     @classmethod
     def load(
@@ -123,14 +139,17 @@ class MarketData:
         data_seed: int | None = None,
         models_root: str | os.PathLike[str] | None = None,
     ) -> MarketData:
-        """Load the market's bars (:func:`tuner.trading.data.load_bars`) and prepare them.
+        """Load the market's bars and features (:func:`tuner.trading.data.load_market`) and
+        prepare them.
 
         Args:
             spec: The market.
             data_seed: Seed of the synthetic generator (default: the one in the config).
-            models_root: The run's models root, whose ``.data-cache`` holds parsed data files.
+            models_root: The run's models root, whose ``.data-cache`` holds parsed data files
+                and their features.
         """
-        return cls.from_bars(spec, load_bars(spec, seed=data_seed, models_root=models_root))
+        bars, features = load_market(spec, seed=data_seed, models_root=models_root)
+        return cls.from_bars(spec, bars, features)
 
 
 @dataclass(frozen=True, eq=False)
@@ -255,7 +274,8 @@ class FuturesTradingEnv(gym.Env[NDArray[np.float32], np.int64]):
 
         # Memoryviews: indexing one gives a Python float, twice as fast as a numpy scalar,
         # and unlike a list (32 bytes a value) it shares the bars' memory with every env.
-        self._close_arr = data.bars.slice(part).close_without_gaps()
+        # Nothing here copies a whole split: every env of every trial reads the same pages.
+        self._first = part.start
         self._close = _floats(data.bars.close[part])
         self._gap = _floats(data.bars.roll_gap[part])
         self._open = _floats(data.bars.open[part])
@@ -567,12 +587,14 @@ class FuturesTradingEnv(gym.Env[NDArray[np.float32], np.int64]):
         """Statistics of the current episode so far (copies; safe to keep)."""
         k = self._k
         counters = replace(self._counters) if self._counters is not None else None
+        first = self._first + self._start
+        closes = self.data.bars.slice(slice(first, first + k + 1)).close_without_gaps()
         return EpisodeStats(
             total_reward=self._reward_sum,
             equity=self._equity_buf[: k + 1].copy(),
             positions=self._pos_buf[:k].copy(),
             trade_pnls=self._trade_buf[: self._n_trades].copy(),
-            closes=self._close_arr[self._start : self._start + k + 1].copy(),
+            closes=closes.copy(),
             point_value=self._pv,
             bars_per_year=self._bars_per_year,
             start=self._start,

@@ -5,7 +5,7 @@ The YAML file has two top-level sections:
 ``defaults``
     ``bar_interval``, ``n_bars``, ``seed`` and ``start`` of the synthetic generator, the
     chronological ``split`` (``train``/``validation``/``test`` fractions and ``gap_bars``),
-    and ``data_cache``, where the parsed bars of data files are cached
+    and ``data_cache``, where the parsed bars of data files and their features are cached
     (:mod:`tuner.trading.data_cache`): ``auto`` (the default: ``.data-cache`` in the run's
     models root), ``false`` (no cache), or a folder (relative to the YAML file's folder).
 ``markets``
