@@ -37,8 +37,9 @@ def _init_ray(opts: RunOptions) -> None:
     address = _cluster_address(opts)
     if address:
         ray.init(address=address, log_to_driver=False, configure_logging=False)
-    else:  # a private Ray on this machine, bound to loopback
+    else:  # a private Ray on this machine, bound to loopback, even beside a `ray start` one
         ray.init(
+            address="local",
             num_cpus=opts.num_cpus,
             include_dashboard=False,
             log_to_driver=False,
