@@ -8,9 +8,9 @@ command that does not support object storage yet, naming the URI and what is not
 
     parse_location("s3://acc/models", "--models-root")  # -> StoreURI("s3", "acc", "models")
     parse_location("models", "--models-root")           # -> Path("models")
-    local_folder("s3://acc/models", "--root", "python -m checkpointing.retention")
-    # ConfigError: --root 's3://acc/models' is an object-store URI, and python -m
-    # checkpointing.retention does not take one for --root yet ...
+    local_folder("s3://acc/ray", "--storage-path", "python -m tuner.browse")
+    # ConfigError: --storage-path 's3://acc/ray' is an object-store URI, and python -m
+    # tuner.browse does not take one for --storage-path yet ...
 
 A URI is ``scheme://...``. Only ``s3://bucket[/prefix]`` is understood so far; other schemes
 are refused by name. Credentials never go in a URI (``s3://KEY:SECRET@bucket`` is refused
@@ -34,6 +34,7 @@ __all__ = [
     "is_uri",
     "local_folder",
     "parse_location",
+    "shown",
 ]
 
 SUPPORTED_SCHEMES = ("s3",)
@@ -70,9 +71,20 @@ class StoreURI:
         return StoreURI(self.scheme, self.bucket, "/".join([*filter(None, [self.key]), *parts]))
 
     @property
+    def name(self) -> str:
+        """The last part of the key (``x.zip`` of ``s3://acc/models/x.zip``), as ``Path.name``."""
+        return self.key.rsplit("/", 1)[-1]
+
+    @property
     def path(self) -> str:
         """``bucket/key``: the path a pyarrow file system takes."""
         return f"{self.bucket}/{self.key}" if self.key else self.bucket
+
+
+def shown(where: str | os.PathLike[str] | StoreURI) -> str:
+    """A path or a URI as text, for messages and JSON (a :class:`StoreURI` is never a path,
+    so ``os.fspath`` refuses it on purpose)."""
+    return str(where) if isinstance(where, StoreURI) else os.fspath(where)
 
 
 def is_uri(text: str | os.PathLike[str]) -> bool:
@@ -159,7 +171,8 @@ def local_folder(text: str | os.PathLike[str], what: str, command: str) -> Path:
     if isinstance(where, StoreURI):
         raise ConfigError(
             f"{what} {str(where)!r} is an object-store URI, and {command} does not take one "
-            f"for {what} yet (object storage so far: python -m tuner.train --models-root "
-            "s3://...); pass a local path or a shared mount"
+            f"for {what} yet (object storage so far: the models root of tuner.train, "
+            "tuner.browse, checkpointing.summary, checkpointing.retention and "
+            "checkpointing.registry); pass a local path or a shared mount"
         )
     return where

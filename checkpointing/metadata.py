@@ -32,6 +32,7 @@ __all__ = [
     "decode_metadata",
     "encode_metadata",
     "json_safe",
+    "metadata_or_name",
     "metadata_path_for",
     "read_checkpoint_metadata",
     "utc_timestamp",
@@ -174,7 +175,6 @@ def read_checkpoint_metadata(
     """
     p = Path(checkpoint)
     meta_path = metadata_path_for(p)
-    name = parse_name(p.name)
     try:
         doc = decode_metadata(_read_limited(meta_path), os.fspath(meta_path))
     except FileNotFoundError:
@@ -183,6 +183,15 @@ def read_checkpoint_metadata(
         if strict:
             raise MetadataError(str(exc)) from None
         doc = None
+    return metadata_or_name(doc, p.name)
+
+
+def metadata_or_name(doc: dict[str, Any] | None, zip_name: str) -> dict[str, Any] | None:
+    """What :func:`read_checkpoint_metadata` returns, given the decoded metadata document of
+    the checkpoint ``zip_name`` (None: missing or unreadable): the document, completed from
+    the name for a legacy one, else the fields of the name, else None. Shared by every place
+    metadata is read from (a folder here, an object in a bucket)."""
+    name = parse_name(zip_name)
     if doc is not None:
         if "schema_version" not in doc and name is not None:
             # A legacy metadata file: fill what it lacks from the name.

@@ -17,6 +17,8 @@ service-specific one first), refusing one with a user or password in it.
     store.preflight()                       # ObjectStoreError naming the URI, before training
     size, sha = store.put(Path("x.zip"), "phase1/NQ/checkpoints/x.zip")
     assert store.digest("phase1/NQ/checkpoints/x.zip") == (size, sha)   # read back
+    store.listing("phase1/NQ/checkpoints")  # {"x.zip": ObjectInfo(size, mtime)}: one LIST
+    store.get_bytes("phase1/NQ/checkpoints/x_metadata.json", limit=4 << 20)  # small ones only
 
 pyarrow is imported on first use, never at module import (command lines answer ``--help``
 without it). pyarrow keeps a folder visible after it deletes a file in it by writing an empty
@@ -42,7 +44,14 @@ from checkpointing.locations import StoreURI
 if TYPE_CHECKING:
     from pyarrow.fs import FileSystem
 
-__all__ = ["ENDPOINT_VARIABLES", "ObjectStore", "S3Settings"]
+__all__ = [
+    "ENDPOINT_VARIABLES",
+    "ObjectInfo",
+    "ObjectStore",
+    "S3Settings",
+    "object_exists",
+    "read_object",
+]
 
 ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 _CHUNK = 1024 * 1024
@@ -52,6 +61,15 @@ _DENIED = re.compile(
     re.IGNORECASE,
 )
 _UNREACHABLE = re.compile(r"NETWORK_CONNECTION|curlCode|Could not (connect|resolve)", re.I)
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a listing says of one object: its size in bytes and when it was last written
+    (seconds since the epoch; S3 keeps whole seconds). Nothing of its content is read."""
+
+    size: int
+    mtime: float
 
 
 @dataclass(frozen=True)
@@ -186,14 +204,57 @@ class ObjectStore:
 
     def sizes(self, folder: str) -> dict[str, int]:
         """``{file name: size}`` of the objects directly in ``folder`` (empty if none)."""
+        return {name: info.size for name, info in self.listing(folder).items()}
+
+    def listing(self, folder: str) -> dict[str, ObjectInfo]:
+        """``{file name: ObjectInfo}`` of the objects directly in ``folder`` (empty if none):
+        a listing, never a read of an object. pyarrow's empty ``folder/`` markers and the
+        sub-folders are left out."""
+        return self._listed(folder, recursive=False)
+
+    def tree(self, folder: str) -> dict[str, ObjectInfo]:
+        """``{key relative to folder: ObjectInfo}`` of every object below ``folder`` (one
+        paged listing, 1,000 keys a request)."""
+        return self._listed(folder, recursive=True)
+
+    def _listed(self, folder: str, *, recursive: bool) -> dict[str, ObjectInfo]:
         from pyarrow import fs as pafs
 
-        selector = pafs.FileSelector(self._path(folder), allow_not_found=True)
-        return {
-            info.base_name: int(info.size or 0)
-            for info in self.fs.get_file_info(selector)
-            if info.type == pafs.FileType.File
-        }
+        top = self._path(folder).rstrip("/")
+        selector = pafs.FileSelector(top, allow_not_found=True, recursive=recursive)
+        out: dict[str, ObjectInfo] = {}
+        for info in self.fs.get_file_info(selector):
+            if info.type != pafs.FileType.File or not info.path.startswith(top + "/"):
+                continue
+            rel = info.path[len(top) + 1 :]
+            if rel and not rel.endswith("/"):
+                mtime = info.mtime_ns
+                out[rel] = ObjectInfo(int(info.size or 0), 0.0 if mtime is None else mtime / 1e9)
+        return out
+
+    def get_bytes(self, key: str, limit: int) -> bytes:
+        """The content of the object ``key``, for small objects (metadata, registry shards).
+
+        Raises:
+            FileNotFoundError: no such object.
+            ValueError: it is larger than ``limit`` bytes (nothing past the limit is read).
+        """
+        with self.fs.open_input_stream(self._path(key)) as src:
+            data = src.read(limit + 1)
+        if len(data) > limit:
+            raise ValueError(f"{self.uri_of(key)} is larger than {limit} bytes")
+        return bytes(data)
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        """Write ``data`` as the object ``key``, replacing it whole (S3 never shows a half)."""
+        with self.fs.open_output_stream(self._path(key)) as out:
+            out.write(data)
+
+    def exists(self, key: str) -> bool:
+        """Whether the object ``key`` exists (one HEAD request)."""
+        from pyarrow import fs as pafs
+
+        return bool(self.fs.get_file_info(self._path(key)).type == pafs.FileType.File)
 
     # ----------------------------------------------------------------- preflight
 
@@ -225,6 +286,27 @@ class ObjectStore:
         except OSError as exc:
             raise ObjectStoreError(self._explain(step, exc)) from None
 
+    def check_readable(self) -> None:
+        """Check, before reading, that the bucket exists and the prefix can be listed; writes
+        nothing (what the commands that only read, or delete, check first).
+
+        Raises:
+            ObjectStoreError: as :meth:`preflight`'s.
+        """
+        from pyarrow import fs as pafs
+
+        step = "reach the bucket"
+        try:
+            if self.fs.get_file_info(self.uri.bucket).type == pafs.FileType.NotFound:
+                raise ObjectStoreError(
+                    f"{self.uri}: bucket {self.uri.bucket!r} does not exist at "
+                    f"{self.settings.describe()}; check the URI"
+                )
+            step = "list the prefix"
+            self.listing("")
+        except OSError as exc:
+            raise ObjectStoreError(self._explain(step, exc)) from None
+
     def _explain(self, step: str, exc: OSError) -> str:
         detail = str(exc).strip() or type(exc).__name__
         if _UNREACHABLE.search(detail):
@@ -239,3 +321,20 @@ class ObjectStore:
                 "bucket's policy"
             )
         return f"{self.uri}: cannot {step} at {self.settings.describe()} ({detail})"
+
+
+def read_object(uri: StoreURI, limit: int) -> bytes:
+    """The content of the small object at ``uri`` (a summary, a test report).
+
+    Raises:
+        FileNotFoundError: no such object; ValueError: larger than ``limit``; OSError.
+    """
+    return ObjectStore(StoreURI(uri.scheme, uri.bucket)).get_bytes(uri.key, limit)
+
+
+def object_exists(uri: StoreURI) -> bool:
+    """Whether an object is at ``uri`` (one HEAD request; False when it cannot be asked)."""
+    try:
+        return ObjectStore(StoreURI(uri.scheme, uri.bucket)).exists(uri.key)
+    except OSError:
+        return False

@@ -4,7 +4,9 @@
   every row says keep or delete and why (``kept_by``); each decision is logged on one line.
 - :func:`apply` deletes the rows marked delete, each zip first and then its companions.
 
-Both are called under the folder lock by :func:`checkpointing.retention.prune_folder`.
+Both are called under the folder lock by :func:`checkpointing.retention.prune_folder`. A folder
+in a bucket (:class:`~checkpointing.folders.BucketFolder`) is planned from one listing with the
+same policies, and :func:`apply` deletes there, zip first.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from checkpointing.cleanup import delete_checkpoints
+from checkpointing.folders import BucketFolder, checkpoint_bytes
+from checkpointing.locations import StoreURI
 from checkpointing.policies import AnyPolicy, RetentionPolicy
 from checkpointing.store import CheckpointInfo, list_checkpoints
-from checkpointing.summary import checkpoint_bytes
 
 __all__ = ["PlanRow", "RetentionPlan", "apply", "plan"]
 
@@ -114,10 +117,15 @@ class PlanRow:
 
 @dataclass(frozen=True)
 class RetentionPlan:
-    """What a policy decided for every checkpoint of a folder, oldest first."""
+    """What a policy decided for every checkpoint of a folder, oldest first.
 
-    folder: Path
+    ``folder`` is a path, or the URI of a folder in a bucket (then ``bucket`` is that folder,
+    which :func:`apply` deletes in).
+    """
+
+    folder: Path | StoreURI
     rows: tuple[PlanRow, ...]
+    bucket: BucketFolder | None = None
 
     @property
     def kept(self) -> int:
@@ -144,7 +152,10 @@ def _explain(policy: RetentionPolicy, infos: Sequence[CheckpointInfo]) -> list[t
 
 
 def plan(
-    folder: str | os.PathLike[str], policy: RetentionPolicy, *, include_legacy: bool = False
+    folder: str | os.PathLike[str] | BucketFolder,
+    policy: RetentionPolicy,
+    *,
+    include_legacy: bool = False,
 ) -> RetentionPlan:
     """Decide, from the file names alone, what ``policy`` keeps in ``folder``.
 
@@ -155,18 +166,29 @@ def plan(
     Cheap on a folder of 10,000 checkpoints: one folder read, no metadata file opened, and a
     ``stat`` only where a rule needs an mtime (phase_end and interrupt checkpoints). A deleted
     row's ``bytes_freed`` is read on first use or learnt by :func:`apply` while deleting; read
-    it first if the folder may change otherwise (:func:`prune_folder`'s dry run does).
+    it first if the folder may change otherwise (:func:`prune_folder`'s dry run does). For a
+    :class:`~checkpointing.folders.BucketFolder` everything comes from its listing (sizes and
+    mtimes included): no object is read.
     """
-    folder = Path(folder)
-    infos = list_checkpoints(folder, include_legacy=include_legacy)
-    rows = tuple(map(PlanRow, infos, _explain(policy, infos)))  # one reason tuple per info
+    if isinstance(folder, BucketFolder):
+        infos = folder.checkpoints(include_legacy=include_legacy)
+        reasons = _explain(policy, infos)
+        rows = tuple(
+            PlanRow(info, kept_by, None if kept_by else folder.bytes_of(info))
+            for info, kept_by in zip(infos, reasons, strict=True)
+        )
+        where: Path | StoreURI = folder.uri
+    else:
+        where = Path(folder)
+        infos = list_checkpoints(where, include_legacy=include_legacy)
+        rows = tuple(map(PlanRow, infos, _explain(policy, infos)))  # one reason tuple per info
     if log.isEnabledFor(logging.INFO):  # one line per decision: 10,000 in a big folder
         for row in rows:
             if row.keep:
-                log.debug("%s: keep %s (%s)", folder, row.name, ", ".join(row.kept_by))
+                log.debug("%s: keep %s (%s)", where, row.name, ", ".join(row.kept_by))
             else:
-                log.info("%s: delete %s (no rule keeps it)", folder, row.name)
-    return RetentionPlan(folder, rows)
+                log.info("%s: delete %s (no rule keeps it)", where, row.name)
+    return RetentionPlan(where, rows, folder if isinstance(folder, BucketFolder) else None)
 
 
 def apply(retention_plan: RetentionPlan) -> tuple[list[PlanRow], list[str]]:
@@ -178,10 +200,13 @@ def apply(retention_plan: RetentionPlan) -> tuple[list[PlanRow], list[str]]:
     to_delete = retention_plan.to_delete
     deleted: list[PlanRow] = []
     errors: list[str] = []
-    outcomes = delete_checkpoints([row.info for row in to_delete])
+    infos = [row.info for row in to_delete]
+    bucket = retention_plan.bucket
+    outcomes = delete_checkpoints(infos) if bucket is None else bucket.delete(infos)
     for row, outcome in zip(to_delete, outcomes, strict=True):
         if isinstance(outcome, OSError):
-            errors.append(f"cannot delete {os.fspath(row.info.path)!r}: {outcome}")
+            where = os.fspath(row.info.path) if bucket is None else bucket.location_of(row.info)
+            errors.append(f"cannot delete {where!r}: {outcome}")
             log.error("%s", errors[-1])
         else:
             row._record_freed(outcome)

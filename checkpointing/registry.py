@@ -16,6 +16,12 @@ the registry lists for it (a zip gone, or one it never heard of). Readers
 (:meth:`Registry.entries`, :func:`find_best`) check each folder they read with one directory
 listing and fall back to a scan of that folder (reading only the metadata of checkpoints the
 registry does not know); a missing or unreadable registry means a scan of everything in scope.
+
+A models root in a bucket has no ``registry.json``: its registry is one shard per run, and the
+view their union (:mod:`checkpointing.shards`, :class:`~checkpointing.shards.BucketRegistry`).
+:func:`open_registry` gives the reader of either kind of root, and
+``python -m checkpointing.registry rebuild --root s3://bucket/prefix`` rebuilds the shards from
+the checkpoints' metadata objects (listed; no zip is read).
 """
 
 from __future__ import annotations
@@ -40,10 +46,11 @@ from checkpointing.errors import (
 )
 from checkpointing.files import fsync_dir, temp_path
 from checkpointing.layout import PHASES
-from checkpointing.locations import local_folder
+from checkpointing.locations import StoreURI, parse_location
 from checkpointing.metadata import read_checkpoint_metadata, utc_timestamp
 from checkpointing.naming import parse_name, validate_market
 from checkpointing.ranking import METRICS, Ranked
+from checkpointing.shards import SHARD_DIR, BucketRegistry
 from checkpointing.store import CheckpointInfo, list_checkpoints
 
 __all__ = [
@@ -54,6 +61,7 @@ __all__ = [
     "RegistryEntry",
     "find_best",
     "main",
+    "open_registry",
     "rank_entries",
 ]
 
@@ -297,12 +305,21 @@ class Registry:
 
     # ----------------------------------------------------------------- readers
 
-    def entries(self, phase: int | None = None, market: str | None = None) -> list[RegistryEntry]:
+    def entries(
+        self,
+        phase: int | None = None,
+        market: str | None = None,
+        *,
+        runs: Collection[str | None] | None = None,
+    ) -> list[RegistryEntry]:
         """Up-to-date entries of one phase / market (default: all), by folder then timesteps.
 
         Each folder read is checked against the disk (one listing); a stale folder, or all of
-        them when the registry is missing, is read from the files instead.
+        them when the registry is missing, is read from the files instead. ``runs`` is the
+        same hint as :meth:`checkpointing.shards.BucketRegistry.entries`' (the runs whose
+        entries are wanted in full); every entry here is in full anyway.
         """
+        del runs  # a local registry is one file: nothing to save by reading less
         stored = self._read(keep=True)
         if stored is None:
             log.info("%s missing or unreadable: scanning the checkpoint folders", self.path)
@@ -383,27 +400,59 @@ def find_best(
     return Registry(root, config).find_best(phase, market, metric, seed, runs=runs)
 
 
+def open_registry(
+    root: str | os.PathLike[str] | StoreURI, config: CheckpointConfig | None = None
+) -> Registry | BucketRegistry:
+    """The registry reader of a models root: :class:`Registry` for a folder,
+    :class:`~checkpointing.shards.BucketRegistry` for a URI. Both answer ``entries(phase,
+    market, runs=...)``, ``rank`` and ``find_best`` alike."""
+    if isinstance(root, StoreURI):
+        return BucketRegistry(root, config)
+    return Registry(root, config)
+
+
 # --------------------------------------------------------------------------- CLI
 
 
+def _rebuild_bucket(uri: StoreURI, config: CheckpointConfig) -> int:
+    registry = BucketRegistry(uri, config)
+    try:
+        registry.check()
+        count, shards = registry.rebuild()
+    except ConfigError as exc:  # ObjectStoreError: no bucket, denied, unreachable
+        return usage_error(exc)
+    except OSError as exc:
+        print(f"error: cannot rebuild the registry shards under {uri}: {exc}", file=sys.stderr)
+        return 1
+    print(f"indexed {count} checkpoints in {shards} run shard(s) under {uri.child(SHARD_DIR)}/")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m checkpointing.registry rebuild [--root DIR] [--config FILE]``."""
+    """``python -m checkpointing.registry rebuild [--root DIR|s3://b/p] [--config FILE]``."""
     parser = argparse.ArgumentParser(
         prog="python -m checkpointing.registry",
         description="Maintain {root}/registry.json, the index of committed checkpoints.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     rebuild = sub.add_parser("rebuild", help="regenerate registry.json from the files")
-    rebuild.add_argument("--root", help="models root (default: checkpointing.paths.root)")
+    rebuild.add_argument(
+        "--root",
+        "--models-root",
+        dest="root",
+        help="models root: a folder, or s3://bucket/prefix (its run shards are rebuilt from the "
+        "checkpoints' metadata objects); default: checkpointing.paths.root",
+    )
     rebuild.add_argument(
         "--config", help=f"checkpoint config (default: {DEFAULT_CONFIG_PATH} if it exists)"
     )
     args = parser.parse_args(argv)
     try:
-        if args.root is not None:
-            local_folder(args.root, "--root", "python -m checkpointing.registry")
+        where = None if args.root is None else parse_location(args.root, "--root")
         config = resolve_config(args.config)
-        root = config.models_root(args.root)
+        if isinstance(where, StoreURI):
+            return _rebuild_bucket(where, config)
+        root = config.models_root(where)
     except ConfigError as exc:
         return usage_error(exc)
     if not root.is_dir():

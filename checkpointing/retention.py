@@ -17,10 +17,22 @@ Never touched: foreign files, ``best_model*``, the legacy final models and, unle
 without a zip, temporaries whose writer is gone or older than ``orphan_grace_seconds``) are
 swept and reported.
 
+**A models root in a bucket** (``--root s3://bucket/prefix``): each folder is planned from one
+listing of its objects (names, sizes, upload times; no object is read, no zip downloaded) by
+the same policies, and what the plan deletes is deleted there, zip first, then its companions.
+A bucket has no lock, and none is needed for what the policies keep: a checkpoint still being
+uploaded has no zip yet, so it is not in the plan, and every rule keeps in a subset what it
+keeps in the whole (the last N, the top K, events, interrupts until a later ``phase_end``, the
+first of each window), so a plan made while new checkpoints arrive never deletes one that the
+rules keep once they are there. Companions without a zip are swept once older than
+``orphan_grace_seconds`` (younger ones may be an upload in flight). The registry shards are
+left as they are: their readers keep only the checkpoints the listing shows
+(:mod:`checkpointing.shards`).
+
 CLI::
 
     python -m checkpointing.retention --phase 1 --market NQ --dry-run
-    python -m checkpointing.retention --phase 2 [--root models] [--config FILE] [--json]
+    python -m checkpointing.retention --phase 2 [--root models|s3://b/p] [--config FILE] [--json]
 """
 
 from __future__ import annotations
@@ -33,6 +45,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,8 +54,9 @@ from typing import Any
 from checkpointing.cleanup import SweepReport, sweep
 from checkpointing.config import CheckpointConfig, RetentionConfig, resolve_config
 from checkpointing.errors import CheckpointNameError, ConfigError, usage_error
+from checkpointing.folders import BucketFolder, BucketRoot
 from checkpointing.layout import PHASES
-from checkpointing.locations import local_folder
+from checkpointing.locations import StoreURI, parse_location, shown
 from checkpointing.naming import validate_market
 from checkpointing.plan import PlanRow, RetentionPlan, apply, plan
 from checkpointing.policies import RetentionPolicy, build_policy
@@ -73,9 +87,10 @@ class PruneReport:
     """The result of a retention pass over one folder (``plan`` is None when ``skipped``).
 
     ``deleted_rows``: the checkpoints deleted (in a dry run: that the plan would delete).
+    ``folder`` is a path, or a URI for a folder in a bucket.
     """
 
-    folder: Path
+    folder: Path | StoreURI
     dry_run: bool
     plan: RetentionPlan | None
     deleted_rows: tuple[PlanRow, ...] = ()
@@ -101,7 +116,7 @@ class PruneReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "folder": os.fspath(self.folder),
+            "folder": shown(self.folder),
             "phase": self.phase,
             "market": self.market,
             "dry_run": self.dry_run,
@@ -119,7 +134,7 @@ class PruneReport:
 
 
 def prune_folder(
-    folder: str | os.PathLike[str],
+    folder: str | os.PathLike[str] | BucketFolder,
     retention_cfg: RetentionConfig,
     *,
     dry_run: bool = False,
@@ -130,7 +145,8 @@ def prune_folder(
     """Sweep leftovers, plan and delete, all under the folder lock; the in-run entry point.
 
     Args:
-        folder: a checkpoint folder.
+        folder: a checkpoint folder, or one in a bucket (see the module: no lock there; the
+            registry is not told).
         retention_cfg: ``checkpointing.retention``; nothing happens when ``enabled`` is false.
         dry_run: plan and report only (under a shared lock); nothing is deleted.
         registry: told what was deleted (:meth:`Registry.forget`), under the folder lock.
@@ -139,6 +155,10 @@ def prune_folder(
 
     Never call it while holding the folder's lock (it is not re-entrant).
     """
+    if isinstance(folder, BucketFolder):
+        return _prune_bucket_folder(
+            folder, retention_cfg, dry_run=dry_run, include_legacy=include_legacy, policy=policy
+        )
     folder = Path(folder)
     if not retention_cfg.enabled:
         return PruneReport(folder, dry_run, None, skipped="retention is disabled")
@@ -171,6 +191,51 @@ def prune_folder(
         log.info(
             "%s: kept %d, deleted %d (%d bytes), swept %d leftovers",
             folder,
+            report.kept,
+            report.deleted,
+            report.bytes_freed,
+            swept.count,
+        )
+    return report
+
+
+def _prune_bucket_folder(
+    folder: BucketFolder,
+    retention_cfg: RetentionConfig,
+    *,
+    dry_run: bool,
+    include_legacy: bool,
+    policy: RetentionPolicy | None,
+) -> PruneReport:
+    """:func:`prune_folder` of a folder in a bucket: its listing (as the folder holds it: list
+    it anew, or :meth:`~checkpointing.folders.BucketFolder.refresh` it, for a later pass), the
+    same policy, deletions zip first; orphan companions older than the grace period swept."""
+    where = folder.uri
+    if not retention_cfg.enabled:
+        return PruneReport(where, dry_run, None, skipped="retention is disabled")
+    policy = policy if policy is not None else build_policy(retention_cfg)
+    try:
+        orphans = folder.orphans(retention_cfg.orphan_grace_seconds, time.time())
+        the_plan = plan(folder, policy, include_legacy=include_legacy)
+    except OSError as exc:
+        message = f"cannot list {folder.location}: {exc}"
+        log.error("%s", message)
+        return PruneReport(where, dry_run, None, skipped=message, errors=(message,))
+    errors: list[str] = []
+    if dry_run:
+        deleted = list(the_plan.to_delete)
+    else:
+        deleted, errors = apply(the_plan)
+        try:
+            folder.remove(orphans)
+        except OSError as exc:
+            errors.append(f"cannot sweep the orphan companions of {folder.location}: {exc}")
+    swept = SweepReport(orphans=[Path(name) for name in orphans])
+    report = PruneReport(where, dry_run, the_plan, tuple(deleted), swept, tuple(errors))
+    if not dry_run and (report.deleted or swept.count):
+        log.info(
+            "%s: kept %d, deleted %d (%d bytes), swept %d leftovers",
+            where,
             report.kept,
             report.deleted,
             report.bytes_freed,
@@ -221,15 +286,13 @@ def _totals(reports: Sequence[PruneReport]) -> dict[str, int]:
 
 
 def _print_report(report: PruneReport) -> None:
-    print(
-        f"{os.fspath(report.folder)}"
-        + ("  (dry run: nothing is deleted)" if report.dry_run else "")
-    )
+    dry = "  (dry run: nothing is deleted)" if report.dry_run else ""
+    print(f"{shown(report.folder)}{dry}")
     if report.plan is None:
         print(f"  skipped: {report.skipped}")
         return
     if not report.plan.rows:
-        print(f"  no checkpoints in {os.fspath(report.folder)}")
+        print(f"  no checkpoints in {shown(report.folder)}")
     width = max((len(r.name) for r in report.plan.rows), default=0)
     for row in report.plan.rows:
         print(f"  {row.action:<6}  {row.name:<{width}}  {', '.join(row.kept_by)}".rstrip())
@@ -260,7 +323,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--phase", type=int, choices=PHASES, required=True, help="phase 1, 2 or 3")
     parser.add_argument("--market", help="one market (default: every market folder of the phase)")
-    parser.add_argument("--root", help="models root (default: checkpointing.paths.root)")
+    parser.add_argument(
+        "--root",
+        "--models-root",
+        dest="root",
+        help="models root: a folder, or s3://bucket/prefix (planned from a listing, deleted "
+        "there zip first; no checkpoint downloaded); default: checkpointing.paths.root",
+    )
     parser.add_argument(
         "--config",
         help="checkpoint config (default: config/checkpoint_config.yaml if it exists, "
@@ -275,31 +344,51 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _targets(args: argparse.Namespace, config: CheckpointConfig, root: Path) -> list[Any]:
-    """(folder, market) of every folder to prune.
+def _targets(
+    args: argparse.Namespace, config: CheckpointConfig
+) -> tuple[Path | StoreURI, list[tuple[Path | BucketFolder, str | None]]]:
+    """The models root and (folder, market) of every folder to prune: local folders, or the
+    folders of a bucket (``--root s3://...``).
 
     Raises:
-        ConfigError: the market's folder or the models root does not exist.
+        ConfigError: the market's folder or the models root does not exist; a bucket that
+            cannot be listed (ObjectStoreError).
         CheckpointNameError: a bad market name.
     """
+    where = None if args.root is None else parse_location(args.root, "--root")
+    if isinstance(where, StoreURI):
+        bucket = BucketRoot(where, config)
+        bucket.check()
+        markets = None if args.market is None else [validate_market(args.market)]
+        found = bucket.folders([args.phase], markets)
+        if args.market is not None and not found:
+            raise ConfigError(
+                f"checkpoint folder {bucket.folder(args.phase, args.market).location!r} does not "
+                f"exist (no checkpoints of market {args.market!r} in phase {args.phase} under "
+                f"{str(where)!r}; check --root and --market)"
+            )
+        return where, [(f, f.market) for f in found]
+    root = config.models_root(where)
     if args.market is not None:
         market = validate_market(args.market)
-        folder = config.checkpoint_dir(args.phase, market, args.root)
+        folder = config.checkpoint_dir(args.phase, market, root)
         if not folder.is_dir():
             raise ConfigError(
                 f"checkpoint folder {os.fspath(folder)!r} does not exist (no checkpoints of "
                 f"market {market!r} in phase {args.phase} under {os.fspath(root)!r}; "
                 "check --root and --market)"
             )
-        return [(folder, market)]
+        return root, [(folder, market)]
     if not root.is_dir():
         raise ConfigError(f"models root {os.fspath(root)!r} does not exist (check --root)")
-    return [(f.path, f.market) for f in config.layout(root).folders([args.phase])]
+    return root, [(f.path, f.market) for f in config.layout(root).folders([args.phase])]
 
 
-def _print_all(args: argparse.Namespace, reports: Sequence[PruneReport], root: Path) -> None:
+def _print_all(
+    args: argparse.Namespace, reports: Sequence[PruneReport], root: Path | StoreURI
+) -> None:
     totals = _totals(reports)
-    nothing = f"no checkpoint folders of phase {args.phase} under {os.fspath(root)!r}"
+    nothing = f"no checkpoint folders of phase {args.phase} under {shown(root)!r}"
     if args.json:
         doc = {"dry_run": args.dry_run, "folders": [r.to_dict() for r in reports], "totals": totals}
         print(json.dumps(doc, indent=2))
@@ -323,19 +412,13 @@ def _print_all(args: argparse.Namespace, reports: Sequence[PruneReport], root: P
 def main(argv: Sequence[str] | None = None) -> int:
     """The retention CLI; returns the exit code (0 ok, 1 a deletion failed, 2 bad input)."""
     args = _parser().parse_args(argv)
-    if args.root is not None:
-        try:
-            local_folder(args.root, "--root", "python -m checkpointing.retention")
-        except ConfigError as exc:
-            return usage_error(exc)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
         config = resolve_config(args.config)
-        root = config.models_root(args.root)
-        targets = _targets(args, config, root)
+        root, targets = _targets(args, config)
     except (CheckpointNameError, ConfigError) as exc:
         return usage_error(str(exc))
     retention = config.retention
@@ -346,7 +429,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         retention = dataclasses.replace(retention, enabled=True)
-    registry = Registry(root, config)
+    # A bucket's registry shards need no update: their readers keep what the listing shows.
+    registry = None if isinstance(root, StoreURI) else Registry(root, config)
     reports = [
         dataclasses.replace(
             prune_folder(

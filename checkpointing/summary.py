@@ -6,11 +6,13 @@ The seed note's API::
     summary = manager.get_checkpoint_summary("models/phase1/NQ/checkpoints/")
     summary["total_count"], summary["best_sharpe"]["value"], summary["best_reward"]["timesteps"]
 
-Summaries come from the file names and one ``stat`` per file (no metadata is opened).
+Summaries come from the file names and one ``stat`` per file (no metadata is opened); for a
+models root in a bucket (``--root s3://bucket/prefix``), from one listing per phase: names and
+sizes of the objects, no object read (:mod:`checkpointing.folders`).
 
 CLI::
 
-    python -m checkpointing.summary [--phase 1] [--market NQ] [--root models] [--json]
+    python -m checkpointing.summary [--phase 1] [--market NQ] [--root models|s3://b/p] [--json]
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import stat
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -27,12 +28,13 @@ from typing import Any
 
 from checkpointing.config import CheckpointConfig, resolve_config
 from checkpointing.errors import CheckpointNameError, ConfigError, usage_error
+from checkpointing.folders import BucketFolder, BucketRoot, Folder, LocalFolder, checkpoint_bytes
 from checkpointing.layout import PHASES
-from checkpointing.locations import local_folder
-from checkpointing.naming import COMPANION_SUFFIXES, CheckpointName
+from checkpointing.locations import StoreURI, parse_location
+from checkpointing.naming import CheckpointName
 from checkpointing.policies import RankedMetric
 from checkpointing.ranking import rank
-from checkpointing.store import CheckpointInfo, list_checkpoints
+from checkpointing.store import CheckpointInfo
 
 __all__ = [
     "CheckpointRetentionManager",
@@ -41,21 +43,6 @@ __all__ = [
     "main",
     "summarize_folder",
 ]
-
-
-def checkpoint_bytes(info: CheckpointInfo) -> int:
-    """Bytes a checkpoint takes on disk: its zip plus the companions that exist."""
-    total = info.size
-    # String paths: this runs for 10,000 files (a dry run of a big folder, a summary).
-    base = os.path.join(info.dirname, info.base)
-    for suffix in COMPANION_SUFFIXES:
-        try:
-            st = os.lstat(base + suffix)
-        except FileNotFoundError:
-            continue
-        if stat.S_ISREG(st.st_mode):
-            total += st.st_size
-    return total
 
 
 def human_bytes(n: int) -> str:
@@ -70,7 +57,9 @@ def human_bytes(n: int) -> str:
     return f"{size:.1f} {unit}"
 
 
-def _best(infos: Sequence[CheckpointInfo], metric: RankedMetric) -> dict[str, Any] | None:
+def _best(
+    folder: Folder, infos: Sequence[CheckpointInfo], metric: RankedMetric
+) -> dict[str, Any] | None:
     """The best checkpoint of the folder by a metric its names carry, by the ranking rule."""
     ranked = rank(
         (getattr(name, metric), name.timesteps, info.filename, name.model, info)
@@ -85,15 +74,16 @@ def _best(infos: Sequence[CheckpointInfo], metric: RankedMetric) -> dict[str, An
     return {
         "value": getattr(name, metric),
         "timesteps": info.timesteps,
-        "path": os.fspath(info.path),
+        "path": folder.location_of(info),
         "event": name.event,
         "seed": name.seed,
         "run_id": name.run_id,
     }
 
 
-def summarize_folder(folder: str | os.PathLike[str]) -> dict[str, Any]:
-    """The summary of one checkpoint folder (legacy v1 checkpoints included).
+def summarize_folder(folder: str | os.PathLike[str] | Folder) -> dict[str, Any]:
+    """The summary of one checkpoint folder (legacy v1 checkpoints included), local or in a
+    bucket (a :class:`~checkpointing.folders.BucketFolder`: paths are then URIs).
 
     Keys: ``folder``; ``total_count``; ``best_sharpe`` and ``best_reward`` (``value``,
     ``timesteps``, ``path``, ``event``, ``seed``; ``None`` when nothing has that metric);
@@ -101,7 +91,8 @@ def summarize_folder(folder: str | os.PathLike[str]) -> dict[str, Any]:
     (how many runs, a seed's checkpoints without a run id counting as one);
     ``bytes`` (zips plus companions). A missing folder summarizes as empty.
     """
-    infos = list_checkpoints(folder)
+    source = folder if isinstance(folder, (LocalFolder, BucketFolder)) else LocalFolder(folder)
+    infos = source.checkpoints()
     events: Counter[str] = Counter(
         info.name.event if isinstance(info.name, CheckpointName) else "legacy" for info in infos
     )
@@ -109,14 +100,14 @@ def summarize_folder(folder: str | os.PathLike[str]) -> dict[str, Any]:
     seeds = sorted({name.seed for name in names})
     runs = len({(name.seed, name.run_id) for name in names})
     return {
-        "folder": os.fspath(folder),
+        "folder": source.location,
         "total_count": len(infos),
-        "best_sharpe": _best(infos, "sharpe_ratio"),
-        "best_reward": _best(infos, "val_reward"),
+        "best_sharpe": _best(source, infos, "sharpe_ratio"),
+        "best_reward": _best(source, infos, "val_reward"),
         "by_event": dict(sorted(events.items())),
         "seeds": seeds,
         "runs": runs,
-        "bytes": sum(checkpoint_bytes(info) for info in infos),
+        "bytes": sum(source.bytes_of(info) for info in infos),
     }
 
 
@@ -148,6 +139,36 @@ def _fmt_best(best: dict[str, Any] | None, digits: int) -> str:
     return f"{best['value']:+.{digits}f} @ {best['timesteps']:,}"
 
 
+def _folders(args: argparse.Namespace, config: CheckpointConfig) -> tuple[str, list[Folder]]:
+    """The models root as shown, and the folders to summarize: local ones, or those of a
+    bucket (``--root s3://...``, listed; nothing is read).
+
+    Raises:
+        ConfigError: a bad root, a missing root or folder; ObjectStoreError (a ConfigError) for
+            a bucket that cannot be listed.
+        CheckpointNameError: a bad market name.
+    """
+    phases = None if args.phase is None else [args.phase]
+    markets = None if args.market is None else [args.market]
+    where = None if args.root is None else parse_location(args.root, "--root")
+    if isinstance(where, StoreURI):
+        bucket = BucketRoot(where, config)
+        bucket.check()
+        found: list[Folder] = list(bucket.folders(phases, markets))
+        if args.market is not None and args.phase is not None and not found:
+            missing = bucket.folder(args.phase, args.market).location
+            raise ConfigError(f"checkpoint folder {missing!r} does not exist")
+        return str(where), found
+    root = config.models_root(where)
+    folders = config.layout(root).folders(phases, markets)
+    if args.market is not None and args.phase is not None and not folders:
+        missing_dir = config.checkpoint_dir(args.phase, args.market, root)
+        raise ConfigError(f"checkpoint folder {os.fspath(missing_dir)!r} does not exist")
+    if not root.is_dir():
+        raise ConfigError(f"models root {os.fspath(root)!r} does not exist (check --root)")
+    return os.fspath(Path(root)), [LocalFolder(f.path, f.phase, f.market) for f in folders]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The summary CLI; returns the exit code (0 ok, 2 bad input or missing folder)."""
     parser = argparse.ArgumentParser(
@@ -156,7 +177,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--phase", type=int, choices=PHASES, help="one phase (default: all)")
     parser.add_argument("--market", help="one market (default: every market folder)")
-    parser.add_argument("--root", help="models root (default: checkpointing.paths.root)")
+    parser.add_argument(
+        "--root",
+        "--models-root",
+        dest="root",
+        help="models root: a folder, or s3://bucket/prefix (listed, no checkpoint downloaded); "
+        "default: checkpointing.paths.root",
+    )
     parser.add_argument(
         "--config",
         help="checkpoint config (default: config/checkpoint_config.yaml if it exists, "
@@ -164,30 +191,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--json", action="store_true", help="print JSON on stdout")
     args = parser.parse_args(argv)
-    if args.root is not None:
-        try:
-            local_folder(args.root, "--root", "python -m checkpointing.summary")
-        except ConfigError as exc:
-            return usage_error(exc)
     try:
         config = resolve_config(args.config)
-        root = config.models_root(args.root)
-        phases = None if args.phase is None else [args.phase]
-        markets = None if args.market is None else [args.market]
-        folders = config.layout(root).folders(phases, markets)
-        if args.market is not None and args.phase is not None and not folders:
-            missing = config.checkpoint_dir(args.phase, args.market, args.root)
-            return usage_error(f"checkpoint folder {os.fspath(missing)!r} does not exist")
+        root, folders = _folders(args, config)
     except (ConfigError, CheckpointNameError) as exc:
         return usage_error(str(exc))
-    if not root.is_dir():
-        return usage_error(f"models root {os.fspath(root)!r} does not exist (check --root)")
-    rows = [{"phase": f.phase, "market": f.market, **summarize_folder(f.path)} for f in folders]
+    rows = [{"phase": f.phase, "market": f.market, **summarize_folder(f)} for f in folders]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     if not rows:
-        print(f"no checkpoint folders under {os.fspath(Path(root))!r}")
+        print(f"no checkpoint folders under {root!r}")
         return 0
     header = ("phase", "market", "runs", "count", "best sharpe", "best reward", "size", "events")
     table = [

@@ -21,10 +21,25 @@ checkpoint exists if and only if its zip exists.
   a time bound; :meth:`Uploader.close` then stops the thread and reports what is still only
   local (:class:`UploadReport`).
 - **Catching up**: :meth:`Uploader.catch_up` queues the staged checkpoints of a folder that
-  are not on the bucket (a previous run that ended with the bucket unreachable).
+  are not on the bucket (a previous run that ended with the bucket unreachable), and
+  :meth:`Uploader.catch_up_registry` the staged registry shards that differ from the bucket's.
+- **Never resurrected.** Each checkpoint whose zip reached the bucket is written down in the
+  staging folder's upload journal (:class:`UploadJournal`, ``.uploads/<folder>.jsonl``), after
+  the zip is read back. A staged checkpoint the journal names but the bucket no longer has was
+  deleted there since (retention on the bucket, from any machine): catching up never uploads it
+  again (:attr:`Uploader.deleted_on_bucket`). The one gap: a process killed between a zip's
+  read-back and its journal line (microseconds) leaves a checkpoint that a catch-up would
+  upload again if retention on the bucket deleted it in between; never the reverse, which
+  would lose one.
+- **The registry shard** of each run (:mod:`checkpointing.shards`) is kept in the staging
+  folder (``registry/<market>/seed-<seed>_run-<run id>.json``), updated when a checkpoint is
+  committed and when retention deletes one, and put on the bucket whole after the
+  checkpoint's zip; the first put of a shard by a process merges the bucket's copy (what the
+  run wrote from another machine). Only this run's process writes it, so runs on many nodes
+  never lose each other's entries.
 
-Only checkpoints are uploaded. ``registry.json``, ``best_model*`` and the legacy final models
-(``runs/<run id>/``) stay in the staging folder.
+Checkpoints and the runs' registry shards are uploaded. ``registry.json``, ``best_model*`` and
+the legacy final models (``runs/<run id>/``) stay in the staging folder.
 
 ::
 
@@ -38,6 +53,7 @@ Only checkpoints are uploaded. ``registry.json``, ``best_model*`` and the legacy
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -48,16 +64,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from checkpointing.errors import CheckpointCorruptError
+from checkpointing.entries import build_entry
+from checkpointing.errors import CheckpointCorruptError, RegistryError
 from checkpointing.locations import StoreURI
-from checkpointing.naming import METADATA_SUFFIX, VECNORM_SUFFIX
+from checkpointing.metadata import read_checkpoint_metadata
+from checkpointing.naming import METADATA_SUFFIX, VECNORM_SUFFIX, CheckpointName, parse_name
 from checkpointing.object_store import ObjectStore
+from checkpointing.shards import (
+    MAX_SHARD_BYTES,
+    SHARD_DIR,
+    LocalShards,
+    RunKey,
+    decode_shard,
+    parse_shard_name,
+)
 from checkpointing.store import CheckpointInfo, list_checkpoints, verify_checkpoint
 
 __all__ = [
     "STAGING_HOME",
     "Backoff",
     "KeepPendingUploads",
+    "UploadJournal",
     "UploadReport",
     "Uploader",
     "default_staging_dir",
@@ -67,6 +94,8 @@ log = logging.getLogger(__name__)
 
 STAGING_HOME = "futures-rl-tuner/staging"
 PENDING_REASON = "pending_upload"
+JOURNAL_DIR = ".uploads"
+_SHARD_PUTS = 5  # puts of one shard in a row while another process keeps changing it
 
 
 def default_staging_dir(uri: StoreURI, environ: Mapping[str, str] | None = None) -> Path:
@@ -92,8 +121,50 @@ class Backoff:
 
 @dataclass(frozen=True)
 class _Job:
-    kind: Literal["upload", "delete"]
-    zip_path: Path
+    kind: Literal["upload", "delete", "shard"]
+    zip_path: Path  # for a shard: the staged shard file
+
+
+class UploadJournal:
+    """What a staging folder has uploaded: per checkpoint folder, one JSON line
+    (``{"name": ..., "size": ...}``) per checkpoint whose zip reached the bucket and read back
+    whole, in ``{staging}/.uploads/<folder>.jsonl``.
+
+    Lines are appended with one ``write`` each (``O_APPEND``: processes sharing the staging
+    folder never interleave them); a line cut short by a crash is skipped when read.
+    """
+
+    def __init__(self, staging: str | os.PathLike[str]) -> None:
+        self.staging = Path(staging)
+
+    def path_of(self, folder_key: str) -> Path:
+        parts = [p for p in folder_key.split("/") if p] or ["_root"]
+        return self.staging.joinpath(JOURNAL_DIR, *parts[:-1], parts[-1] + ".jsonl")
+
+    def add(self, folder_key: str, name: str, size: int) -> None:
+        path = self.path_of(folder_key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({"name": name, "size": size}, separators=(",", ":")) + "\n"
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        try:
+            os.write(fd, line.encode("utf-8"))
+        finally:
+            os.close(fd)
+
+    def read(self, folder_key: str) -> dict[str, int]:
+        """``{zip name: size}`` of what was uploaded from the folder (empty if nothing)."""
+        try:
+            raw = self.path_of(folder_key).read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return {}
+        out: dict[str, int] = {}
+        for line in raw.splitlines():
+            try:
+                doc = json.loads(line)
+                out[str(doc["name"])] = int(doc["size"])
+            except (ValueError, TypeError, KeyError):
+                continue
+        return out
 
 
 class _Dropped(Exception):
@@ -111,6 +182,7 @@ class UploadReport:
     deletions_pending: int = 0
     dropped: int = 0
     last_error: str | None = None
+    shards_pending: int = 0
 
     @property
     def complete(self) -> bool:
@@ -142,6 +214,12 @@ class UploadReport:
             lines.append(
                 f"note: {self.deletions_pending} checkpoint(s) deleted by retention in the "
                 f"staging folder are still on {self.uri}"
+            )
+        if self.shards_pending:
+            lines.append(
+                f"note: {self.shards_pending} registry shard(s) are not on {self.uri} yet (the "
+                "next run with this staging folder puts them; readers meanwhile index those "
+                "checkpoints from their metadata)"
             )
         return lines
 
@@ -179,6 +257,12 @@ class Uploader:
         self._uploaded = 0
         self._dropped = 0
         self._last_error: str | None = None
+        self._shards = LocalShards(self.staging)
+        self._journal = UploadJournal(self.staging)
+        self._shards_queued: set[str] = set()  # real paths of staged shards waiting to go
+        self._merged: set[str] = set()  # shard keys merged with the bucket's copy already
+        # Staged checkpoints a catch-up found deleted on the bucket after their upload.
+        self.deleted_on_bucket: list[Path] = []
         self._thread = threading.Thread(target=self._work, name="checkpoint-uploader", daemon=True)
         self._thread.start()
 
@@ -203,20 +287,63 @@ class Uploader:
 
     def committed(self, zip_path: str | os.PathLike[str], metadata: Any = None) -> None:
         """Queue the upload of a just-committed checkpoint (the ``on_commit`` hook of
-        :func:`checkpointing.store.commit_files`). Returns at once; never raises."""
+        :func:`checkpointing.store.commit_files`) and index it in its run's staged registry
+        shard. Returns at once (local files only); never raises."""
         try:
             self._enqueue(_Job("upload", Path(zip_path)))
+            self._index(Path(zip_path), metadata)
         except Exception as exc:  # a hook under the folder lock must not fail the save
             log.error("cannot queue the upload of %s: %s", zip_path, exc)
 
     def forget(self, zip_paths: Iterable[str | os.PathLike[str]]) -> None:
-        """Queue the deletion on the bucket of checkpoints deleted from staging (retention)."""
-        for path in zip_paths:
-            self._enqueue(_Job("delete", Path(path)))
+        """Queue the deletion on the bucket of checkpoints deleted from staging (retention),
+        and drop them from their runs' registry shards."""
+        drops: list[tuple[RunKey, str]] = []
+        for path in map(Path, zip_paths):
+            self._enqueue(_Job("delete", path))
+            name = parse_name(path.name)
+            if isinstance(name, CheckpointName):
+                try:
+                    drops.append(((name.market, name.seed, name.run_id), self.key_of(path)))
+                except ValueError:
+                    continue
+        try:
+            for shard in self._shards.forget(drops):
+                self._enqueue_shard(shard)
+        except Exception as exc:  # the index can be rebuilt; the deletions are queued
+            log.error("cannot update the registry shards in %s: %s", self.staging, exc)
+
+    def _index(self, zip_path: Path, metadata: Any) -> None:
+        """Record a committed checkpoint in its run's staged shard; queue the shard's put."""
+        name = parse_name(zip_path.name)
+        if not isinstance(name, CheckpointName):
+            return
+        meta = metadata if isinstance(metadata, Mapping) else read_checkpoint_metadata(zip_path)
+        phase = (meta or {}).get("phase")
+        phase = phase if isinstance(phase, int) and not isinstance(phase, bool) else None
+        size = zip_path.stat().st_size
+        entry = build_entry(self.key_of(zip_path), name, phase, name.market, meta, size)
+        shard = self._shards.record(entry)
+        if shard is not None:
+            self._enqueue_shard(shard)
+
+    def _enqueue_shard(self, shard: Path) -> None:
+        real = os.path.realpath(shard)
+        with self._cond:
+            if real in self._shards_queued:
+                return  # one put sends whatever the file holds by then
+            self._shards_queued.add(real)
+            self._jobs.append(_Job("shard", shard))
+            self._cond.notify_all()
 
     def catch_up(self, folder: str | os.PathLike[str]) -> int:
         """Queue the staged checkpoints of ``folder`` that are not on the bucket (or differ
         in size there); returns how many. One listing of the bucket folder.
+
+        A checkpoint the upload journal says reached the bucket, and that the bucket no longer
+        has, was deleted there after its upload (retention on the bucket): it is never
+        uploaded again, only noted in :attr:`deleted_on_bucket`. Checkpoints found on the
+        bucket but not in the journal (uploaded before there was one) are written into it.
 
         Raises:
             OSError: the bucket cannot be listed.
@@ -224,14 +351,49 @@ class Uploader:
         local = list_checkpoints(folder, include_legacy=False)
         if not local:
             return 0
-        remote = self.store.sizes(self.key_of(folder))
-        missing = [info for info in local if remote.get(info.filename) != info.size]
+        folder_key = self.key_of(folder)
+        remote = self.store.sizes(folder_key)
+        uploaded = self._journal.read(folder_key)
         with self._cond:
             queued = set(self._pending)
-        missing = [i for i in missing if os.path.realpath(i.path) not in queued]
+        missing = []
+        for info in local:
+            on_bucket, sent = remote.get(info.filename), uploaded.get(info.filename)
+            if on_bucket == info.size:
+                if sent != info.size:
+                    self._journal.add(folder_key, info.filename, info.size)
+            elif on_bucket is None and sent == info.size:
+                self.deleted_on_bucket.append(info.path)
+                log.info("%s was deleted on %s after its upload; not again", info.path, folder)
+            elif os.path.realpath(info.path) not in queued:
+                missing.append(info)
         for info in missing:
             self._enqueue(_Job("upload", info.path))
+            try:
+                self._index(info.path, None)
+            except (OSError, ValueError) as exc:
+                log.warning("cannot index %s in its registry shard: %s", info.path, exc)
         return len(missing)
+
+    def catch_up_registry(self) -> int:
+        """Queue the staged registry shards the bucket lacks or holds at another size;
+        returns how many. One listing of the bucket's ``registry/``.
+
+        Raises:
+            OSError: the bucket cannot be listed.
+        """
+        staged = self._shards.paths()
+        if not staged:
+            return 0
+        remote = self.store.tree(SHARD_DIR)
+        count = 0
+        for path in staged:
+            rel = self.key_of(path)[len(SHARD_DIR) + 1 :]
+            there = remote.get(rel)
+            if there is None or there.size != path.stat().st_size:
+                self._enqueue_shard(path)
+                count += 1
+        return count
 
     def _enqueue(self, job: _Job) -> None:
         with self._cond:
@@ -302,6 +464,9 @@ class Uploader:
             self._cond.notify_all()
 
     def _run(self, job: _Job) -> None:
+        if job.kind == "shard":
+            self._put_shard(job.zip_path)
+            return
         zip_path = job.zip_path
         base = zip_path.name[: -len(".zip")]
         try:
@@ -336,11 +501,69 @@ class Uploader:
             companions.insert(0, base + VECNORM_SUFFIX)
         for name in companions:
             self._put(zip_path.with_name(name), keys[name], expected.get(name))
-        self._put(zip_path, keys[zip_path.name], expected.get(zip_path.name))  # the commit
+        size, _ = self._put(zip_path, keys[zip_path.name], expected.get(zip_path.name))  # commit
+        try:
+            self._journal.add(folder, zip_path.name, size)
+        except OSError as exc:
+            log.warning("cannot write the upload journal of %s: %s", zip_path.parent, exc)
         log.info("uploaded %s to %s", zip_path.name, self.store.uri_of(folder))
 
-    def _put(self, local: Path, key: str, expected: tuple[Any, Any] | None) -> None:
-        """Put one file and read it back; a mismatch is an ``OSError`` (retried)."""
+    def _put_shard(self, path: Path) -> None:
+        """Put a staged registry shard whole, after merging the bucket's copy once per
+        process; put it again while another process changed the file meanwhile."""
+        with self._cond:
+            self._shards_queued.discard(os.path.realpath(path))
+        try:
+            key = self.key_of(path)
+        except ValueError as exc:
+            raise _Dropped(f"not uploading the registry shard {path}: {exc}") from None
+        if key not in self._merged:
+            self._merge_shard(path, key)
+            self._merged.add(key)
+        for _ in range(_SHARD_PUTS):
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                raise _Dropped(f"not uploading the registry shard {path}: it is gone") from None
+            self.store.put_bytes(key, data)
+            try:
+                if path.read_bytes() == data:
+                    return
+            except FileNotFoundError:
+                return
+
+    def _merge_shard(self, path: Path, key: str) -> None:
+        """Add to the staged shard the entries of the bucket's copy it lacks whose zip the
+        bucket still lists (the run's checkpoints written from another machine)."""
+        try:
+            raw = self.store.get_bytes(key, MAX_SHARD_BYTES)
+        except FileNotFoundError:
+            return
+        try:
+            remote = decode_shard(raw, str(self.store.uri_of(key)))
+        except RegistryError as exc:
+            log.warning("%s; replacing it", exc)
+            return
+        parsed = parse_shard_name(path.name)
+        if parsed is None:
+            return
+        local = self._shards.read(path)
+        new = {rel: entry for rel, entry in remote.items() if rel not in local}
+        listed: dict[str, dict[str, int]] = {}
+        keep = {}
+        for rel, entry in new.items():
+            folder, _, name = rel.rpartition("/")
+            if folder not in listed:
+                listed[folder] = self.store.sizes(folder)
+            if name in listed[folder]:
+                keep[rel] = entry
+        if keep:
+            run: RunKey = (path.parent.name, *parsed)
+            self._shards.update(run, keep, replace_existing=False)
+
+    def _put(self, local: Path, key: str, expected: tuple[Any, Any] | None) -> tuple[int, str]:
+        """Put one file and read it back; a mismatch is an ``OSError`` (retried). Returns
+        (size, sha256) of what is stored."""
         try:
             sent = self.store.put(local, key)
         except FileNotFoundError as exc:
@@ -357,6 +580,7 @@ class Uploader:
                 f"{self.store.uri_of(key)} reads back as {stored[0]} bytes, sha256 "
                 f"{stored[1][:12]}..., not the {sent[0]} bytes, sha256 {sent[1][:12]}... sent"
             )
+        return stored
 
     # ----------------------------------------------------------------- the end
 
@@ -370,6 +594,7 @@ class Uploader:
         with self._cond:
             pending = sorted(Path(p) for p in self._pending)
             deletions = sum(1 for job in self._jobs if job.kind == "delete")
+            shards = len({os.path.realpath(j.zip_path) for j in self._jobs if j.kind == "shard"})
             return UploadReport(
                 self.store.uri,
                 self.staging,
@@ -378,6 +603,7 @@ class Uploader:
                 deletions,
                 self._dropped,
                 self._last_error,
+                shards,
             )
 
     def wait(self, timeout: float, report: Callable[[str], None] | None = None) -> bool:

@@ -7,6 +7,11 @@ per trial its run, latest reported result and status, then the best checkpoints 
 experiment's runs per market and phase by ``--metric`` (``--all-runs``: of every run in those
 folders), ranked by the same rule as the driver's summary. Nothing is written anywhere.
 
+``--models-root s3://bucket/prefix`` reads the checkpoints from a bucket (also what a trial
+that recorded an ``s3://`` models root gets): one listing per checkpoint folder, the registry
+shards of the experiment's runs (:mod:`checkpointing.shards`), and the metadata object of a
+checkpoint no shard names; no checkpoint is downloaded. The storage path is a local folder.
+
 The command line only: :mod:`tuner.driver.experiments` reads, :mod:`tuner.driver.bests` ranks,
 :mod:`tuner.driver.browse_view` formats.
 """
@@ -21,7 +26,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from checkpointing.errors import CheckpointNameError, usage_error
+from checkpointing.errors import CheckpointNameError, ConfigError, usage_error
+from checkpointing.locations import parse_location
 from checkpointing.naming import validate_market
 from checkpointing.ranking import METRICS
 from tuner.driver.browse_view import best_checkpoints, format_listing, format_view
@@ -31,7 +37,6 @@ from tuner.driver.experiments import (
     find_experiments,
     json_ready,
     load_experiment,
-    local_path,
 )
 
 __all__ = ["build_parser", "main"]
@@ -52,8 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--models-root",
-        help="read checkpoints here instead of the models root the trials recorded "
-        "(default: theirs, else paths.root of config/checkpoint_config.yaml)",
+        help="read checkpoints here instead of the models root the trials recorded: a folder, "
+        "or s3://bucket/prefix (listed; no checkpoint downloaded) (default: theirs, else "
+        "paths.root of config/checkpoint_config.yaml)",
     )
     p.add_argument("--experiment", help="the experiment to show (default: list them)")
     p.add_argument(
@@ -87,7 +93,10 @@ def _run(args: argparse.Namespace) -> None:
             raise BrowseError(f"--market: {exc}") from None
     storage = _storage(args.storage_path)
     if args.models_root is not None:
-        local_path(args.models_root, "--models-root")
+        try:
+            parse_location(args.models_root, "--models-root")
+        except ConfigError as exc:
+            raise BrowseError(str(exc)) from None
 
     if args.experiment is None:
         experiments = find_experiments(storage)

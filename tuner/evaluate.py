@@ -61,17 +61,24 @@ def _chosen(args: argparse.Namespace) -> tuple[list[tuple[str, Path]], Any]:
     for t in bests.trials:
         phase = t.phase or (t.phases[-1] if t.phases else 1)
         best = bests.of_run(t.trial_id, phase)
-        if best is not None:
-            chosen.append((f"{t.market} seed {t.seed} best", best.path))
-            ends = [
-                i.path
-                for i in list_checkpoints(best.path.parent)
-                if isinstance(i.name, CheckpointName)
-                and i.name.event == "phase_end"
-                and i.name.run_id == t.run_id
-            ]
-            if ends and ends[-1] != best.path:
-                chosen.append((f"{t.market} seed {t.seed} phase_end", ends[-1]))
+        if best is None:
+            continue
+        path = best.path
+        if not isinstance(path, Path):
+            raise ConfigError(
+                f"the checkpoints of experiment {args.experiment!r} are in a bucket ({path}): "
+                "python -m tuner.evaluate does not fetch checkpoints from a bucket yet"
+            )
+        chosen.append((f"{t.market} seed {t.seed} best", path))
+        ends = [
+            i.path
+            for i in list_checkpoints(path.parent)
+            if isinstance(i.name, CheckpointName)
+            and i.name.event == "phase_end"
+            and i.name.run_id == t.run_id
+        ]
+        if ends and ends[-1] != path:
+            chosen.append((f"{t.market} seed {t.seed} phase_end", ends[-1]))
     return chosen, experiment
 
 

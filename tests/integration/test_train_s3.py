@@ -21,6 +21,7 @@ import pytest
 from checkpointing.config import load_config
 from checkpointing.plan import plan
 from checkpointing.policies import build_policy
+from checkpointing.shards import decode_shard
 from checkpointing.store import list_checkpoints
 from tests.s3 import S3Server, closed_port
 from tests.tiny_config import PROJECT_ROOT, tiny_config_dir
@@ -216,6 +217,16 @@ def test_a_run_to_s3_ends_with_every_checkpoint_verified_on_the_bucket_and_no_se
     assert f"none left only in the staging folder {staging}" in out
     staged = assert_on_the_bucket(s3, staging)
     assert staged == zips_on(s3)  # what retention deleted in staging is gone from the bucket
+
+    # The run's registry shard is on the bucket and names exactly what is there, with the
+    # metrics of each checkpoint's metadata.
+    shards = [k for k in s3.keys("acc", "models/registry/") if not k.endswith("/")]
+    assert len(shards) == 1 and shards[0].startswith("models/registry/NQ/seed-")
+    entries = decode_shard(s3.read("acc", shards[0]), shards[0])
+    assert {rel.rsplit("/", 1)[-1] for rel in entries} == staged
+    for rel, entry in entries.items():
+        meta = json.loads(s3.read("acc", f"models/{rel[: -len('.zip')]}_metadata.json"))
+        assert entry.metric("val_reward") == pytest.approx(meta["val_reward"], nan_ok=True)
 
     # Staging stays bounded: it holds what retention keeps, nothing more; and retention did
     # delete (on the bucket too, the zip before its companions).

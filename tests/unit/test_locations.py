@@ -78,10 +78,10 @@ def test_credentials_in_a_uri_are_refused_without_being_repeated() -> None:
 
 def test_a_command_without_object_storage_refuses_the_uri_naming_it() -> None:
     with pytest.raises(ConfigError) as caught:
-        local_folder("s3://acc/models", "--root", "python -m checkpointing.retention")
+        local_folder("s3://acc/ray", "--storage-path", "python -m tuner.browse")
     message = str(caught.value)
-    assert "--root 's3://acc/models' is an object-store URI" in message
-    assert "python -m checkpointing.retention does not take one for --root yet" in message
+    assert "--storage-path 's3://acc/ray' is an object-store URI" in message
+    assert "python -m tuner.browse does not take one for --storage-path yet" in message
 
 
 @pytest.mark.parametrize("root", ["s3://acc/models", "s3:/acc/models"])
@@ -134,29 +134,10 @@ def _run(module: str, argv: list[str]) -> int:
         ),
         ("tuner.browse", ["--storage-path", "s3://acc/ray"], "--storage-path", "tuner.browse"),
         (
-            "tuner.browse",
-            ["--storage-path", "{tmp}", "--models-root", "s3://acc/models", "--experiment", "x"],
-            "--models-root",
-            "tuner.browse",
-        ),
-        (
             "tuner.evaluate",
             ["--experiment", "x", "--storage-path", "s3://acc/ray"],
             "--storage-path",
             "tuner.evaluate",
-        ),
-        (
-            "checkpointing.retention",
-            ["--phase", "1", "--root", "s3://acc/models"],
-            "--root",
-            "checkpointing.retention",
-        ),
-        ("checkpointing.summary", ["--root", "s3://acc/models"], "--root", "checkpointing.summary"),
-        (
-            "checkpointing.registry",
-            ["rebuild", "--root", "s3://acc/models"],
-            "--root",
-            "checkpointing.registry",
         ),
         (
             "tuner.train",
@@ -175,6 +156,26 @@ def _run(module: str, argv: list[str]) -> int:
             ["--market", "NQ", "--models-root", "gs://acc/models"],
             "--models-root",
             "gs:// scheme is not supported",
+        ),
+        # The readers of a bucket still refuse what is not one.
+        ("checkpointing.summary", ["--root", "s3:/acc/models"], "--root", "missing its '//'"),
+        (
+            "checkpointing.retention",
+            ["--phase", "1", "--root", "gs://acc/models"],
+            "--root",
+            "gs:// scheme is not supported",
+        ),
+        (
+            "checkpointing.registry",
+            ["rebuild", "--models-root", "s3://KEY:SECRET@acc/models"],
+            "--root",
+            "credentials never go in the URI",
+        ),
+        (
+            "tuner.browse",
+            ["--storage-path", "{tmp}", "--models-root", "s3:acc/models", "--experiment", "x"],
+            "--models-root",
+            "missing its '//'",
         ),
     ],
 )

@@ -1,4 +1,4 @@
-"""The best checkpoints of an experiment: one function for the driver's summary and the browser.
+r"""The best checkpoints of an experiment: one function for the driver's summary and the browser.
 
 An experiment's checkpoints are those of its trials' runs (a name's ``_run-<id>``; a trial of
 an experiment from before run ids owns the legacy run of its market and seed), in the
@@ -8,6 +8,12 @@ share the folders (reruns, other experiments, ``tuner.train``) are counted, not 
 (NaN never ranks; ties to more timesteps, then the smaller file name; a model saved under two
 events is one place, its events listed together), per market and phase: validation figures of
 different phases (different costs) are not compared.
+
+A models root may be a bucket (``--models-root s3://bucket/prefix``, or the ``s3://`` root a
+trial recorded): its folders are listed and its registry is the union of its runs' shards
+(:class:`checkpointing.shards.BucketRegistry`), reading only the shards (and, for a checkpoint
+no shard names, the metadata object) of the experiment's runs unless ``all_runs``; a zip is
+never downloaded. Paths are then :class:`~checkpointing.locations.StoreURI`\ s.
 """
 
 from __future__ import annotations
@@ -21,14 +27,17 @@ from typing import Any
 
 from checkpointing.config import CheckpointConfig, load_config, resolve_config
 from checkpointing.errors import CheckpointNameError, ConfigError
+from checkpointing.locations import StoreURI, parse_location, shown
 from checkpointing.naming import validate_market
 from checkpointing.ranking import METRICS, Ranked
-from checkpointing.registry import Registry, RegistryEntry, rank_entries
+from checkpointing.registry import Registry, RegistryEntry, open_registry, rank_entries
+from checkpointing.shards import BucketRegistry
 from tuner.driver.experiments import BrowseError, Experiment, TrialInfo, _gc_paused
 
 __all__ = ["BestCheckpoint", "Bests", "bests_by_metric", "checkpoint_folders", "experiment_bests"]
 
 RunKey = tuple[str, int, str | None]  # (market, seed, run id)
+Root = Path | StoreURI  # a models root: a folder, or a bucket prefix
 
 
 @dataclass(frozen=True)
@@ -40,7 +49,7 @@ class BestCheckpoint:
     rank: int
     metric: str
     entry: RegistryEntry
-    path: Path
+    path: Path | StoreURI
     events: tuple[str, ...]
     trial_id: str | None
 
@@ -66,7 +75,7 @@ class BestCheckpoint:
             "timestamp": e.timestamp,
             "trial_id": self.trial_id,
             "name": e.name,
-            "path": os.fspath(self.path),
+            "path": shown(self.path),
         }
 
 
@@ -81,12 +90,22 @@ class Bests:
     markets: list[str]
     trials: list[TrialInfo]
     best: dict[str, list[BestCheckpoint]]
-    models_roots: dict[str, Path | None]
-    checkpoint_paths: dict[str, Path | None]
+    models_roots: dict[str, Root | None]
+    checkpoint_paths: dict[str, Root | None]
     other_runs: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     # Per trial and phase: the best of the trial's own run (the same rule, one run at a time).
     of_trial: dict[tuple[str, int], BestCheckpoint] = field(default_factory=dict)
+    # Per trial whose latest checkpoint is in a bucket: whether the listing shows it.
+    on_bucket: dict[str, bool] = field(default_factory=dict)
+
+    def checkpoint_exists(self, trial_id: str) -> bool:
+        """Whether the trial's latest checkpoint is still there (on disk, or on the bucket
+        as its folder's listing shows)."""
+        path = self.checkpoint_paths.get(trial_id)
+        if isinstance(path, StoreURI):
+            return self.on_bucket.get(trial_id, False)
+        return path is not None and path.is_file()
 
     def first(self, market: str, phase: int) -> BestCheckpoint | None:
         """The best of ``market`` in ``phase``, or None."""
@@ -97,13 +116,56 @@ class Bests:
         return self.of_trial.get((trial_id, phase))
 
 
-def _root_of(trial: TrialInfo, override: Path | None) -> Path | None:
+def _root_of(trial: TrialInfo, override: Root | None) -> Root | None:
     """Where the trial's checkpoints are: ``override``, else the root it recorded."""
-    if override is not None:
-        return override
-    if trial.models_root is None:
+    root = override if override is not None else trial.models_root
+    if root is None or isinstance(root, StoreURI):
+        return root
+    return root if root.is_absolute() else root.resolve()
+
+
+def _checkpoint_dir(config: CheckpointConfig, phase: int, market: str, root: Root) -> Root:
+    """The checkpoint folder of (phase, market) under a folder or a bucket prefix."""
+    if isinstance(root, StoreURI):
+        return root.child(config.layout(".").checkpoint_dir(phase, market).as_posix())
+    return config.checkpoint_dir(phase, market, root)
+
+
+def _latest_path(config: CheckpointConfig, trial: TrialInfo, root: Root) -> Root | None:
+    """Where the trial's latest reported checkpoint is (None: it reported none)."""
+    if trial.checkpoint is None or trial.phase is None or trial.market is None:
         return None
-    return trial.models_root if trial.models_root.is_absolute() else trial.models_root.resolve()
+    try:
+        folder = _checkpoint_dir(config, trial.phase, trial.market, root)
+    except (ConfigError, ValueError):
+        return None
+    if isinstance(folder, StoreURI):
+        return folder.child(trial.checkpoint)
+    return folder / trial.checkpoint
+
+
+def _override(models_root: str | os.PathLike[str] | StoreURI | None) -> Root | None:
+    """``--models-root``: an existing folder, or a bucket prefix that can be listed.
+
+    Raises:
+        BrowseError: neither (the message names it, and for a bucket what failed).
+    """
+    if models_root is None:
+        return None
+    try:
+        where = (
+            models_root
+            if isinstance(models_root, StoreURI)
+            else parse_location(models_root, "--models-root")
+        )
+        if isinstance(where, StoreURI):
+            BucketRegistry(where).check()  # ObjectStoreError: no bucket, denied, unreachable
+            return where
+    except ConfigError as exc:
+        raise BrowseError(str(exc)) from None
+    if not where.is_dir():
+        raise BrowseError(f"models root {shown(models_root)!r} does not exist")
+    return where.resolve()
 
 
 def _default_root() -> Path:
@@ -178,14 +240,15 @@ def checkpoint_folders(
     """Where each trial's checkpoints of each of its phases are: ``(trial id, phase)`` ->
     its checkpoint folder, in the layout of the trial's config folder, under ``models_root``
     (default: the root the trial recorded, else ``paths.root`` of
-    ``config/checkpoint_config.yaml``). Trials without a market or seed are left out."""
+    ``config/checkpoint_config.yaml``). Trials without a market or seed, or whose
+    checkpoints are in a bucket, are left out (these are folders on this machine)."""
     override = None if models_root is None else Path(models_root).resolve()
     configs = _Configs([])
     fallback = _default_root() if any(t.models_root is None for t in experiment.trials) else None
     folders: dict[tuple[str, int], Path] = {}
     for t in experiment.trials:
         root = _root_of(t, override) or fallback
-        if root is None or t.market is None or t.seed is None:
+        if not isinstance(root, Path) or t.market is None or t.seed is None:
             continue
         config = configs.get(t.config_dir)
         for phase in t.phases:
@@ -200,7 +263,7 @@ def experiment_bests(
     *,
     top: int = 5,
     markets: Iterable[str] | None = None,
-    models_root: str | os.PathLike[str] | None = None,
+    models_root: str | os.PathLike[str] | StoreURI | None = None,
     all_runs: bool = False,
 ) -> Bests:
     """Rank the models of the experiment's runs by ``metric``, per market and phase.
@@ -212,13 +275,14 @@ def experiment_bests(
         top: how many per market and phase.
         markets: only these markets (default: all of the experiment).
         models_root: read checkpoints here instead of the root the trials recorded (a root
-            that has been moved or copied). Trials that recorded none use ``paths.root`` of
-            ``config/checkpoint_config.yaml``.
+            that has been moved or copied; ``s3://bucket/prefix`` for a bucket). Trials that
+            recorded none use ``paths.root`` of ``config/checkpoint_config.yaml``.
         all_runs: rank every run in the experiment's folders, not only the experiment's.
 
     Raises:
         BrowseError: an unknown metric, ``top`` below 1, a bad market name or a market the
-            experiment does not have, a ``models_root`` that does not exist.
+            experiment does not have, a ``models_root`` that does not exist (or a bucket that
+            cannot be listed).
     """
     return bests_by_metric(
         experiment, (metric,), top=top, markets=markets, models_root=models_root, all_runs=all_runs
@@ -231,7 +295,7 @@ def bests_by_metric(
     *,
     top: int = 5,
     markets: Iterable[str] | None = None,
-    models_root: str | os.PathLike[str] | None = None,
+    models_root: str | os.PathLike[str] | StoreURI | None = None,
     all_runs: bool = False,
 ) -> dict[str, Bests]:
     """:func:`experiment_bests` by each of ``metrics`` (same arguments and errors), from one
@@ -239,32 +303,25 @@ def bests_by_metric(
     selected: list[str] = []
     for metric in metrics:
         selected = _check(experiment, metric, top, markets)
-    override = None
-    if models_root is not None:
-        override = Path(models_root)
-        if not override.is_dir():
-            raise BrowseError(f"models root {os.fspath(models_root)!r} does not exist")
-        override = override.resolve()
+    override = _override(models_root)
     trials = [t for t in experiment.trials if t.market in selected]
     fallback = _default_root() if any(t.models_root is None for t in trials) else None
     roots = {t.trial_id: _root_of(t, override) or fallback for t in trials}
-    paths: dict[str, Path | None] = {t.trial_id: None for t in trials}
+    paths: dict[str, Root | None] = {t.trial_id: None for t in trials}
     notes: list[str] = []
     configs = _Configs(notes)
     # Per (root, layout, phase, market): the experiment's runs there, and their trials.
-    folders: dict[tuple[Path, str, int, str], tuple[CheckpointConfig, dict[RunKey, str]]] = {}
+    folders: dict[tuple[Root, str, int, str], tuple[CheckpointConfig, dict[RunKey, str]]] = {}
     missing: set[Path] = set()
     for t in trials:
         root = roots[t.trial_id]
         if root is None or t.market is None or t.seed is None:
             continue
-        if not root.is_dir():
+        if isinstance(root, Path) and not root.is_dir():
             missing.add(root)
             continue
         config = configs.get(t.config_dir)
-        if t.checkpoint is not None and t.phase is not None:
-            with contextlib.suppress(ConfigError, ValueError):
-                paths[t.trial_id] = config.checkpoint_dir(t.phase, t.market, root) / t.checkpoint
+        paths[t.trial_id] = _latest_path(config, t, root)
         for phase in t.phases:
             _, runs = folders.setdefault((root, config.source, phase, t.market), (config, {}))
             runs[(t.market, t.seed, t.run_id)] = t.trial_id
@@ -283,7 +340,10 @@ def bests_by_metric(
         for metric in metrics
     }
     with _gc_paused():
-        _rank_folders(list(by_metric.values()), folders, all_runs)
+        registries = _rank_folders(list(by_metric.values()), folders, all_runs)
+    on_bucket = _on_bucket(paths, roots, registries)
+    for bests in by_metric.values():
+        bests.on_bucket = dict(on_bucket)
     for root in sorted(missing):
         for bests in by_metric.values():
             bests.notes.append(
@@ -292,35 +352,61 @@ def bests_by_metric(
     return by_metric
 
 
+def _on_bucket(
+    paths: Mapping[str, Root | None],
+    roots: Mapping[str, Root | None],
+    registries: Mapping[tuple[Root, str], Registry | BucketRegistry],
+) -> dict[str, bool]:
+    """Per trial whose latest checkpoint is in a bucket: whether its folder's listing (made
+    while ranking) shows it."""
+    out: dict[str, bool] = {}
+    for trial_id, path in paths.items():
+        root = roots.get(trial_id)
+        if not isinstance(path, StoreURI) or not isinstance(root, StoreURI):
+            continue
+        found = [r for (where, _), r in registries.items() if where == root]
+        registry = found[0] if found else BucketRegistry(root)
+        assert isinstance(registry, BucketRegistry)
+        rel = path.key[len(root.key) :].lstrip("/")
+        try:
+            out[trial_id] = registry.exists(rel)
+        except OSError:
+            out[trial_id] = False
+    return out
+
+
 def _rank_folders(
     by_metric: list[Bests],
-    folders: Mapping[tuple[Path, str, int, str], tuple[CheckpointConfig, dict[RunKey, str]]],
+    folders: Mapping[tuple[Root, str, int, str], tuple[CheckpointConfig, dict[RunKey, str]]],
     all_runs: bool,
-) -> None:
-    """Read each folder once (each registry once) and rank it by every metric."""
-    registries: dict[tuple[Path, str], Registry] = {}
+) -> dict[tuple[Root, str], Registry | BucketRegistry]:
+    """Read each folder once (each registry once) and rank it by every metric. A registry in
+    a bucket reads only the experiment's runs in full, unless ``all_runs``."""
+    registries: dict[tuple[Root, str], Registry | BucketRegistry] = {}
     for (root, source, phase, market), (config, runs) in sorted(folders.items(), key=_folder_order):
         if (root, source) not in registries:
-            registries[(root, source)] = Registry(root, config)
+            registries[(root, source)] = open_registry(root, config)
+        wanted = None if all_runs else {run_id for (_, _, run_id) in runs}
         try:
-            entries = registries[(root, source)].entries(phase, market)
-        except (ConfigError, ValueError) as exc:
+            entries = registries[(root, source)].entries(phase, market, runs=wanted)
+        except (ConfigError, ValueError, OSError) as exc:
             for bests in by_metric:
                 bests.notes.append(f"phase {phase} {market}: {exc}")
             continue
         for bests in by_metric:
             _rank_folder(bests, entries, root, phase, market, runs, all_runs)
+    return registries
 
 
-def _folder_order(item: tuple[tuple[Path, str, int, str], Any]) -> tuple[str, int, str]:
+def _folder_order(item: tuple[tuple[Root, str, int, str], Any]) -> tuple[str, int, str]:
     (root, _, phase, market), _ = item
-    return market, phase, os.fspath(root)
+    return market, phase, shown(root)
 
 
 def _rank_folder(
     bests: Bests,
     entries: list[RegistryEntry],
-    root: Path,
+    root: Root,
     phase: int,
     market: str,
     runs: Mapping[RunKey, str],
@@ -340,9 +426,10 @@ def _rank_folder(
 
 
 def _best(
-    metric: str, place: int, model: Ranked[RegistryEntry], root: Path, runs: Mapping[RunKey, str]
+    metric: str, place: int, model: Ranked[RegistryEntry], root: Root, runs: Mapping[RunKey, str]
 ) -> BestCheckpoint:
     entry = model.item
     trial = runs.get((entry.market, entry.seed, entry.run_id))  # type: ignore[arg-type]
     events = tuple(e.event for e in model.items)
-    return BestCheckpoint(place, metric, entry, entry.absolute(root), events, trial)
+    where = root.child(entry.path) if isinstance(root, StoreURI) else entry.absolute(root)
+    return BestCheckpoint(place, metric, entry, where, events, trial)

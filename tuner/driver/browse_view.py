@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from checkpointing.locations import StoreURI, shown
 from checkpointing.ranking import METRICS
 from tuner.driver.bests import BestCheckpoint, Bests, experiment_bests
 from tuner.driver.experiments import Experiment, TrialInfo, _local, json_ready
@@ -35,11 +36,11 @@ class ExperimentView:
         for this experiment, if any: never computed here (the browser writes nothing)."""
         import json
 
-        roots = sorted({r for r in self.bests.models_roots.values() if r is not None})
+        roots = sorted({r for r in self.bests.models_roots.values() if r is not None}, key=shown)
         for root in roots:
-            path = root / "summaries" / f"{self.experiment.name}_test.json"
+            name = f"{self.experiment.name}_test.json"
             try:
-                doc = json.loads(path.read_text(encoding="utf-8"))
+                doc = json.loads(_read(_summary(root, name)))
             except (OSError, ValueError):
                 continue
             results = doc.get("results") if isinstance(doc, dict) else None
@@ -59,12 +60,12 @@ class ExperimentView:
     def to_json(self) -> dict[str, Any]:
         exp, bests = self.experiment, self.bests
         roots = {r for r in bests.models_roots.values() if r is not None}
-        summaries = [root / "summaries" / f"{exp.name}.json" for root in roots]
+        summaries = [_summary(root, f"{exp.name}.json") for root in roots]
         return json_ready(
             {
                 **exp.overview(),
                 # Where the checkpoints were read (--models-root, else what the trials say).
-                "models_roots": sorted(os.fspath(r) for r in roots),
+                "models_roots": sorted(shown(r) for r in roots),
                 "metric": bests.metric,
                 "top": bests.top,
                 "all_runs": self.all_runs,
@@ -74,7 +75,7 @@ class ExperimentView:
                 "other_runs_skipped": {} if self.all_runs else bests.other_runs,
                 "configurations": self.configurations,
                 "test": self.test_results(),
-                "summaries": sorted(os.fspath(p) for p in summaries if p.is_file()),
+                "summaries": sorted(shown(p) for p in summaries if _is_file(p)),
                 "notes": bests.notes,
             }
         )
@@ -83,9 +84,35 @@ class ExperimentView:
         path = self.bests.checkpoint_paths.get(trial.trial_id)
         return {
             **trial.to_json(),
-            "checkpoint_path": path,
-            "checkpoint_exists": path is not None and path.is_file(),
+            "checkpoint_path": None if path is None else shown(path),
+            "checkpoint_exists": self.bests.checkpoint_exists(trial.trial_id),
         }
+
+
+_SMALL = 64 * 1024 * 1024
+
+
+def _summary(root: Path | StoreURI, name: str) -> Path | StoreURI:
+    """``<models root>/summaries/<name>``, on disk or in the bucket."""
+    if isinstance(root, StoreURI):
+        return root.child(f"summaries/{name}")
+    return root / "summaries" / name
+
+
+def _read(where: Path | StoreURI) -> str:
+    if isinstance(where, StoreURI):
+        from checkpointing.object_store import read_object
+
+        return read_object(where, _SMALL).decode("utf-8")
+    return where.read_text(encoding="utf-8")
+
+
+def _is_file(where: Path | StoreURI) -> bool:
+    if isinstance(where, StoreURI):
+        from checkpointing.object_store import object_exists
+
+        return object_exists(where)
+    return where.is_file()
 
 
 def best_checkpoints(
@@ -120,7 +147,7 @@ def _configurations(experiment: Experiment, bests: Bests) -> dict[str, list[dict
         with contextlib.suppress(ValueError, OSError):
             trials += load_experiment(experiment.path.parent, other).trials
     best_of = {
-        trial_id: {"value": b.value, "path": os.fspath(b.path)}
+        trial_id: {"value": b.value, "path": shown(b.path)}
         for (trial_id, _), b in bests.of_trial.items()
     }
     seeds = sorted({t.seed for t in trials if t.seed is not None})
@@ -194,11 +221,11 @@ _BEST_HEADERS = [
 def format_view(view: ExperimentView) -> str:
     """The trials table and the best-checkpoints table of one experiment."""
     exp, bests = view.experiment, view.bests
-    roots = sorted({r for r in bests.models_roots.values() if r is not None})
+    roots = sorted({shown(r) for r in bests.models_roots.values() if r is not None})
     lines = [
         f"experiment {exp.name}  ({os.fspath(exp.path)})",
         f"status: {_status_text(exp.status_counts)}   last update: {_local(exp.last_update)}",
-        f"models root: {', '.join(os.fspath(r) for r in roots) or '-'}",
+        f"models root: {', '.join(roots) or '-'}",
         "",
         "trials (latest reported result)",
     ]
@@ -206,8 +233,8 @@ def format_view(view: ExperimentView) -> str:
     for t in bests.trials:
         path = bests.checkpoint_paths.get(t.trial_id)
         last = t.checkpoint or "-"
-        if path is not None and not path.is_file():
-            last += "  (not on disk)"
+        if path is not None and not bests.checkpoint_exists(t.trial_id):
+            last += "  (not on the bucket)" if isinstance(path, StoreURI) else "  (not on disk)"
         trial_rows.append(
             [
                 t.market or "?",
@@ -266,7 +293,7 @@ def _best_rows(bests: Bests) -> list[list[str]]:
                     b.trial_id or "-",
                     f"{e.timesteps:,}",
                     "+".join(b.events),
-                    os.fspath(b.path),
+                    shown(b.path),
                 ]
             )
     return rows

@@ -33,7 +33,7 @@ from typing import Any
 
 from checkpointing.cleanup import pid_alive
 from checkpointing.errors import ConfigError
-from checkpointing.locations import local_folder
+from checkpointing.locations import StoreURI, is_uri, local_folder, parse_location, shown
 from checkpointing.naming import run_id_for_trial
 from tuner.driver.tune_files import (
     ERROR_FILES,
@@ -135,7 +135,8 @@ class TrialInfo:
     carries the previous evaluation's); ``timesteps`` is the most any result reported;
     ``checkpoint`` is the file name of our checkpoint in the last result that named one.
     ``started`` and ``last_activity`` are Unix times (or ``None``); ``error_file`` is Tune's
-    ``error.txt`` (or ``.pkl``) of a failed trial.
+    ``error.txt`` (or ``.pkl``) of a failed trial. ``models_root`` is a folder, or a
+    :class:`~checkpointing.locations.StoreURI` for a trial that recorded ``s3://...``.
     """
 
     trial_id: str
@@ -144,7 +145,7 @@ class TrialInfo:
     seed: int | None
     run_id: str | None
     phases: tuple[int, ...]
-    models_root: Path | None
+    models_root: Path | StoreURI | None
     config_dir: Path | None
     status: str
     tune_status: str | None = None
@@ -178,7 +179,7 @@ class TrialInfo:
             "timesteps": self.timesteps,
             "metrics": dict(self.metrics),
             "checkpoint": self.checkpoint,
-            "models_root": None if self.models_root is None else os.fspath(self.models_root),
+            "models_root": None if self.models_root is None else shown(self.models_root),
             "config_dir": None if self.config_dir is None else os.fspath(self.config_dir),
             "started": _iso(self.started),
             "last_activity": _iso(self.last_activity),
@@ -230,6 +231,17 @@ def _state_trials(experiment_dir: Path) -> dict[str, StateTrial]:
 
 def _path_or_none(value: object) -> Path | None:
     return Path(value) if isinstance(value, str) and value and "\x00" not in value else None
+
+
+def _root_or_none(value: object) -> Path | StoreURI | None:
+    """A recorded models root: a folder, or an object-store URI (never a path: ``s3://b/p``
+    as a path is the folder ``s3:/b/p``); None when it is neither."""
+    if isinstance(value, str) and is_uri(value):
+        try:
+            return parse_location(value, "models_root")
+        except ConfigError:
+            return None
+    return _path_or_none(value)
 
 
 def _run_id(experiment: str, trial_id: str, results: TrialResults) -> str | None:
@@ -302,7 +314,7 @@ def _load_trial(folder: Path, state: StateTrial | None) -> TrialInfo:
             experiment if isinstance(experiment, str) else folder.parent.name, trial_id, results
         ),
         phases=phase_list,
-        models_root=_path_or_none(config.get("models_root")),
+        models_root=_root_or_none(config.get("models_root")),
         config_dir=_path_or_none(config.get("config_dir")),
         status=status,
         tune_status=tune_status,
@@ -372,8 +384,8 @@ class Experiment:
         return max((x for x in times if x is not None), default=None)
 
     @property
-    def models_roots(self) -> list[Path]:
-        return sorted({t.models_root for t in self.trials if t.models_root is not None})
+    def models_roots(self) -> list[Path | StoreURI]:
+        return sorted({t.models_root for t in self.trials if t.models_root is not None}, key=shown)
 
     def overview(self) -> dict[str, Any]:
         """The listing row: name, trials, markets, seeds, phases, status counts, last update."""
@@ -386,7 +398,7 @@ class Experiment:
             "phases": self.phases,
             "status": self.status_counts,
             "last_update": _iso(self.last_update),
-            "models_roots": [os.fspath(p) for p in self.models_roots],
+            "models_roots": [shown(p) for p in self.models_roots],
         }
 
 

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from checkpointing.locations import shown
 from tuner.driver.bests import BestCheckpoint, Bests, bests_by_metric
 from tuner.driver.experiments import Experiment, TrialInfo, json_ready
 
@@ -55,7 +56,7 @@ def _checkpoint(best: BestCheckpoint | None) -> dict[str, Any] | None:
         "run_id": entry.run_id,
         "timesteps": entry.timesteps,
         "events": list(best.events),
-        "path": os.fspath(best.path),
+        "path": shown(best.path),
     }
 
 
@@ -110,7 +111,7 @@ def build_summary(experiment: Experiment, *, phases: Sequence[int]) -> dict[str,
     """
     ranked = bests_by_metric(experiment, BEST_BY, top=1)
     rows = [_trial_row(t, phases, ranked) for t in experiment.trials if t.market]
-    roots = sorted({os.fspath(t.models_root) for t in experiment.trials if t.models_root})
+    roots = sorted({shown(t.models_root) for t in experiment.trials if t.models_root})
     return {
         "experiment": experiment.name,
         "phases": list(phases),

@@ -9,11 +9,17 @@ result per line) and Tune checkpoints ``checkpoint_<n>/``, each holding our ``po
 The browser, the driver's summary and the resume check (``tuner.run --resume``) read them all
 here. Nothing is unpickled (``tuner.pkl`` is only walked opcode by opcode) and nothing is
 written except a new pointer. Ray is never imported.
+
+Each reader takes ``fs=``, a ``pyarrow.fs.FileSystem`` (what Tune itself writes through, e.g.
+:meth:`checkpointing.object_store.S3Settings.filesystem`), to read the same files from a
+storage path in a bucket; paths are then that file system's (``bucket/prefix/experiment/...``).
+Without it they are local paths, read as always.
 """
 
 from __future__ import annotations
 
 import binascii
+import fnmatch
 import json
 import math
 import os
@@ -22,10 +28,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from checkpointing.naming import CheckpointName, parse_name
 from checkpointing.ranking import METRICS
+
+if TYPE_CHECKING:
+    from pyarrow.fs import FileSystem
 
 __all__ = [
     "ERROR_FILES",
@@ -69,10 +78,18 @@ class Damaged(ValueError):
 # --------------------------------------------------------------------------- small readers
 
 
-def read_json(path: Path) -> Any:
+def _read_bytes(path: str | os.PathLike[str], fs: FileSystem | None) -> bytes:
+    """The bytes of a file: local, or of the file system ``fs`` (OSError when missing)."""
+    if fs is None:
+        return Path(path).read_bytes()
+    with fs.open_input_stream(Path(path).as_posix()) as src:
+        return bytes(src.read())
+
+
+def read_json(path: Path, *, fs: FileSystem | None = None) -> Any:
     """The JSON document at ``path``, or ``None`` if it is missing or does not parse."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(_read_bytes(path, fs).decode("utf-8"))
     except (OSError, ValueError):
         return None
 
@@ -133,10 +150,20 @@ class StateTrial:
     checkpoint_dir_name: str | None  # the Tune checkpoint of its last result
 
 
-def newest_state_file(experiment_dir: Path) -> Path | None:
+def newest_state_file(experiment_dir: Path, *, fs: FileSystem | None = None) -> Path | None:
     """The experiment state Tune reads: the ``experiment_state-*.json`` with the greatest
     name (names carry their time)."""
-    states = [p for p in experiment_dir.glob(STATE_GLOB) if p.is_file()]
+    if fs is not None:
+        from pyarrow import fs as pafs
+
+        selector = pafs.FileSelector(experiment_dir.as_posix(), allow_not_found=True)
+        states = [
+            Path(info.path)
+            for info in fs.get_file_info(selector)
+            if info.type == pafs.FileType.File and fnmatch.fnmatchcase(info.base_name, STATE_GLOB)
+        ]
+    else:
+        states = [p for p in experiment_dir.glob(STATE_GLOB) if p.is_file()]
     return max(states, key=lambda p: p.name) if states else None
 
 
@@ -204,7 +231,7 @@ def parse_experiment_state(raw: bytes, *, check_pickles: bool = True) -> list[St
 
 
 def read_experiment_state(
-    experiment_dir: Path, *, check_pickles: bool = True
+    experiment_dir: Path, *, check_pickles: bool = True, fs: FileSystem | None = None
 ) -> list[StateTrial] | None:
     """The trials of the newest experiment state; None when there is no state file.
 
@@ -213,10 +240,10 @@ def read_experiment_state(
             :func:`parse_experiment_state`).
         OSError: it cannot be read.
     """
-    path = newest_state_file(experiment_dir)
+    path = newest_state_file(experiment_dir, fs=fs)
     if path is None:
         return None
-    return parse_experiment_state(path.read_bytes(), check_pickles=check_pickles)
+    return parse_experiment_state(_read_bytes(path, fs), check_pickles=check_pickles)
 
 
 def pointer_of(experiment_dir: Path, trial: StateTrial) -> Path | None:
@@ -246,9 +273,11 @@ def parse_pointer(raw: bytes) -> dict[str, Any]:
     return doc
 
 
-def read_pointer(checkpoint_dir: str | os.PathLike[str]) -> dict[str, Any]:
+def read_pointer(
+    checkpoint_dir: str | os.PathLike[str], *, fs: FileSystem | None = None
+) -> dict[str, Any]:
     """The pointer stored in one of our Tune checkpoints (see :func:`parse_pointer`)."""
-    return parse_pointer(Path(checkpoint_dir, POINTER_FILE).read_bytes())
+    return parse_pointer(_read_bytes(Path(checkpoint_dir, POINTER_FILE), fs))
 
 
 def write_pointer(checkpoint_dir: str | os.PathLike[str], pointer: Mapping[str, Any]) -> Path:
@@ -343,13 +372,16 @@ def _settle(out: TrialResults, pending: _Pending) -> None:
             break
 
 
-def read_result_rows(path: Path) -> list[dict[str, Any]]:
+def read_result_rows(path: Path, *, fs: FileSystem | None = None) -> list[dict[str, Any]]:
     """Every result of a ``result.json`` in the order reported (a retried trial's crashed
     worker's first); lines cut short (a crash, a copy in progress) and anything that is not
     a JSON object are skipped. A missing file has none."""
     try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            lines = list(fh)
+        if fs is None:
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                lines = list(fh)
+        else:
+            lines = _read_bytes(path, fs).decode("utf-8", errors="replace").splitlines()
     except OSError:
         return []
     rows = []
@@ -365,11 +397,11 @@ def read_result_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def read_results(path: Path) -> TrialResults:
+def read_results(path: Path, *, fs: FileSystem | None = None) -> TrialResults:
     """What :func:`read_result_rows` of a ``result.json`` come to (see
     :class:`TrialResults`)."""
     out, pending = TrialResults(), _Pending()
-    for row in read_result_rows(path):
+    for row in read_result_rows(path, fs=fs):
         _take(out, row, pending)
     _settle(out, pending)
     return out

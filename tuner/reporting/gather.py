@@ -96,7 +96,8 @@ def _models_root(bests: Bests, override: str | os.PathLike[str] | None) -> Path:
     :mod:`tuner.driver.bests` reads their checkpoints from)."""
     if override is not None:
         return Path(override).resolve()
-    roots = sorted({r for r in bests.models_roots.values() if r is not None})
+    # The summaries of a models root in a bucket are not read from there (yet).
+    roots = sorted({r for r in bests.models_roots.values() if isinstance(r, Path)})
     return roots[0] if roots else Path("models").resolve()
 
 

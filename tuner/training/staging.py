@@ -6,7 +6,8 @@ committing to a local **staging folder** (``--staging-dir``, default
 ``~/.cache/futures-rl-tuner/staging/<bucket>/<prefix>``); an uploader copies each committed
 checkpoint to the bucket in the background (:mod:`checkpointing.uploads`). Before anything
 trains, the bucket is checked (:meth:`checkpointing.object_store.ObjectStore.preflight`) and
-the staged checkpoints of earlier runs that never reached it are queued.
+the staged checkpoints (and registry shards) of earlier runs that never reached it are queued;
+a staged checkpoint that reached it once and was deleted there since is not.
 
 Imports nothing heavy: pyarrow loads when the uploader opens the bucket.
 """
@@ -93,7 +94,16 @@ def open_uploads(
             left += uploader.catch_up(folder.path)
         except OSError as exc:
             say(f"uploads: cannot compare {folder.path} with the bucket ({exc}); skipped")
+    try:
+        uploader.catch_up_registry()
+    except OSError as exc:
+        say(f"uploads: cannot compare the registry shards with the bucket ({exc}); skipped")
     say(f"checkpoints go to {remote.uri}, committed first to the staging folder {remote.staging}")
     if left:
         say(f"uploads: {left} checkpoint(s) of earlier runs were only in staging; uploading them")
+    if uploader.deleted_on_bucket:
+        say(
+            f"uploads: {len(uploader.deleted_on_bucket)} staged checkpoint(s) were deleted on "
+            f"{remote.uri} after their upload (retention there); not uploading them again"
+        )
     return uploader
