@@ -160,9 +160,9 @@ def _run(module: str, argv: list[str]) -> int:
         ),
         (
             "tuner.train",
-            ["--market", "NQ", "--continue", "--model-path", "s3://acc/models/x.zip"],
+            ["--market", "NQ", "--continue", "--model-path", "gs://acc/models/x.zip"],
             "--model-path",
-            "tuner.train",
+            "gs:// scheme is not supported",
         ),
         (
             "tuner.train",
