@@ -311,11 +311,10 @@ def _fetch_experiments(opts: RunOptions) -> None:
     assert opts.storage_uri is not None
     names = [opts.name] + ([opts.confirm_name] if opts.search is not None else [])
     for name in names:
-        if not opts.resume:
-            if experiment_on_bucket(opts.storage_uri, name):
-                raise ConfigError(
-                    f"experiment {name!r} already exists in {opts.storage_uri}: add --resume "
-                    "to continue it, or choose another --name"
-                )
-            continue
+        if not opts.resume and experiment_on_bucket(opts.storage_uri, name):
+            raise ConfigError(
+                f"experiment {name!r} already exists in {opts.storage_uri}: add --resume "
+                "to continue it, or choose another --name"
+            )
+        # The driver's copy: the bucket's (none for a new experiment, whatever was cached).
         download_experiment(opts.storage_uri, name, opts.storage_path / name)

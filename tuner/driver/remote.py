@@ -32,6 +32,8 @@ Nothing here imports pyarrow or Ray at module import.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,8 +142,9 @@ def experiment_on_bucket(storage_uri: StoreURI, name: str) -> bool:
 
 
 def download_experiment(storage_uri: StoreURI, name: str, local: Path) -> bool:
-    """Copy the experiment folder ``name`` from the bucket over ``local`` (the driver's
-    copy); False when the bucket has none.
+    """Replace ``local`` (the driver's copy, in its cache) with the experiment folder
+    ``name`` as the bucket has it; False (and no copy) when the bucket has none. A copy
+    left by an earlier experiment of the same name never mixes with this one's files.
 
     Raises:
         ObjectStoreError: the bucket cannot be read (named).
@@ -150,19 +153,24 @@ def download_experiment(storage_uri: StoreURI, name: str, local: Path) -> bool:
 
     store = _store(storage_uri)
     source = storage_uri.child(name)
+    local.parent.mkdir(parents=True, exist_ok=True)
+    fresh = Path(tempfile.mkdtemp(prefix=f".{name}.download-", dir=local.parent))
     try:
-        info = store.fs.get_file_info(source.path)
-        if info.type == pafs.FileType.NotFound:
+        if store.fs.get_file_info(source.path).type == pafs.FileType.NotFound:
+            shutil.rmtree(local, ignore_errors=True)
             return False
-        local.mkdir(parents=True, exist_ok=True)
         pafs.copy_files(
             source.path,
-            os.fspath(local),
+            os.fspath(fresh),
             source_filesystem=store.fs,
             destination_filesystem=pafs.LocalFileSystem(),
         )
+        shutil.rmtree(local, ignore_errors=True)
+        os.replace(fresh, local)
     except OSError as exc:
         raise ObjectStoreError(f"{source}: cannot download it ({exc})") from None
+    finally:
+        shutil.rmtree(fresh, ignore_errors=True)
     return True
 
 
