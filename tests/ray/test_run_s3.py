@@ -92,6 +92,7 @@ def test_ctrl_c_then_resume_with_both_on_s3_finishes_and_no_secret_is_written(
     assert r.wait() == 0, r.output[-3000:]
     summary = json.loads(s3.read("acc", "models/summaries/stop.json"))
     assert {x["status"] for x in summary["trials"]} == {"finished"}
+    assert summary["models_roots"] == [MODELS]
     # Continued from the interrupt checkpoint, fetched from the bucket: nothing goes back.
     put = [
         parse_name(r.key.rsplit("/", 1)[-1])

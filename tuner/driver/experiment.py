@@ -273,6 +273,12 @@ def _retention(opts: RunOptions, settings: Any) -> list[Any]:
     return pruned
 
 
+def _models_roots(opts: RunOptions, roots: list[str]) -> list[str]:
+    """The summary's models roots: with an object-store root, its URI (not a path made of
+    it, ``s3:/...``)."""
+    return roots if opts.models_uri is None else [str(opts.models_uri)]
+
+
 def _download_results(opts: RunOptions) -> None:
     """With Tune's storage on a bucket: the experiment's results copied into the driver's
     copy, which the end steps read (as they read a local storage path)."""
@@ -298,6 +304,7 @@ def _finish(opts: RunOptions, settings: Any, signum: int | None) -> int:
         _test_split(opts, names[-1], summaries[names[-1]])
     for summary in summaries.values():  # what the driver's pass freed, for the report
         summary["retention"] = [_pruned(r) for r in pruned]
+        summary["models_roots"] = _models_roots(opts, summary["models_roots"])
     for name, summary in summaries.items():
         json_path, csv_path = write_summary(summary, opts.models_root / "summaries")
         _upload_summaries(opts, [json_path, csv_path])
