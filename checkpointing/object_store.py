@@ -194,6 +194,37 @@ class ObjectStore:
                 size += len(chunk)
         return size, digest.hexdigest()
 
+    def read(self, key: str, limit: int) -> bytes:
+        """The bytes of the object ``key``, at most ``limit`` of them.
+
+        Raises:
+            FileNotFoundError: no object ``key``.
+            OSError: the object is larger than ``limit`` bytes.
+        """
+        with self.fs.open_input_stream(self._path(key)) as src:
+            data: bytes = src.read(limit + 1)
+        if len(data) > limit:
+            raise OSError(f"{self.uri_of(key)} is larger than {limit} bytes")
+        return data
+
+    def get(self, key: str, local: Path) -> tuple[int, str]:
+        """Download ``key`` into the new file ``local``; (size, sha256) of the bytes read.
+
+        Raises:
+            FileNotFoundError: no object ``key``.
+            FileExistsError: ``local`` exists (nothing is overwritten).
+        """
+        digest = hashlib.sha256()
+        size = 0
+        with self.fs.open_input_stream(self._path(key)) as src, open(local, "xb") as out:
+            while chunk := src.read(_CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        return size, digest.hexdigest()
+
     def delete(self, key: str) -> bool:
         """Delete the object ``key``; False when there was none."""
         try:
@@ -255,6 +286,21 @@ class ObjectStore:
         from pyarrow import fs as pafs
 
         return bool(self.fs.get_file_info(self._path(key)).type == pafs.FileType.File)
+
+    def files(self, folder: str) -> dict[str, tuple[int, float]]:
+        """``{file name: (size, mtime)}`` of the objects directly in ``folder`` (mtime in
+        seconds since the epoch, 0.0 when the store gives none)."""
+        from pyarrow import fs as pafs
+
+        selector = pafs.FileSelector(self._path(folder), allow_not_found=True)
+        return {
+            info.base_name: (
+                int(info.size or 0),
+                info.mtime.timestamp() if info.mtime is not None else 0.0,
+            )
+            for info in self.fs.get_file_info(selector)
+            if info.type == pafs.FileType.File
+        }
 
     # ----------------------------------------------------------------- preflight
 

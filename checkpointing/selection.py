@@ -13,6 +13,11 @@ Specs: ``latest`` (the most timesteps; ``interrupt`` and ``phase_end`` first on 
 verified metadata, by the one ranking rule of :mod:`checkpointing.ranking`). A checkpoint that
 fails verification is skipped with a warning, so a damaged file never stops a resume.
 
+With a ``mirror`` (:class:`checkpointing.fetch.BucketMirror`: the models root is on a bucket
+and ``folder`` is its staging copy), the candidates are those of staging and of the bucket;
+one that is not staged, or fails verification there, is fetched from the bucket and verified
+before it is chosen (a bit-flipped or truncated object is skipped with a warning naming it).
+
 Which run continues (:func:`run_to_continue`): resuming from the newest checkpoint of a run
 continues that run; resuming from any other checkpoint (an older best, another run's, a legacy
 one) starts a new run from it, so no two histories ever share a file name.
@@ -26,11 +31,15 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from checkpointing.errors import CheckpointCorruptError, CheckpointNameError
 from checkpointing.naming import CheckpointName, new_run_id, parse_name, validate_run_id
 from checkpointing.ranking import METRICS, rank
 from checkpointing.store import CheckpointInfo, list_checkpoints, verify_checkpoint
+
+if TYPE_CHECKING:
+    from checkpointing.fetch import BucketMirror
 
 __all__ = [
     "RunChoice",
@@ -67,11 +76,22 @@ def checkpoints_of(
     seed: int | None = None,
     market: str | None = None,
     run_id: str | None = None,
+    mirror: BucketMirror | None = None,
 ) -> list[CheckpointInfo]:
     """The committed v2 checkpoints in ``folder`` of ``seed``, ``market`` and ``run_id`` (None:
-    any), oldest first."""
+    any), oldest first. With ``mirror``, those on the bucket too (a checkpoint in both is
+    listed once, as staged).
+
+    Raises:
+        OSError: the bucket cannot be listed.
+    """
+    listed = list_checkpoints(folder, include_legacy=False)
+    if mirror is not None:
+        staged = {info.filename for info in listed}
+        remote = [i for i in mirror.checkpoints(folder) if i.filename not in staged]
+        listed = sorted([*listed, *remote], key=lambda i: (i.timesteps, i.filename))
     out = []
-    for info in list_checkpoints(folder, include_legacy=False):
+    for info in listed:
         name = info.name
         assert isinstance(name, CheckpointName)
         if seed is not None and name.seed != seed:
@@ -108,12 +128,25 @@ def _last_written_run(infos: Sequence[CheckpointInfo]) -> list[CheckpointInfo]:
     return [infos[i] for i in chosen]
 
 
-def _verified(info: CheckpointInfo) -> dict[str, object] | None:
+def _verified(info: CheckpointInfo, mirror: BucketMirror | None = None) -> dict[str, object] | None:
+    """The checkpoint's metadata if it verifies: in staging, else (with ``mirror``) fetched
+    from the bucket and verified there first; None, with a warning, if neither."""
+    if mirror is None or info.path.is_file():
+        try:
+            return verify_checkpoint(info.path)
+        except CheckpointCorruptError as exc:
+            log.warning("skipping checkpoint that fails verification: %s", exc)
+            if mirror is None:
+                return None
     try:
-        return verify_checkpoint(info.path)
+        return mirror.fetch(info.path)
     except CheckpointCorruptError as exc:
-        log.warning("skipping checkpoint that fails verification: %s", exc)
-        return None
+        log.warning("skipping checkpoint on the bucket that fails verification: %s", exc)
+    except FileNotFoundError:
+        pass  # only staged, and not verified there: warned above
+    except OSError as exc:
+        log.warning("skipping %s: cannot fetch it (%s)", mirror.uri_of(info.path), exc)
+    return None
 
 
 def find_resume_checkpoint(
@@ -124,21 +157,24 @@ def find_resume_checkpoint(
     market: str | None = None,
     run_id: str | None = None,
     any_run: bool = False,
+    mirror: BucketMirror | None = None,
 ) -> Path | None:
     """The checkpoint to resume from, skipping any that fails verification.
 
-    See the module for the specs and which run is searched. Returns None when nothing
-    qualifies. The chosen file's name says its run (``parse_name(path.name).run_id``).
+    See the module for the specs, which run is searched and ``mirror``. Returns None when
+    nothing qualifies. The chosen file's name says its run (``parse_name(path.name).run_id``);
+    with ``mirror`` it is in staging, verified, when this returns.
 
     Raises:
         ValueError: a bad spec, or both ``run_id`` and ``any_run``.
+        OSError: the bucket cannot be listed.
     """
     kind, metric = parse_resume_spec(spec)
     if run_id is not None and any_run:
         raise ValueError("give either run_id or any_run, not both")
     if run_id is not None:
         validate_run_id(run_id)
-    infos = checkpoints_of(folder, seed, market, run_id)
+    infos = checkpoints_of(folder, seed, market, run_id, mirror)
     if kind == "phase_end":
         infos = [i for i in infos if i.name.event == "phase_end"]  # type: ignore[union-attr]
     if run_id is None and not any_run:
@@ -149,11 +185,18 @@ def find_resume_checkpoint(
             key=lambda i: (i.timesteps, i.name.event in _ENDS, i.mtime),  # type: ignore[union-attr]
             reverse=True,
         )
-        return next((info.path for info in ordered if _verified(info) is not None), None)
+        return next((info.path for info in ordered if _verified(info, mirror) is not None), None)
     assert metric is not None
+    return _best(infos, metric, mirror)
+
+
+def _best(infos: Sequence[CheckpointInfo], metric: str, mirror: BucketMirror | None) -> Path | None:
+    """The best of ``infos`` by ``metric`` that verifies. Without a mirror every candidate is
+    verified first; with one, candidates are ranked by their metadata as read (the bucket's
+    without downloading the checkpoints) and verified (fetched) best first."""
     candidates = []
     for info in infos:
-        meta = _verified(info)
+        meta = _verified(info) if mirror is None else _unverified_metadata(info, mirror)
         if meta is None:
             continue
         try:
@@ -162,9 +205,29 @@ def find_resume_checkpoint(
             continue
         name = info.name
         assert isinstance(name, CheckpointName)
-        candidates.append((value, info.timesteps, info.filename, name.model, info.path))
-    ranked = rank(candidates, k=1)
-    return ranked[0].item if ranked else None
+        candidates.append((value, info.timesteps, info.filename, name.model, info))
+    if mirror is None:
+        ranked = rank(candidates, k=1)
+        return ranked[0].item.path if ranked else None
+    for place in rank(candidates):
+        for info in place.items:
+            if _verified(info, mirror) is not None:
+                return info.path
+    return None
+
+
+def _unverified_metadata(info: CheckpointInfo, mirror: BucketMirror) -> dict[str, object] | None:
+    """The metadata of a staged checkpoint, else of its copy on the bucket; None if neither
+    reads."""
+    from checkpointing.metadata import decode_metadata, metadata_path_for
+
+    path = metadata_path_for(info.path)
+    try:
+        raw = path.read_bytes() if info.path.is_file() else mirror.metadata_bytes(info.path)
+        return decode_metadata(raw, os.fspath(path))
+    except (OSError, ValueError) as exc:
+        log.warning("skipping %s: cannot read its metadata (%s)", info.filename, exc)
+        return None
 
 
 def _same_folder(a: Path, b: Path) -> bool:
@@ -194,6 +257,7 @@ def run_to_continue(
     seed: int,
     checkpoint: str | os.PathLike[str] | None = None,
     requested: str | None = None,
+    mirror: BucketMirror | None = None,
 ) -> RunChoice:
     """Which run a training of (market, seed) into ``folder`` writes as, when it starts from
     ``checkpoint`` (None: from scratch).
@@ -204,9 +268,12 @@ def run_to_continue(
       and seed in ``folder``: ``requested``, the checkpoint's run id (a phase continued from
       the previous phase's checkpoint keeps its run's id), a fresh id.
 
+    With ``mirror``, the checkpoints of ``folder`` on the bucket count as in ``folder``.
+
     Raises:
         CheckpointNameError: ``requested`` is not a valid run id, or names a run that already
             has checkpoints in ``folder`` while not continuing from its newest.
+        OSError: the bucket cannot be listed.
     """
     if requested is not None:
         validate_run_id(requested)
@@ -221,12 +288,12 @@ def run_to_continue(
         and requested in (None, own)
         and _same_folder(path.parent, folder)
     ):
-        mine = checkpoints_of(folder, name.seed, name.market, own)
+        mine = checkpoints_of(folder, name.seed, name.market, own, mirror)
         if not any(i.timesteps > name.timesteps for i in mine):
             return RunChoice(own, continues=True, started_from=path, from_run=own)
 
     def taken(run_id: str) -> bool:
-        return bool(checkpoints_of(folder, seed, market, run_id))
+        return bool(checkpoints_of(folder, seed, market, run_id, mirror))
 
     if requested is not None:
         if taken(requested):
@@ -238,7 +305,7 @@ def run_to_continue(
                 f"{requested}), or leave out --run-id to start a new run"
             )
         run_id = requested
-    elif own is not None and not (folder.is_dir() and taken(own)):
+    elif own is not None and not ((folder.is_dir() or mirror is not None) and taken(own)):
         run_id = own
     else:
         run_id = new_run_id()

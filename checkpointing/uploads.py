@@ -66,6 +66,7 @@ from typing import Any, Literal
 
 from checkpointing.entries import build_entry
 from checkpointing.errors import CheckpointCorruptError, RegistryError
+from checkpointing.fetch import BucketMirror, key_under
 from checkpointing.locations import StoreURI
 from checkpointing.metadata import read_checkpoint_metadata
 from checkpointing.naming import METADATA_SUFFIX, VECNORM_SUFFIX, CheckpointName, parse_name
@@ -273,11 +274,11 @@ class Uploader:
 
     def key_of(self, path: str | os.PathLike[str]) -> str:
         """The object key (relative to the store's prefix) of a file under the staging root."""
-        real = os.path.realpath(path)
-        rel = os.path.relpath(real, self._real_staging)
-        if rel == os.pardir or rel.startswith(os.pardir + os.sep) or os.path.isabs(rel):
-            raise ValueError(f"{os.fspath(path)!r} is not under the staging folder {self.staging}")
-        return "" if rel == os.curdir else rel.replace(os.sep, "/")
+        return key_under(self._real_staging, path)
+
+    def mirror(self) -> BucketMirror:
+        """The bucket seen from the staging folder, for reading back (resume)."""
+        return BucketMirror(self.store, self.staging)
 
     def uri_of(self, path: str | os.PathLike[str]) -> StoreURI:
         """Where a staged file or folder is on the bucket."""

@@ -33,7 +33,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--markets", required=True, help="comma-separated markets, e.g. NQ,ES")
     p.add_argument("--seeds", default="42", help="comma-separated seeds (default 42)")
     add_run_arguments(p)
-    p.add_argument("--storage-path", default="ray_results", help="Ray Tune results folder")
+    p.add_argument(
+        "--storage-path",
+        default="ray_results",
+        help="Ray Tune results folder, or s3://bucket/prefix (default ray_results)",
+    )
+    p.add_argument(
+        "--staging-dir",
+        help="with --models-root s3://...: the local folder each trial commits checkpoints to "
+        "before they upload, on its node (default: the node's "
+        "~/.cache/futures-rl-tuner/staging/<bucket>/<prefix>)",
+    )
+    p.add_argument(
+        "--upload-timeout",
+        type=float,
+        default=300.0,
+        help="with --models-root s3://...: seconds a trial waits at its end for its pending "
+        "uploads (default 300)",
+    )
     p.add_argument("--name", help="experiment name (default from markets, seeds, phases)")
     p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default 1)")
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: as CPUs allow)")

@@ -33,10 +33,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from checkpointing.errors import EXIT_USAGE, CheckpointNameError, ConfigError, usage_error
+from checkpointing.locations import is_uri
 from tuner.cli import add_run_arguments, check_path_argument
 from tuner.job_paths import check_job_paths, job_notes
 from tuner.training.job import PhaseJob, PhaseResult, check, parse_phases, prepare, tag
-from tuner.training.staging import RemoteRoot, resolve_models_root
+from tuner.training.staging import RemoteRoot, fetch_model, resolve_models_root
 from tuner.training.trainer import retention_pass, train_phase
 
 if TYPE_CHECKING:
@@ -73,7 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="continue from --model-path P (its market, seed and phase, its VecNormalize)",
     )
-    parser.add_argument("--model-path", help="checkpoint zip to continue from")
+    parser.add_argument(
+        "--model-path",
+        help="checkpoint zip to continue from: a local path, or s3://bucket/.../<name>.zip "
+        "(fetched into the staging folder and verified before it is loaded)",
+    )
     parser.add_argument(
         "--resume-from",
         help="pick a checkpoint: latest, phase_end or best:<metric> (of --run-id, else of "
@@ -126,9 +131,9 @@ def _jobs(args: argparse.Namespace, settings: Settings) -> tuple[list[PhaseJob],
         raise ConfigError(f"--upload-timeout must be >= 0 seconds, got {args.upload_timeout!r}")
     phases = parse_phases(args.phases) if args.phases else [args.phase] if args.phase else []
     market, seed = args.market, args.seed
-    model_path = None
-    if args.model_path is not None:
-        model_path = check_path_argument(args.model_path, "--model-path", command=_COMMAND)
+    models_root, remote = resolve_models_root(args.models_root, args.staging_dir)
+    model_path = _model_path(args.model_path, remote)
+    if model_path is not None:
         if not model_path.is_file():
             raise ConfigError(f"--model-path: no such checkpoint {args.model_path!r}")
         market, seed, phase = continue_target(
@@ -137,7 +142,6 @@ def _jobs(args: argparse.Namespace, settings: Settings) -> tuple[list[PhaseJob],
         phases = phases or [phase]
     if market is None:
         raise ConfigError("--market is required (e.g. --market NQ)")
-    models_root, remote = resolve_models_root(args.models_root, args.staging_dir)
     flag = "--models-root" if remote is None else "--staging-dir"
     check_job_paths(
         {flag: settings.checkpoint.models_root(models_root)}, allow_ephemeral=args.allow_ephemeral
@@ -172,6 +176,15 @@ def _jobs(args: argparse.Namespace, settings: Settings) -> tuple[list[PhaseJob],
         check(job, settings)  # every phase checked before the first one trains
     prepare(jobs[0], settings)  # and the data loaded once (filling the data cache)
     return jobs, remote
+
+
+def _model_path(text: str | None, remote: RemoteRoot | None) -> Path | None:
+    """``--model-path``: a local checkpoint, or one on a bucket fetched and verified."""
+    if text is None:
+        return None
+    if is_uri(text):
+        return fetch_model(text, remote)
+    return check_path_argument(text, "--model-path", command=_COMMAND)
 
 
 def _resume_line(

@@ -25,6 +25,7 @@ import pytest
 from checkpointing import list_checkpoints
 from checkpointing.naming import CheckpointName, parse_name
 from checkpointing.selection import find_resume_checkpoint
+from tests.s3 import s3, s3_server  # noqa: F401  (fixtures, used by name)
 from tests.tiny_config import PROJECT_ROOT, tiny_config_dir
 
 

@@ -66,7 +66,11 @@ def test_cluster_yaml_passes_rays_validation() -> None:
     setup = " ".join(raw["setup_commands"])
     assert "-c constraints.txt torch --index-url https://download.pytorch.org/whl/cpu" in setup
     assert "make setup" in setup and "ray[default,tune]" in setup
-    assert "mount -t nfs4" in setup and "/mnt/shared" in setup
+    # Object storage by default, no shared mount; the NFS set-up kept as an alternative.
+    assert "mount -t nfs4" not in setup
+    text = CLUSTER_YAML.read_text(encoding="utf-8")
+    assert "--models-root s3://" in text and "--storage-path s3://" in text
+    assert "#   sudo mount -t nfs4 -o hard" in text
     assert {".venv", ".git"} <= set(prepared["rsync_exclude"])
 
 

@@ -122,15 +122,15 @@ def _run(module: str, argv: list[str]) -> int:
     [
         (
             "tuner.run",
-            ["--markets", "NQ", "--models-root", "s3://acc/models"],
+            ["--markets", "NQ", "--models-root", "gs://acc/models"],
             "--models-root",
-            "python -m tuner.run",
+            "gs:// scheme is not supported",
         ),
         (
             "tuner.run",
-            ["--markets", "NQ", "--storage-path", "s3://acc/ray"],
+            ["--markets", "NQ", "--storage-path", "s3:/acc/ray"],
             "--storage-path",
-            "python -m tuner.run",
+            "missing its '//'",
         ),
         ("tuner.browse", ["--storage-path", "s3://acc/ray"], "--storage-path", "tuner.browse"),
         (
@@ -141,9 +141,9 @@ def _run(module: str, argv: list[str]) -> int:
         ),
         (
             "tuner.train",
-            ["--market", "NQ", "--continue", "--model-path", "s3://acc/models/x.zip"],
+            ["--market", "NQ", "--continue", "--model-path", "gs://acc/models/x.zip"],
             "--model-path",
-            "tuner.train",
+            "gs:// scheme is not supported",
         ),
         (
             "tuner.train",

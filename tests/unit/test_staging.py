@@ -52,3 +52,10 @@ def test_bad_combinations_are_refused_by_flag(
 
     with pytest.raises(ConfigError, match=message):
         resolve_models_root(fill(models_root), fill(staging))
+
+
+def test_a_model_path_on_a_bucket_must_name_a_checkpoint_zip() -> None:
+    from tuner.training.staging import fetch_model
+
+    with pytest.raises(ConfigError, match=r"--model-path 's3://acc/models/x' must name a"):
+        fetch_model("s3://acc/models/x", None)

@@ -62,6 +62,10 @@ def run_experiment(opts: RunOptions, settings: Any) -> int:
     from tuner.driver.progress import Progress, StopHandler
     from tuner.driver.trainable import StopFlag
 
+    if opts.models_uri is not None or opts.storage_uri is not None:
+        from tuner.driver.remote import keep_credentials_on_their_nodes
+
+        keep_credentials_on_their_nodes()
     _init_ray(opts)
     progress = Progress()
     flag_name = f"stop-flag:{opts.name}"
@@ -106,7 +110,12 @@ def _announce(opts: RunOptions) -> None:
             f"per market on seeds {', '.join(map(str, opts.seeds))} ({opts.confirm_name})",
             flush=True,
         )
-    print(f"checkpoints under {opts.models_root}, Tune results under {opts.experiment_dir}")
+    models = opts.models_uri or opts.models_root
+    results = opts.experiment_dir if opts.storage_uri is None else opts.storage_uri.child(opts.name)
+    print(f"checkpoints under {models}, Tune results under {results}")
+    if opts.models_uri is not None:
+        where = opts.staging_dir or "each node's ~/.cache/futures-rl-tuner/staging"
+        print(f"each trial commits to a staging folder on its node ({where}) and uploads")
 
 
 def _trainer_note(opts: RunOptions) -> str:
@@ -132,13 +141,16 @@ def _trial_base(opts: RunOptions, flag_name: str) -> dict[str, Any]:
         phases=opts.phases,
         experiment=opts.name,
         config_dir=os.fspath(opts.config_dir),
-        models_root=os.fspath(opts.models_root),
+        models_root=str(opts.models_uri) if opts.models_uri else os.fspath(opts.models_root),
+        staging_dir=None if opts.staging_dir is None else os.fspath(opts.staging_dir),
+        upload_timeout=opts.upload_timeout,
         timesteps=opts.timesteps,
         base_interval=opts.base_interval,
         cpus=opts.cpus_per_trial,
         stop_flag=flag_name,
         training=dict(opts.training_overlay),
-        curves_root=os.fspath(opts.experiment_dir),
+        # On a bucket, the trial's own folder, which Tune uploads (tuner.driver.remote).
+        curves_root=None if opts.storage_uri else os.fspath(opts.experiment_dir),
         trainer=opts.trainer,
         env_runners=opts.env_runners,
     )
@@ -174,8 +186,13 @@ def _confirm_tuner(opts: RunOptions, flag_name: str, progress: Any) -> Any:
 
     base = _trial_base(opts, flag_name)
     base["experiment"] = opts.confirm_name
-    base["curves_root"] = os.fspath(opts.storage_path / opts.confirm_name)
-    restoring = (opts.storage_path / opts.confirm_name / "tuner.pkl").exists()
+    if opts.storage_uri is None:
+        base["curves_root"] = os.fspath(opts.storage_path / opts.confirm_name)
+    else:  # the search stage's results, as the bucket has them
+        from tuner.driver.remote import download_experiment
+
+        download_experiment(opts.storage_uri, opts.name, opts.experiment_dir)
+    restoring = _restoring(opts, opts.confirm_name)
     cases = [] if restoring else confirm_cases(opts, load_experiment(opts.storage_path, opts.name))
     if not restoring and not cases:
         print("confirmation: every top configuration has run on every seed already", flush=True)
@@ -200,10 +217,16 @@ def _new_or_restored(
 
     trainable = tune.with_resources(train_trial, _trial_resources(opts))
     experiment_dir = opts.storage_path / name
-    if (experiment_dir / "tuner.pkl").exists():  # --resume (a new experiment was refused)
+    storage: dict[str, Any] = {"storage_path": os.fspath(opts.storage_path)}
+    if opts.storage_uri is not None:
+        from tuner.driver.remote import tune_storage
+
+        storage = tune_storage(opts.storage_uri)
+    if _restoring(opts, name):  # --resume (a new experiment was refused)
         try:
             return tune.Tuner.restore(
-                os.fspath(experiment_dir),
+                f"{storage['storage_path']}/{name}",
+                storage_filesystem=storage.get("storage_filesystem"),
                 trainable=trainable,
                 param_space=param_space if "case" not in param_space else None,
                 resume_unfinished=True,
@@ -226,7 +249,9 @@ def _new_or_restored(
         ),
         run_config=tune.RunConfig(
             name=name,
-            storage_path=os.fspath(opts.storage_path),
+            **storage,
+            # On a bucket, the trials' TensorBoard files are uploaded with their results.
+            sync_config=tune.SyncConfig(sync_artifacts=opts.storage_uri is not None),
             failure_config=tune.FailureConfig(max_failures=opts.max_failures),
             # Every Tune checkpoint is a pointer of a few hundred bytes; keeping them all
             # avoids the experiment-state snapshot Tune forces after num_to_keep checkpoints.
@@ -248,11 +273,49 @@ def _trial_resources(opts: RunOptions) -> Any:
     return tune.PlacementGroupFactory(opts.trial_bundles(), strategy="PACK")
 
 
+def _restoring(opts: RunOptions, name: str) -> bool:
+    """Whether experiment ``name`` is restored (its state exists: --resume) or new."""
+    if opts.storage_uri is not None and not opts.resume:
+        return False  # a new one (refused if the bucket has it); the driver's copy is stale
+    return (opts.storage_path / name / "tuner.pkl").exists()
+
+
+def _retention(opts: RunOptions, settings: Any) -> list[Any]:
+    """The driver's retention pass over every folder the trials touched (none on a bucket:
+    each trial pruned its staging folder and the bucket as it ran)."""
+    if opts.models_uri is not None:
+        print(
+            f"retention: each trial pruned its staging folder and {opts.models_uri} as it "
+            "ran; no pass over the whole bucket from the driver yet"
+        )
+        return []
+    pruned = retention_reports(settings.checkpoint, opts.models_root, opts.phases, opts.markets)
+    print(retention_line(pruned))
+    return pruned
+
+
+def _models_roots(opts: RunOptions, roots: list[str]) -> list[str]:
+    """The summary's models roots: with an object-store root, its URI (not a path made of
+    it, ``s3:/...``)."""
+    return roots if opts.models_uri is None else [str(opts.models_uri)]
+
+
+def _download_results(opts: RunOptions) -> None:
+    """With Tune's storage on a bucket: the experiment's results copied into the driver's
+    copy, which the end steps read (as they read a local storage path)."""
+    if opts.storage_uri is None:
+        return
+    from tuner.driver.remote import download_experiment
+
+    for name in [opts.name] + ([opts.confirm_name] if opts.search else []):
+        download_experiment(opts.storage_uri, name, opts.storage_path / name)
+
+
 def _finish(opts: RunOptions, settings: Any, signum: int | None) -> int:
     """Retention over every folder the trials touched, the summary, the report, and the
     exit code."""
-    pruned = retention_reports(settings.checkpoint, opts.models_root, opts.phases, opts.markets)
-    print(retention_line(pruned))
+    pruned = _retention(opts, settings)
+    _download_results(opts)
     names = [opts.name]
     if opts.search is not None and (opts.storage_path / opts.confirm_name).is_dir():
         names.append(opts.confirm_name)
@@ -262,8 +325,10 @@ def _finish(opts: RunOptions, settings: Any, signum: int | None) -> int:
         _test_split(opts, names[-1], summaries[names[-1]])
     for summary in summaries.values():  # what the driver's pass freed, for the report
         summary["retention"] = [_pruned(r) for r in pruned]
+        summary["models_roots"] = _models_roots(opts, summary["models_roots"])
     for name, summary in summaries.items():
         json_path, csv_path = write_summary(summary, opts.models_root / "summaries")
+        _upload_summaries(opts, [json_path, csv_path])
         print()
         print(format_table(summary))
         if any((r.get("test") or {}).get("best") for r in summary["trials"]):
@@ -272,7 +337,7 @@ def _finish(opts: RunOptions, settings: Any, signum: int | None) -> int:
         print()
         print(f"summary: {json_path}")
         print(f"         {csv_path}")
-        browse = f"--storage-path {opts.storage_path} --experiment {name}"
+        browse = f"--storage-path {opts.storage_uri or opts.storage_path} --experiment {name}"
         print(f"browse:  python -m tuner.browse {browse}")
     for line in _job_notes(opts):
         print(line, flush=True)
@@ -295,6 +360,21 @@ def _finish(opts: RunOptions, settings: Any, signum: int | None) -> int:
     return 0
 
 
+def _upload_summaries(opts: RunOptions, paths: list[Any]) -> None:
+    """With an object-store models root, the summary files go to ``<uri>/summaries/`` too
+    (a failure is reported; the run's outcome stands)."""
+    if opts.models_uri is None:
+        return
+    from checkpointing.errors import ObjectStoreError
+    from tuner.driver.remote import upload_files
+
+    try:
+        for uri in upload_files(opts.models_uri, "summaries", paths):
+            print(f"uploaded: {uri}")
+    except ObjectStoreError as exc:
+        print(f"summary: not uploaded ({exc}); it is in {opts.models_root / 'summaries'}")
+
+
 def _test_split(opts: RunOptions, name: str, summary: dict[str, Any]) -> None:
     """Measure each trial's checkpoint chosen on validation on the held-out test split, in a
     process of its own (``python -m tuner.evaluate``: the driver never imports torch), and
@@ -303,6 +383,13 @@ def _test_split(opts: RunOptions, name: str, summary: dict[str, Any]) -> None:
     import subprocess
     import sys
 
+    if opts.models_uri is not None or opts.storage_uri is not None:
+        print(
+            "test split: not measured (python -m tuner.evaluate reads local folders only so "
+            "far; the checkpoints and results are on the bucket)",
+            flush=True,
+        )
+        return
     print(f"test split: measuring the chosen checkpoints of {name} (python -m tuner.evaluate)")
     command = [sys.executable, "-m", "tuner.evaluate", "--experiment", name, "--json"]
     command += ["--storage-path", os.fspath(opts.storage_path), "--config-dir"]
@@ -393,12 +480,14 @@ def _resume_args(opts: RunOptions) -> list[str]:
         "--name",
         opts.name,
         "--storage-path",
-        os.fspath(opts.storage_path),
+        str(opts.storage_uri) if opts.storage_uri else os.fspath(opts.storage_path),
         "--models-root",
-        os.fspath(opts.models_root),
+        str(opts.models_uri) if opts.models_uri else os.fspath(opts.models_root),
         "--config-dir",
         os.fspath(opts.config_dir),
     ]
+    if opts.staging_dir is not None:
+        args += ["--staging-dir", os.fspath(opts.staging_dir)]
     if opts.training_config is not None:
         args += ["--training-config", os.fspath(opts.training_config)]
     if opts.trainer != "sb3":

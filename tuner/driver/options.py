@@ -10,12 +10,16 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from checkpointing.errors import ConfigError
+from checkpointing.locations import StoreURI, is_uri
 from checkpointing.naming import validate_market, validate_seed
 from tuner.cli import check_path_argument
 from tuner.job_paths import check_job_paths
+
+if TYPE_CHECKING:
+    from tuner.driver.remote import Locations
 
 __all__ = ["RunOptions", "SearchOptions", "options_from_args"]
 
@@ -62,6 +66,12 @@ class RunOptions:
     trainer: str = "sb3"  # sb3 | rllib
     env_runners: int | None = None  # --env-runners; None: each phase's rllib.num_env_runners
     env_runner_cpus: int = 0  # CPUs a trial reserves for RLlib's env runners (1 each)
+    # Object storage (tuner.driver.remote): with models_uri, models_root is the staging folder
+    # of the driver's node; with storage_uri, storage_path is the driver's copy of Tune's.
+    models_uri: StoreURI | None = None
+    storage_uri: StoreURI | None = None
+    staging_dir: Path | None = None  # --staging-dir (else each node's default)
+    upload_timeout: float = 300.0
 
     @property
     def experiment_dir(self) -> Path:
@@ -110,18 +120,8 @@ def options_from_args(args: argparse.Namespace) -> tuple[RunOptions, Any]:
             "training.yaml (--training-config)"
         )
     search = _search_options(args, settings, phases)
-    models_root = (
-        check_path_argument(args.models_root, "--models-root", folder=True, command=_COMMAND)
-        if args.models_root is not None
-        else Path(settings.checkpoint.paths.root)
-    ).resolve()
-    storage = check_path_argument(
-        args.storage_path, "--storage-path", folder=True, command=_COMMAND
-    )
-    check_job_paths(
-        {"--models-root": models_root, "--storage-path": storage},
-        allow_ephemeral=args.allow_ephemeral,
-    )
+    where = _locations(args, settings)
+    models_root, storage = where.models_root, where.storage_path
     name = args.name or (
         f"{'-'.join(markets)}_s{'-'.join(map(str, seeds))}_p{''.join(map(str, phases))}"
     )
@@ -155,7 +155,7 @@ def options_from_args(args: argparse.Namespace) -> tuple[RunOptions, Any]:
         base_interval=args.base_interval,
         config_dir=settings.config_dir.resolve(),
         models_root=models_root,
-        storage_path=storage.resolve(),
+        storage_path=storage,
         name=name,
         cpus_per_trial=args.cpus_per_trial,
         max_concurrent=args.max_concurrent,
@@ -171,6 +171,10 @@ def options_from_args(args: argparse.Namespace) -> tuple[RunOptions, Any]:
         trainer=args.trainer,
         env_runners=args.env_runners,
         env_runner_cpus=_env_runner_cpus(args, settings, phases),
+        models_uri=where.models_uri,
+        storage_uri=where.storage_uri,
+        staging_dir=where.staging_dir,
+        upload_timeout=args.upload_timeout,
     )
     _check_experiment(opts)
     return opts, settings
@@ -178,6 +182,30 @@ def options_from_args(args: argparse.Namespace) -> tuple[RunOptions, Any]:
 
 _REWARD_SHAPING = ("env.drawdown_penalty", "env.reward_clip")
 _SEARCH_FLAGS = ("num_samples", "searcher", "scheduler", "metric", "confirm_top", "search_seed")
+
+
+def _locations(args: argparse.Namespace, settings: Any) -> Locations:
+    """``--models-root`` and ``--storage-path``: folders, or URIs preflighted before Ray
+    starts (:mod:`tuner.driver.remote`); the local folders checked as every job's are."""
+    from tuner.driver.remote import resolve_locations
+
+    if not args.upload_timeout >= 0:
+        raise ConfigError(f"--upload-timeout must be >= 0 seconds, got {args.upload_timeout!r}")
+    if args.models_root is not None and not is_uri(args.models_root):
+        check_path_argument(args.models_root, "--models-root", folder=True, command=_COMMAND)
+    where = resolve_locations(
+        args.models_root,
+        args.storage_path,
+        args.staging_dir,
+        Path(settings.checkpoint.paths.root),
+    )
+    folders = {
+        "--models-root" if where.models_uri is None else "--staging-dir": where.models_root,
+    }
+    if where.storage_uri is None:
+        folders["--storage-path"] = where.storage_path
+    check_job_paths(folders, allow_ephemeral=args.allow_ephemeral)
+    return where
 
 
 def _search_options(
@@ -284,7 +312,10 @@ def _check_numbers(args: argparse.Namespace) -> None:
 def _check_experiment(opts: RunOptions) -> None:
     """A new experiment must not exist yet; one to resume must exist and be readable."""
     name, storage = opts.name, os.fspath(opts.storage_path)
-    if not opts.resume:
+    if opts.storage_uri is not None:
+        _fetch_experiments(opts)
+        storage = str(opts.storage_uri)
+    if not opts.resume and opts.storage_uri is None:
         if opts.search is not None and (opts.storage_path / opts.confirm_name).exists():
             raise ConfigError(
                 f"experiment {opts.confirm_name!r} (the confirmation stage of {name!r}) already "
@@ -295,6 +326,7 @@ def _check_experiment(opts: RunOptions) -> None:
                 f"experiment {name!r} already exists in {storage}: add --resume to continue "
                 "it, or choose another --name"
             )
+    if not opts.resume:
         return
     if not (opts.experiment_dir / "tuner.pkl").exists():
         raise ConfigError(
@@ -305,3 +337,21 @@ def _check_experiment(opts: RunOptions) -> None:
     from tuner.driver.resume_check import check_resumable
 
     check_resumable(opts.experiment_dir, opts.models_root, trainer=opts.trainer)
+
+
+def _fetch_experiments(opts: RunOptions) -> None:
+    """With Tune's storage on a bucket: the experiment (and a search's confirmation stage)
+    copied from the bucket into the driver's copy, which the checks below and the end steps
+    read; a new experiment must have nothing on the bucket."""
+    from tuner.driver.remote import download_experiment, experiment_on_bucket
+
+    assert opts.storage_uri is not None
+    names = [opts.name] + ([opts.confirm_name] if opts.search is not None else [])
+    for name in names:
+        if not opts.resume and experiment_on_bucket(opts.storage_uri, name):
+            raise ConfigError(
+                f"experiment {name!r} already exists in {opts.storage_uri}: add --resume "
+                "to continue it, or choose another --name"
+            )
+        # The driver's copy: the bucket's (none for a new experiment, whatever was cached).
+        download_experiment(opts.storage_uri, name, opts.storage_path / name)

@@ -51,6 +51,10 @@ class TrialConfig:
     curves_root: str | None = None  # the experiment's folder: TensorBoard files per trial
     trainer: str = "sb3"  # sb3 | rllib (RLlib joins the trial's Ray; its runners are children)
     env_runners: int | None = None  # rllib: None is each phase's rllib.num_env_runners
+    # With models_root s3://...: the staging folder on the trial's node (None: the node's
+    # default) and how long the trial's end waits for its uploads.
+    staging_dir: str | None = None
+    upload_timeout: float = 300.0
 
     @classmethod
     def from_tune(cls, config: Mapping[str, Any]) -> TrialConfig:
@@ -194,24 +198,29 @@ def train_trial(config: dict[str, Any]) -> None:
     settings = load_settings(
         trial.config.config_dir, trial.config.training, overlay_from="the trial's configuration"
     )
-    phases, completed = trial.start(tune.get_checkpoint(), settings)
-    last = None
-    for phase in phases:
-        job = trial.phase_job(phase, settings)
-        try:
-            last = train_phase(
-                job,
-                settings,
-                on_evaluation=trial.reporter(phase, completed),
-                stop_requested=trial.stop_requested,
-                handle_signals=False,
-            )
-        except TrainingInterrupted as exc:
-            trial.interrupted(exc, job, completed)  # never returns
-        except TrainingStopped:
-            raise SystemExit(0) from None  # how Tune's own report ends a stopped trial
-        completed += last.timesteps
-    assert last is not None
+    trial.open_uploads(settings)
+    try:
+        phases, completed = trial.start(tune.get_checkpoint(), settings)
+        last = None
+        for phase in phases:
+            job = trial.phase_job(phase, settings)
+            try:
+                last = train_phase(
+                    job,
+                    settings,
+                    on_evaluation=trial.reporter(phase, completed),
+                    stop_requested=trial.stop_requested,
+                    handle_signals=False,
+                    uploads=trial.uploads,
+                )
+            except TrainingInterrupted as exc:
+                trial.interrupted(exc, job, completed)  # never returns
+            except TrainingStopped:
+                raise SystemExit(0) from None  # how Tune's own report ends a stopped trial
+            completed += last.timesteps
+        assert last is not None
+    finally:
+        trial.close_uploads()
     _report(
         {
             **{k: float(v) for k, v in last.metrics.items()},
@@ -245,7 +254,11 @@ class _Trial:
         self.stop_requested = _StopPoll(config.stop_flag)
         self.latest: dict[str, Any] = {}  # the latest evaluation report, for an interrupt's
         self.unreported: dict[str, int] = {}  # retention's tally the final report carries
-        self.folder = Path(config.models_root)  # the checkpoint folder of the current phase
+        # The models root the trial commits to: the folder, or its staging folder on this
+        # node when models_root is a URI (open_uploads); uploads then mirror it to the bucket.
+        self.models_root = Path(config.models_root)
+        self.uploads: Any = None
+        self.folder = self.models_root  # the checkpoint folder of the current phase
         self.hyperparameters = flatten_overlay(config.training)
         self.run_info: dict[str, Any] = {
             "experiment": config.experiment,
@@ -255,6 +268,33 @@ class _Trial:
         }
         self.exploit: Path | None = None  # the checkpoint of another trial to continue from
         self.curves_dir: Path | None = None  # TensorBoard files, in the trial's folder
+
+    def open_uploads(self, settings: Any) -> None:
+        """With an ``s3://`` models root: this node's staging folder and the trial's uploader
+        (the bucket checked, earlier runs' staged checkpoints queued)."""
+        from checkpointing.locations import is_uri
+
+        if not is_uri(self.config.models_root):
+            return
+        from tuner.training.staging import open_uploads, resolve_models_root
+
+        staging, remote = resolve_models_root(self.config.models_root, self.config.staging_dir)
+        assert staging is not None and remote is not None
+        self.models_root = self.folder = staging
+        self.uploads = open_uploads(remote, settings.checkpoint, log.warning)
+
+    def close_uploads(self) -> None:
+        """Wait (at most ``upload_timeout``) for the trial's uploads; say what is still only
+        on this node."""
+        uploads, self.uploads = self.uploads, None
+        if uploads is None:
+            return
+        for line in uploads.close(self.config.upload_timeout, log.warning).lines():
+            log.warning("%s", line)
+
+    def mirror(self) -> Any:
+        """The bucket seen from the staging folder (None without an object-store root)."""
+        return None if self.uploads is None else self.uploads.mirror()
 
     @property
     def about(self) -> dict[str, Any]:
@@ -318,8 +358,8 @@ class _Trial:
                 f"{pointer.get('market')} seed {pointer.get('seed')}"
             )
         phase = int(pointer["phase"])
-        folder = settings.checkpoint.checkpoint_dir(phase, c.market, Path(c.models_root))
-        source = _verified_source(folder, pointer)
+        folder = settings.checkpoint.checkpoint_dir(phase, c.market, self.models_root)
+        source = _verified_source(folder, pointer, self.mirror())
         self.run_id = _next_run(folder, c.market, c.seed, c.experiment, self.trial_id)
         self.exploit = source
         old = flatten_overlay(pointer.get("training") or {})
@@ -353,14 +393,17 @@ class _Trial:
         from tuner.training.job import PhaseJob
 
         c = self.config
-        folder = self.folder = settings.checkpoint.checkpoint_dir(
-            phase, c.market, Path(c.models_root)
-        )
+        folder = self.folder = settings.checkpoint.checkpoint_dir(phase, c.market, self.models_root)
         source, self.exploit = self.exploit, None
         mine = None
-        if source is None:
+        if source is None:  # on another node, from the bucket (fetched, verified)
             mine = find_resume_checkpoint(
-                folder, "latest", seed=c.seed, market=c.market, run_id=self.run_id
+                folder,
+                "latest",
+                seed=c.seed,
+                market=c.market,
+                run_id=self.run_id,
+                mirror=self.mirror(),
             )
         return PhaseJob(
             market=c.market,
@@ -368,7 +411,7 @@ class _Trial:
             phase=phase,
             timesteps=c.timesteps,
             base_interval=c.base_interval,
-            models_root=Path(c.models_root),
+            models_root=self.models_root,
             model_path=source,
             resume_from="latest" if mine is not None else None,
             run_id=self.run_id,
@@ -443,6 +486,7 @@ class _Trial:
         report.update((k, v) for k, v in self.latest.items() if k not in skip)
         report.update(self.about, phase=job.phase, phase_timesteps=at, timesteps=completed + at)
         report.update(checkpoint=name, saved=[name] if name else [], interrupted=True)
+        self.close_uploads()  # the interrupt checkpoint on the bucket before Tune hears of it
         pointer = {
             **self.about,
             "trial_id": self.trial_id,
@@ -469,8 +513,9 @@ def _length(phase: int, config: TrialConfig, settings: Any) -> int:
     return int(config.timesteps or settings.checkpoint.phase(phase).target_timesteps)
 
 
-def _verified_source(folder: Path, pointer: Mapping[str, Any]) -> Path:
-    """The checkpoint a pointer names if it verifies, else the newest of its run that does."""
+def _verified_source(folder: Path, pointer: Mapping[str, Any], mirror: Any = None) -> Path:
+    """The checkpoint a pointer names if it verifies, else the newest of its run that does
+    (with ``mirror``, on the bucket too: another trial's checkpoints may be on another node)."""
     from checkpointing.errors import CheckpointCorruptError
     from checkpointing.selection import find_resume_checkpoint
     from checkpointing.store import verify_checkpoint
@@ -479,6 +524,8 @@ def _verified_source(folder: Path, pointer: Mapping[str, Any]) -> Path:
     if isinstance(name, str) and name and "/" not in name:
         path = folder / name
         try:
+            if mirror is not None and not path.is_file():
+                mirror.fetch(path)
             verify_checkpoint(path)
             return path
         except (CheckpointCorruptError, OSError) as exc:
@@ -490,6 +537,7 @@ def _verified_source(folder: Path, pointer: Mapping[str, Any]) -> Path:
         seed=int(pointer["seed"]),
         market=str(pointer["market"]),
         run_id=str(run_id) if run_id else None,
+        mirror=mirror,
     )
     if found is None:
         raise ValueError(f"no checkpoint of run {run_id} that verifies in {folder}")

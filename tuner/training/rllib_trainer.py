@@ -70,7 +70,7 @@ def train_rllib_phase(
     # --- config, data, where to start and as which run --------------------------------------
     data, target = prepare(job, settings)
     checkpoint_cfg = phase_checkpoint_config(job, settings)
-    start = choose_start(job, checkpoint_cfg)
+    start = choose_start(job, checkpoint_cfg, None if uploads is None else uploads.mirror())
     manager = run_manager(job, checkpoint_cfg, start, target, uploads)
     say(f"{tag(job)}: {start.describe()} (rllib)")
     if job.curves_dir is not None:

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from checkpointing.config import CheckpointConfig
     from checkpointing.uploads import Uploader
 
-__all__ = ["RemoteRoot", "open_uploads", "resolve_models_root"]
+__all__ = ["RemoteRoot", "fetch_model", "open_uploads", "resolve_models_root"]
 
 
 @dataclass(frozen=True)
@@ -107,3 +107,51 @@ def open_uploads(
             f"{remote.uri} after their upload (retention there); not uploading them again"
         )
     return uploader
+
+
+def fetch_model(text: str, remote: RemoteRoot | None) -> Path:
+    """``--model-path s3://bucket/.../<name>.zip``: the checkpoint fetched (zip and
+    companions) into a staging folder and verified, before anything of it is unpickled.
+
+    Under an object-store ``--models-root``, it goes where that root's staging folder keeps
+    it (so continuing it continues its run); elsewhere into the default staging folder of its
+    own location. A staged copy that verifies is not fetched again.
+
+    Raises:
+        ConfigError: not a ``.zip`` URI, no such checkpoint on the bucket, or one that fails
+            verification (named by its URI).
+        ObjectStoreError: the bucket cannot be read (named).
+    """
+    from checkpointing.errors import CheckpointCorruptError, ObjectStoreError
+    from checkpointing.fetch import BucketMirror
+    from checkpointing.object_store import ObjectStore
+    from checkpointing.store import verify_checkpoint
+    from checkpointing.uploads import default_staging_dir
+
+    uri = parse_location(text, "--model-path")
+    assert isinstance(uri, StoreURI)
+    folder, _, name = uri.key.rpartition("/")
+    if not name.endswith(".zip"):
+        raise ConfigError(f"--model-path {str(uri)!r} must name a checkpoint zip (<name>.zip)")
+    parent = StoreURI(uri.scheme, uri.bucket, folder)
+    root, staging = parent, default_staging_dir(parent)
+    if remote is not None and remote.uri.bucket == uri.bucket:
+        top = remote.uri.key
+        if not top or folder == top or folder.startswith(top + "/"):
+            root, staging = remote.uri, remote.staging
+    path = staging.joinpath(*filter(None, folder[len(root.key) :].split("/")), name)
+    if path.is_file():
+        try:
+            verify_checkpoint(path)
+            return path
+        except CheckpointCorruptError:
+            pass  # the bucket's copy replaces it if that one verifies
+    try:
+        BucketMirror(ObjectStore(root), staging).fetch(path)
+    except CheckpointCorruptError as exc:
+        raise ConfigError(f"--model-path {uri}: fails verification ({exc})") from None
+    except FileNotFoundError:
+        raise ConfigError(f"--model-path: no such checkpoint {str(uri)!r} on the bucket") from None
+    except OSError as exc:
+        raise ObjectStoreError(f"{uri}: cannot fetch it ({exc})") from None
+    return path

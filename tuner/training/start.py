@@ -5,6 +5,11 @@ job's run, the run written to last, or every run with ``--any-run``); for phases
 previous phase's ``phase_end`` of the same run (or of the run written to last); else scratch.
 The run is :func:`checkpointing.selection.run_to_continue`'s answer: the checkpoint's own run
 when it is that run's newest, otherwise a new run that records where it started.
+
+With a models root on a bucket (``mirror``), the checkpoints of the bucket are candidates as
+much as the staged ones: the chosen one is fetched into the staging folder and verified
+before anything of it is unpickled (:mod:`checkpointing.fetch`), so a run resumed on another
+node, or after its staging folder was deleted, continues from the bucket.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from checkpointing.config import CheckpointConfig
 from checkpointing.errors import ConfigError
@@ -21,6 +26,9 @@ from checkpointing.naming import CheckpointName, parse_name
 from checkpointing.selection import RunChoice, find_resume_checkpoint, run_to_continue
 from checkpointing.trainers import check_trainer
 from tuner.training.job import PhaseJob, tag
+
+if TYPE_CHECKING:
+    from checkpointing.fetch import BucketMirror
 
 __all__ = ["Start", "choose_start"]
 
@@ -73,27 +81,38 @@ def _under(path: Path, root: Path) -> bool:
     return Path(os.path.abspath(path)).is_relative_to(os.path.abspath(root))
 
 
-def choose_start(job: PhaseJob, config: CheckpointConfig) -> Start:
-    """The starting point and run of ``job`` (nothing is loaded or written).
+def choose_start(
+    job: PhaseJob, config: CheckpointConfig, mirror: BucketMirror | None = None
+) -> Start:
+    """The starting point and run of ``job`` (nothing is loaded; with ``mirror``, the chosen
+    checkpoint is fetched into staging, verified).
 
     Raises:
+        ObjectStoreError: the bucket cannot be listed (named).
         ConfigError: ``--resume-from`` finds nothing, ``--model-path`` is missing, or the
             checkpoint was written by the other trainer (both named).
         CheckpointNameError: ``--run-id`` names a run that would mix with another's files.
     """
     folder = config.checkpoint_dir(job.phase, job.market, job.models_root)
-    how, path, new_phase = _starting_checkpoint(job, config, folder)
-    if path is not None:
-        check_trainer(path, job.trainer)  # an SB3 zip is no RLlib checkpoint, and the reverse
     try:
-        run = run_to_continue(folder, job.market, job.seed, path, job.run_id)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+        how, path, new_phase = _starting_checkpoint(job, config, folder, mirror)
+        if path is not None:
+            check_trainer(path, job.trainer)  # an SB3 zip is no RLlib checkpoint, and the reverse
+        try:
+            run = run_to_continue(folder, job.market, job.seed, path, job.run_id, mirror)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    except OSError as exc:
+        if mirror is None:
+            raise
+        from checkpointing.errors import ObjectStoreError
+
+        raise ObjectStoreError(f"{mirror.uri_of(folder)}: cannot list the bucket ({exc})") from None
     return Start(how, path, new_phase, run)
 
 
 def _starting_checkpoint(
-    job: PhaseJob, config: CheckpointConfig, folder: Path
+    job: PhaseJob, config: CheckpointConfig, folder: Path, mirror: BucketMirror | None
 ) -> tuple[str, Path | None, bool]:
     if job.model_path is not None:
         if not job.model_path.is_file():
@@ -107,18 +126,25 @@ def _starting_checkpoint(
             market=job.market,
             run_id=job.run_id,
             any_run=job.any_run,
+            mirror=mirror,
         )
         if path is None:
             which = f"run {job.run_id}" if job.run_id else "any run" if job.any_run else "the run"
+            where = folder if mirror is None else f"{folder} or {mirror.uri_of(folder)}"
             raise ConfigError(
                 f"--resume-from {job.resume_from}: no checkpoint of {job.market} seed "
-                f"{job.seed} ({which}) that verifies in {folder}"
+                f"{job.seed} ({which}) that verifies in {where}"
             )
         return job.resume_from, path, False
     if job.phase > 1:
         previous = config.checkpoint_dir(job.phase - 1, job.market, job.models_root)
         path = find_resume_checkpoint(
-            previous, "phase_end", seed=job.seed, market=job.market, run_id=job.run_id
+            previous,
+            "phase_end",
+            seed=job.seed,
+            market=job.market,
+            run_id=job.run_id,
+            mirror=mirror,
         )
         if path is not None:
             return f"phase {job.phase - 1} phase_end", path, True

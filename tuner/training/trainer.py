@@ -108,7 +108,7 @@ def train_phase(
     data, target = prepare(job, settings)
     checkpoint_cfg = phase_checkpoint_config(job, settings)
     torch.set_num_threads(max(1, job.torch_threads))
-    start = choose_start(job, checkpoint_cfg)
+    start = choose_start(job, checkpoint_cfg, None if uploads is None else uploads.mirror())
     manager = run_manager(job, checkpoint_cfg, start, target, uploads)
     say(f"{tag(job)}: {start.describe()}")
 
