@@ -3,9 +3,11 @@ cross-trial summary. Entered from ``python -m tuner.run`` once the options are c
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
+from collections.abc import Iterator
 from typing import Any
 
 from checkpointing.errors import usage_error
@@ -88,8 +90,30 @@ def run_experiment(opts: RunOptions, settings: Any) -> int:
         # The outcome is read from the files below, as the browser reads it.
     finally:
         stopper.restore()
-    ray.shutdown()  # every trial process is gone: their files are final
-    return _finish(opts, settings, stopper.signum)
+    with _held_signals() as late:  # a Ctrl+C now would leave Ray half shut down
+        ray.shutdown()  # every trial process is gone: their files are final
+    return _finish(opts, settings, stopper.signum or late.signum)
+
+
+class _Late:
+    signum: int | None = None
+
+
+@contextlib.contextmanager
+def _held_signals() -> Iterator[_Late]:
+    """SIGINT and SIGTERM noted, not acted on, for the duration; the first one noted is in
+    the yielded object's ``signum`` (the run then ends as interrupted)."""
+    late = _Late()
+
+    def note(signum: int, frame: Any) -> None:
+        late.signum = late.signum or signum
+
+    previous = {s: signal.signal(s, note) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield late
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _announce(opts: RunOptions) -> None:
