@@ -10,10 +10,20 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from checkpointing.naming import CheckpointName, LegacyName, parse_name
+from checkpointing.errors import RegistryError
+from checkpointing.layout import PHASES
+from checkpointing.naming import CheckpointName, LegacyName, parse_name, validate_market
 from checkpointing.ranking import METRICS, Ranked, rank
 
-__all__ = ["RegistryEntry", "build_entry", "rank_entries", "with_parsed_name"]
+__all__ = [
+    "EntryReader",
+    "RegistryEntry",
+    "build_entry",
+    "check_metric",
+    "check_phase",
+    "rank_entries",
+    "with_parsed_name",
+]
 
 _new = object.__new__
 
@@ -200,3 +210,70 @@ def rank_entries(
         ),
         k,
     )
+
+
+def check_phase(phase: object) -> int:
+    """``phase`` if it is one of :data:`~checkpointing.layout.PHASES`.
+
+    Raises:
+        RegistryError: it is not.
+    """
+    if isinstance(phase, bool) or phase not in PHASES:
+        raise RegistryError(f"phase must be one of {list(PHASES)}, got {phase!r}")
+    assert isinstance(phase, int)
+    return phase
+
+
+def check_metric(metric: object) -> str:
+    """``metric`` if it is one of :data:`~checkpointing.ranking.METRICS`.
+
+    Raises:
+        RegistryError: it is not.
+    """
+    if metric not in METRICS:
+        raise RegistryError(f"metric must be one of {list(METRICS)}, got {metric!r}")
+    assert isinstance(metric, str)
+    return metric
+
+
+class EntryReader:
+    """What a registry answers from its :meth:`entries` (on disk or on a bucket): the models
+    of one folder ranked, and the best of them."""
+
+    def entries(
+        self,
+        phase: int | None = None,
+        market: str | None = None,
+        *,
+        runs: Collection[str | None] | None = None,
+    ) -> list[RegistryEntry]:
+        raise NotImplementedError
+
+    def rank(
+        self,
+        phase: int,
+        market: str,
+        metric: str,
+        seed: int | None = None,
+        *,
+        runs: Collection[str | None] | None = None,
+    ) -> list[Ranked[RegistryEntry]]:
+        """The models of one folder best first by ``metric`` (the rule of
+        :mod:`checkpointing.ranking`), of ``seed`` and ``runs`` (None: all)."""
+        check_phase(phase)
+        validate_market(market)
+        metric = check_metric(metric)
+        return rank_entries(self.entries(phase, market, runs=runs), metric, seed=seed, runs=runs)
+
+    def find_best(
+        self,
+        phase: int,
+        market: str,
+        metric: str,
+        seed: int | None = None,
+        *,
+        runs: Collection[str | None] | None = None,
+    ) -> RegistryEntry | None:
+        """The best checkpoint of one folder by ``metric``, or ``None``."""
+        ranked = self.rank(phase, market, metric, seed, runs=runs)
+        return ranked[0].item if ranked else None

@@ -38,18 +38,23 @@ from pathlib import Path
 from typing import Any
 
 from checkpointing.config import DEFAULT_CONFIG_PATH, CheckpointConfig, resolve_config
-from checkpointing.entries import RegistryEntry, build_entry, rank_entries, with_parsed_name
+from checkpointing.entries import (
+    EntryReader,
+    RegistryEntry,
+    build_entry,
+    check_phase,
+    rank_entries,
+    with_parsed_name,
+)
 from checkpointing.errors import (
     ConfigError,
     RegistryError,
     usage_error,
 )
 from checkpointing.files import fsync_dir, temp_path
-from checkpointing.layout import PHASES
 from checkpointing.locations import StoreURI, parse_location
 from checkpointing.metadata import read_checkpoint_metadata, utc_timestamp
-from checkpointing.naming import parse_name, validate_market
-from checkpointing.ranking import METRICS, Ranked
+from checkpointing.naming import parse_name
 from checkpointing.shards import SHARD_DIR, BucketRegistry
 from checkpointing.store import CheckpointInfo, list_checkpoints
 
@@ -72,24 +77,10 @@ REGISTRY_LOCK_NAME = ".registry.lock"
 REGISTRY_SCHEMA_VERSION = 1
 
 
-def _check_phase(phase: object) -> int:
-    if isinstance(phase, bool) or phase not in PHASES:
-        raise RegistryError(f"phase must be one of {list(PHASES)}, got {phase!r}")
-    assert isinstance(phase, int)
-    return phase
-
-
-def _check_metric(metric: object) -> str:
-    if metric not in METRICS:
-        raise RegistryError(f"metric must be one of {list(METRICS)}, got {metric!r}")
-    assert isinstance(metric, str)
-    return metric
-
-
 # --------------------------------------------------------------------------- the registry
 
 
-class Registry:
+class Registry(EntryReader):
     """The index ``{root}/registry.json`` of the checkpoints under a models root.
 
     Only the checkpoint folders of the layout (``paths.phase{N}`` under ``paths.root``, moved to
@@ -328,7 +319,7 @@ class Registry:
             by_folder.setdefault(entry.folder, {})[rel] = entry
         out: list[RegistryEntry] = []
         folders = self.layout.folders(
-            None if phase is None else [_check_phase(phase)],
+            None if phase is None else [check_phase(phase)],
             None if market is None else [market],
         )
         for folder in folders:
@@ -346,36 +337,6 @@ class Registry:
                 else:
                     out.append(with_parsed_name(known_entry, info.name))
         return out
-
-    def rank(
-        self,
-        phase: int,
-        market: str,
-        metric: str,
-        seed: int | None = None,
-        *,
-        runs: Collection[str | None] | None = None,
-    ) -> list[Ranked[RegistryEntry]]:
-        """The models of one folder best first by ``metric`` (the rule of
-        :mod:`checkpointing.ranking`), of ``seed`` and ``runs`` (None: all)."""
-        _check_phase(phase)
-        validate_market(market)
-        return rank_entries(
-            self.entries(phase, market), _check_metric(metric), seed=seed, runs=runs
-        )
-
-    def find_best(
-        self,
-        phase: int,
-        market: str,
-        metric: str,
-        seed: int | None = None,
-        *,
-        runs: Collection[str | None] | None = None,
-    ) -> RegistryEntry | None:
-        """The best checkpoint of one folder by ``metric``, or ``None``."""
-        ranked = self.rank(phase, market, metric, seed, runs=runs)
-        return ranked[0].item if ranked else None
 
 
 def find_best(

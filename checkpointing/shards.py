@@ -51,14 +51,18 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from checkpointing.entries import RegistryEntry, build_entry, rank_entries, with_parsed_name
+from checkpointing.entries import (
+    EntryReader,
+    RegistryEntry,
+    build_entry,
+    check_phase,
+    with_parsed_name,
+)
 from checkpointing.errors import RegistryError
 from checkpointing.files import temp_path, unlink_quietly
 from checkpointing.folders import BucketFolder, BucketRoot, parallel
-from checkpointing.layout import PHASES
 from checkpointing.locations import StoreURI
 from checkpointing.naming import CheckpointName, validate_market, validate_run_id
-from checkpointing.ranking import METRICS, Ranked
 from checkpointing.store import CheckpointInfo
 
 if TYPE_CHECKING:
@@ -258,7 +262,7 @@ class LocalShards:
 # --------------------------------------------------------------------------- the view
 
 
-class BucketRegistry:
+class BucketRegistry(EntryReader):
     """The registry of a models root in a bucket: the union of its runs' shards, checked
     against listings of the folders (see the module).
 
@@ -334,7 +338,7 @@ class BucketRegistry:
 
     def folders(self, phase: int | None = None, market: str | None = None) -> list[BucketFolder]:
         """The listed checkpoint folders of one phase / market (default: all)."""
-        phases = None if phase is None else [_check_phase(phase)]
+        phases = None if phase is None else [check_phase(phase)]
         markets = None if market is None else [market]
         folders = self.bucket.folders(phases, markets)
         for folder in folders:
@@ -397,34 +401,6 @@ class BucketRegistry:
             folder = self._folders[folder_key] = BucketFolder(self.store, folder_key)
         return name in folder.objects()
 
-    def rank(
-        self,
-        phase: int,
-        market: str,
-        metric: str,
-        seed: int | None = None,
-        *,
-        runs: Collection[str | None] | None = None,
-    ) -> list[Ranked[RegistryEntry]]:
-        """The models of one folder best first by ``metric`` (:mod:`checkpointing.ranking`)."""
-        validate_market(market)
-        if metric not in METRICS:
-            raise RegistryError(f"metric must be one of {list(METRICS)}, got {metric!r}")
-        return rank_entries(self.entries(phase, market, runs=runs), metric, seed=seed, runs=runs)
-
-    def find_best(
-        self,
-        phase: int,
-        market: str,
-        metric: str,
-        seed: int | None = None,
-        *,
-        runs: Collection[str | None] | None = None,
-    ) -> RegistryEntry | None:
-        """The best checkpoint of one folder by ``metric``, or None."""
-        ranked = self.rank(phase, market, metric, seed, runs=runs)
-        return ranked[0].item if ranked else None
-
     # ----------------------------------------------------------------- rebuild
 
     def rebuild(self) -> tuple[int, int]:
@@ -449,10 +425,3 @@ class BucketRegistry:
         parallel(put, runs)
         log.info("rebuilt %d shards under %s: %d checkpoints", len(runs), self.uri, count)
         return count, len(runs)
-
-
-def _check_phase(phase: object) -> int:
-    if isinstance(phase, bool) or phase not in PHASES:
-        raise RegistryError(f"phase must be one of {list(PHASES)}, got {phase!r}")
-    assert isinstance(phase, int)
-    return phase
