@@ -314,18 +314,9 @@ class ObjectStore:
             ObjectStoreError: naming the URI and what failed: no such bucket, an endpoint
                 that cannot be reached, credentials that are denied.
         """
-        from pyarrow import fs as pafs
-
-        step = "reach the bucket"
+        self.check_readable(fix="create it first, or check the URI")
+        step = "write under the prefix"
         try:
-            if self.fs.get_file_info(self.uri.bucket).type == pafs.FileType.NotFound:
-                raise ObjectStoreError(
-                    f"{self.uri}: bucket {self.uri.bucket!r} does not exist at "
-                    f"{self.settings.describe()}; create it first, or check the URI"
-                )
-            step = "list the prefix"
-            self.sizes("")
-            step = "write under the prefix"
             probe = f".preflight-{HOST}-{os.getpid()}-{secrets.token_hex(4)}"
             with self.fs.open_output_stream(self._path(probe)) as out:
                 out.write(b"")
@@ -334,9 +325,10 @@ class ObjectStore:
         except OSError as exc:
             raise ObjectStoreError(self._explain(step, exc)) from None
 
-    def check_readable(self) -> None:
+    def check_readable(self, *, fix: str = "check the URI") -> None:
         """Check, before reading, that the bucket exists and the prefix can be listed; writes
-        nothing (what the commands that only read, or delete, check first).
+        nothing (what the commands that only read, or delete, check first). ``fix``: what
+        the message about a missing bucket suggests.
 
         Raises:
             ObjectStoreError: as :meth:`preflight`'s.
@@ -348,7 +340,7 @@ class ObjectStore:
             if self.fs.get_file_info(self.uri.bucket).type == pafs.FileType.NotFound:
                 raise ObjectStoreError(
                     f"{self.uri}: bucket {self.uri.bucket!r} does not exist at "
-                    f"{self.settings.describe()}; check the URI"
+                    f"{self.settings.describe()}; {fix}"
                 )
             step = "list the prefix"
             self.listing("")
