@@ -4,13 +4,13 @@ Every flag that takes a folder (``--models-root``, ``--storage-path``, ``--root`
 through :func:`parse_location`, so a URI is never taken for a path: ``s3://acc/models`` as a
 ``Path`` is the local folder ``s3:/acc/models``, and a run would write there without a word.
 What a command does with a URI is its own business: :func:`local_folder` refuses one for a
-command that does not support object storage yet, naming the URI and what is not supported::
+command that takes a local folder only, naming the URI and the command::
 
     parse_location("s3://acc/models", "--models-root")  # -> StoreURI("s3", "acc", "models")
     parse_location("models", "--models-root")           # -> Path("models")
-    local_folder("s3://acc/ray", "--storage-path", "python -m tuner.browse")
-    # ConfigError: --storage-path 's3://acc/ray' is an object-store URI, and python -m
-    # tuner.browse does not take one for --storage-path yet ...
+    local_folder("s3://acc/tb", "--tensorboard", "python -m tuner.train")
+    # ConfigError: --tensorboard 's3://acc/tb' is an object-store URI, and python -m
+    # tuner.train does not take one for --tensorboard (it takes a local path ...)
 
 A URI is ``scheme://...``. Only ``s3://bucket[/prefix]`` is understood so far; other schemes
 are refused by name. Credentials never go in a URI (``s3://KEY:SECRET@bucket`` is refused
@@ -164,15 +164,14 @@ def local_folder(text: str | os.PathLike[str], what: str, command: str) -> Path:
     """:func:`parse_location` for a command that reads and writes local folders only.
 
     Raises:
-        ConfigError: besides :func:`parse_location`'s, a URI: ``command`` does not support
-            object storage yet (the message names the URI and says so).
+        ConfigError: besides :func:`parse_location`'s, a URI: ``command`` takes a local
+            path for ``what`` (the message names the URI and says so).
     """
     where = parse_location(text, what)
     if isinstance(where, StoreURI):
         raise ConfigError(
             f"{what} {str(where)!r} is an object-store URI, and {command} does not take one "
-            f"for {what} yet (object storage so far: the models root of tuner.train, "
-            "tuner.browse, checkpointing.summary, checkpointing.retention and "
-            "checkpointing.registry); pass a local path or a shared mount"
+            f"for {what} (it takes a local path: pass one, or a shared mount; models roots "
+            "and Tune's storage path may be s3:// URIs)"
         )
     return where

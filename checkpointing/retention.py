@@ -245,7 +245,7 @@ def _prune_bucket_folder(
 
 
 def prune_tree(
-    root: str | os.PathLike[str],
+    root: str | os.PathLike[str] | StoreURI,
     config: CheckpointConfig,
     phases: Iterable[int] | None = None,
     markets: Iterable[str] | None = None,
@@ -256,18 +256,33 @@ def prune_tree(
     policy: RetentionPolicy | None = None,
 ) -> list[PruneReport]:
     """:func:`prune_folder` on every existing checkpoint folder of ``phases`` x ``markets``
-    (default: all found) under the models ``root``; the driver's end-of-experiment pass."""
+    (default: all found) under the models ``root``, a folder or a bucket (``s3://...``: its
+    folders listed, none downloaded; ``registry`` is not told); the driver's
+    end-of-experiment pass.
+
+    Raises:
+        OSError: a bucket root whose folders cannot be listed.
+    """
+    targets: list[tuple[str | os.PathLike[str] | BucketFolder, int | None, str | None]]
+    if isinstance(root, StoreURI):
+        found = BucketRoot(root, config).folders(phases, markets)
+        targets = [(f, f.phase, f.market) for f in found]
+        registry = None
+    else:
+        targets = [
+            (f.path, f.phase, f.market) for f in config.layout(root).folders(phases, markets)
+        ]
     reports = []
-    for folder in config.layout(root).folders(phases, markets):
+    for folder, phase, market in targets:
         report = prune_folder(
-            folder.path,
+            folder,
             config.retention,
             dry_run=dry_run,
             registry=registry,
             include_legacy=include_legacy,
             policy=policy,
         )
-        reports.append(dataclasses.replace(report, phase=folder.phase, market=folder.market))
+        reports.append(dataclasses.replace(report, phase=phase, market=market))
     return reports
 
 

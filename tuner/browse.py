@@ -5,12 +5,15 @@ experiment folders under the storage path and the checkpoint registry of the mod
 trial wrote to. Without ``--experiment`` it lists the experiments it finds. With one, it shows
 per trial its run, latest reported result and status, then the best checkpoints of the
 experiment's runs per market and phase by ``--metric`` (``--all-runs``: of every run in those
-folders), ranked by the same rule as the driver's summary. Nothing is written anywhere.
+folders), ranked by the same rule as the driver's summary. Nothing is written (but the cache
+copy of a bucket's results).
 
 ``--models-root s3://bucket/prefix`` reads the checkpoints from a bucket (also what a trial
 that recorded an ``s3://`` models root gets): one listing per checkpoint folder, the registry
 shards of the experiment's runs (:mod:`checkpointing.shards`), and the metadata object of a
-checkpoint no shard names; no checkpoint is downloaded. The storage path is a local folder.
+checkpoint no shard names; no checkpoint is downloaded. ``--storage-path s3://bucket/prefix``
+reads Tune's results from a bucket: the experiment's folder (Tune's JSON and CSV files, no
+checkpoint) is downloaded into the cache copy :func:`tuner.driver.remote.bucket_copy` keeps.
 
 The command line only: :mod:`tuner.driver.experiments` reads, :mod:`tuner.driver.bests` ranks,
 :mod:`tuner.driver.browse_view` formats.
@@ -27,7 +30,7 @@ import sys
 from collections.abc import Sequence
 
 from checkpointing.errors import CheckpointNameError, ConfigError, usage_error
-from checkpointing.locations import parse_location
+from checkpointing.locations import is_uri, parse_location
 from checkpointing.naming import validate_market
 from checkpointing.ranking import METRICS
 from tuner.driver.browse_view import best_checkpoints, format_listing, format_view
@@ -53,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument(
-        "--storage-path", default="ray_results", help="Ray Tune results folder (ray_results)"
+        "--storage-path",
+        default="ray_results",
+        help="Ray Tune results folder, or s3://bucket/prefix (default ray_results)",
     )
     p.add_argument(
         "--models-root",
@@ -91,7 +96,6 @@ def _run(args: argparse.Namespace) -> None:
             validate_market(args.market)
         except CheckpointNameError as exc:
             raise BrowseError(f"--market: {exc}") from None
-    storage = _storage(args.storage_path)
     if args.models_root is not None:
         try:
             parse_location(args.models_root, "--models-root")
@@ -99,20 +103,22 @@ def _run(args: argparse.Namespace) -> None:
             raise BrowseError(str(exc)) from None
 
     if args.experiment is None:
+        storage = _storage(args.storage_path)
+        where = args.storage_path if is_uri(args.storage_path) else os.fspath(storage)
         experiments = find_experiments(storage)
         if args.market is not None:
             experiments = [e for e in experiments if args.market in e.markets]
         if args.json:
             doc = {
-                "storage_path": os.fspath(storage.resolve()),
+                "storage_path": where,
                 "experiments": [e.overview() for e in experiments],
             }
             print(json.dumps(json_ready(doc), indent=2, allow_nan=False))
         else:
-            print(format_listing(storage, experiments))
+            print(format_listing(where, experiments))
         return
 
-    experiment = load_experiment(storage, args.experiment)
+    experiment = load_experiment(args.storage_path, args.experiment)
     view = best_checkpoints(
         experiment,
         args.metric,

@@ -8,6 +8,11 @@ run's best by ``--metric``, the ranking ``tuner.browse`` uses) and its ``phase_e
 measured once on the held-out test split (:mod:`tuner.training.held_out`), next to buy and
 hold and flat. With ``--experiment`` the figures also go to
 ``<models_root>/summaries/<experiment>_test.json``. Nothing else is written.
+
+Both may be in a bucket (``--storage-path s3://...``, trials that recorded an ``s3://``
+models root): Tune's results are read from the cache copy of the bucket's, each chosen
+checkpoint is fetched into the staging folder (``--staging-dir``) and verified before anything
+is unpickled, and the figures go to the staging folder's ``summaries/`` and the bucket's.
 """
 
 from __future__ import annotations
@@ -37,7 +42,16 @@ def build_parser() -> argparse.ArgumentParser:
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--checkpoint", metavar="PATH", help="one checkpoint zip")
     what.add_argument("--experiment", help="every trial of this tuner.run experiment")
-    p.add_argument("--storage-path", default="ray_results", help="Tune results folder")
+    p.add_argument(
+        "--storage-path",
+        default="ray_results",
+        help="Tune results folder, or s3://bucket/prefix (default ray_results)",
+    )
+    p.add_argument(
+        "--staging-dir",
+        help="for checkpoints in a bucket: the local folder they are fetched into (default: "
+        "~/.cache/futures-rl-tuner/staging/<bucket>/<prefix>, as tuner.train stages them)",
+    )
     p.add_argument("--metric", default="sharpe_ratio", help=f"selection metric: {METRICS}")
     p.add_argument("--config-dir", default="config", help="folder of the YAML configs")
     p.add_argument("--boot", type=int, default=1000, help="bootstrap samples (default 1000)")
@@ -46,9 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _chosen(args: argparse.Namespace) -> tuple[list[tuple[str, Path]], Any]:
-    """(label, checkpoint) pairs of an experiment: per trial its best and its phase_end."""
-    from checkpointing.naming import CheckpointName
-    from checkpointing.store import list_checkpoints
+    """(label, checkpoint) pairs of an experiment: per trial its best and its phase_end. A
+    checkpoint in a bucket is fetched into the staging folder and verified first."""
+    from checkpointing.locations import StoreURI
     from tuner.driver.bests import experiment_bests
     from tuner.driver.experiments import BrowseError, load_experiment
 
@@ -63,23 +77,100 @@ def _chosen(args: argparse.Namespace) -> tuple[list[tuple[str, Path]], Any]:
         best = bests.of_run(t.trial_id, phase)
         if best is None:
             continue
-        path = best.path
-        if not isinstance(path, Path):
-            raise ConfigError(
-                f"the checkpoints of experiment {args.experiment!r} are in a bucket ({path}): "
-                "python -m tuner.evaluate does not fetch checkpoints from a bucket yet"
-            )
+        if isinstance(best.path, StoreURI):
+            root = bests.models_roots.get(t.trial_id)
+            if not isinstance(root, StoreURI):  # pragma: no cover - bests put both together
+                raise ConfigError(f"{best.path}: no models root in a bucket recorded for it")
+            bucket = _BucketCheckpoints(root, args.staging_dir)
+            path, ends = bucket.fetch(best.path), bucket.phase_ends(best.path, t.run_id)
+        else:
+            path, ends = best.path, _local_phase_ends(best.path, t.run_id)
         chosen.append((f"{t.market} seed {t.seed} best", path))
-        ends = [
-            i.path
-            for i in list_checkpoints(path.parent)
+        if ends and ends[-1].name != path.name:
+            end = ends[-1] if isinstance(ends[-1], Path) else bucket.fetch(ends[-1])
+            chosen.append((f"{t.market} seed {t.seed} phase_end", end))
+    return chosen, experiment
+
+
+def _local_phase_ends(best: Path, run_id: str | None) -> list[Path]:
+    """The phase_end checkpoints of run ``run_id`` beside ``best``, oldest first."""
+    from checkpointing.naming import CheckpointName
+    from checkpointing.store import list_checkpoints
+
+    return [
+        i.path
+        for i in list_checkpoints(best.parent)
+        if isinstance(i.name, CheckpointName)
+        and i.name.event == "phase_end"
+        and i.name.run_id == run_id
+    ]
+
+
+class _BucketCheckpoints:
+    """Checkpoints of a models root in a bucket, read through its staging folder on this
+    machine (``--staging-dir``, else the default one of the URI): listed on the bucket,
+    fetched and verified before anything is unpickled (:class:`checkpointing.fetch.
+    BucketMirror`). A staged copy that verifies is used as it is."""
+
+    def __init__(self, root: Any, staging_dir: str | None) -> None:
+        from checkpointing.fetch import BucketMirror
+        from checkpointing.object_store import ObjectStore
+        from checkpointing.uploads import default_staging_dir
+
+        self.root = root
+        staging = Path(staging_dir) if staging_dir else default_staging_dir(root)
+        self.mirror = BucketMirror(ObjectStore(root), staging)
+
+    def staged(self, uri: Any) -> Path:
+        """Where the checkpoint ``uri`` is (or goes) in the staging folder."""
+        prefix = f"{self.root.key}/" if self.root.key else ""
+        if uri.bucket != self.root.bucket or not uri.key.startswith(prefix):
+            raise ConfigError(f"{uri} is not under the models root {self.root}")
+        return self.mirror.staging / uri.key[len(prefix) :]
+
+    def fetch(self, uri: Any) -> Path:
+        """The checkpoint ``uri`` on this machine, verified.
+
+        Raises:
+            CheckpointCorruptError: the bucket's copy fails verification (named).
+            ConfigError: the bucket does not have it, or cannot be read.
+        """
+        from checkpointing.errors import CheckpointCorruptError
+        from checkpointing.store import verify_checkpoint
+
+        path = self.staged(uri)
+        if path.is_file():
+            try:
+                verify_checkpoint(path)
+                return path
+            except CheckpointCorruptError:
+                pass  # the bucket's copy replaces it if that one verifies
+        try:
+            self.mirror.fetch(path)
+        except FileNotFoundError:
+            raise ConfigError(f"{uri}: not on the bucket (deleted since the run?)") from None
+        except CheckpointCorruptError:
+            raise
+        except OSError as exc:
+            raise ConfigError(f"{uri}: cannot fetch it ({exc})") from None
+        return path
+
+    def phase_ends(self, best: Any, run_id: str | None) -> list[Any]:
+        """The URIs of run ``run_id``'s phase_end checkpoints beside ``best`` on the bucket,
+        oldest first (one listing)."""
+        from checkpointing.naming import CheckpointName
+
+        try:
+            infos = self.mirror.checkpoints(self.staged(best).parent)
+        except OSError as exc:
+            raise ConfigError(f"{best}: cannot list its folder ({exc})") from None
+        return [
+            self.mirror.uri_of(i.path)
+            for i in infos
             if isinstance(i.name, CheckpointName)
             and i.name.event == "phase_end"
-            and i.name.run_id == t.run_id
+            and i.name.run_id == run_id
         ]
-        if ends and ends[-1] != path:
-            chosen.append((f"{t.market} seed {t.seed} phase_end", ends[-1]))
-    return chosen, experiment
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -127,8 +218,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not chosen:
                 raise ConfigError(f"experiment {args.experiment!r}: no checkpoint to evaluate")
         root = experiment.models_roots[0] if experiment and experiment.models_roots else None
+        local_root = _local_root(root, args.staging_dir)
         rows = [
-            (label, evaluate_on_test(p, settings, boot=args.boot, models_root=root))
+            (label, evaluate_on_test(p, settings, boot=args.boot, models_root=local_root))
             for label, p in chosen
         ]
     except (ConfigError, CheckpointNameError, CheckpointCorruptError, ValueError) as exc:
@@ -139,12 +231,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print(_table(rows))
         print("\nheld-out test split, deterministic policy, one pass; validation chose them")
-    if experiment is not None and experiment.models_roots:
-        out = experiment.models_roots[0] / "summaries" / f"{args.experiment}_test.json"
+    if local_root is not None:
+        out = local_root / "summaries" / f"{args.experiment}_test.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(json_ready(doc), indent=2, allow_nan=False), encoding="utf-8")
         if not args.json:
             print(f"test figures: {out}")
+        if root is not None and root != local_root:
+            return _upload_figures(root, out, quiet=args.json)
+    return 0
+
+
+def _local_root(root: Any, staging_dir: str | None) -> Path | None:
+    """The models root on this machine: ``root`` itself, or for one in a bucket its staging
+    folder (where the chosen checkpoints were fetched and the data cache is)."""
+    from checkpointing.locations import StoreURI
+    from checkpointing.uploads import default_staging_dir
+
+    if isinstance(root, StoreURI):
+        return Path(staging_dir) if staging_dir else default_staging_dir(root)
+    return root if isinstance(root, Path) else None
+
+
+def _upload_figures(root: Any, path: Path, *, quiet: bool) -> int:
+    """Put the test figures beside the bucket's summaries; 1 when that fails (the figures
+    are printed and kept locally)."""
+    from checkpointing.errors import ObjectStoreError
+    from tuner.driver.remote import upload_files
+
+    try:
+        (uri,) = upload_files(root, "summaries", [path])
+    except ObjectStoreError as exc:
+        print(f"test figures: not uploaded ({exc})", file=sys.stderr)
+        return 1
+    if not quiet:
+        print(f"              {uri}")
     return 0
 
 

@@ -9,7 +9,9 @@ side by side, the checkpoints chosen on validation with their held-out test figu
 baselines, every trial's learning curves and checkpoint events (and which retention kept),
 disk use and what retention freed, and for a search the metric against each hyperparameter.
 Reads the files only (Ray is not started, torch never imported); ``tuner.run`` writes it at
-the end of every experiment.
+the end of every experiment. Tune's results and the checkpoints may be in a bucket
+(``s3://...``): the results are read from a cache copy, the checkpoint folders are listed
+(nothing downloaded), and the page also goes to the bucket's ``summaries/``.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from checkpointing.errors import usage_error
+from checkpointing.errors import ConfigError, usage_error
+from checkpointing.locations import StoreURI, parse_location
 
 __all__ = ["build_parser", "main"]
 
@@ -30,10 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write an experiment's report: one self-contained HTML page.",
     )
     p.add_argument("--experiment", required=True, help="the tuner.run experiment")
-    p.add_argument("--storage-path", default="ray_results", help="Tune results folder")
+    p.add_argument(
+        "--storage-path",
+        default="ray_results",
+        help="Tune results folder, or s3://bucket/prefix (default ray_results)",
+    )
     p.add_argument(
         "--models-root",
-        help="read checkpoints and summaries here instead of the root the trials recorded",
+        help="read checkpoints and summaries here instead of the root the trials recorded: a "
+        "folder, or s3://bucket/prefix",
     )
     p.add_argument(
         "--out", help="the page to write (default <models_root>/summaries/<name>_report.html)"
@@ -49,14 +58,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tuner.reporting import write_report
 
     try:
-        root = None
+        root: Path | StoreURI | None = None
         if args.models_root is not None:
-            root = check_path_argument(args.models_root, "--models-root", folder=True)
-            if not root.is_dir():
+            root = parse_location(args.models_root, "--models-root")
+            if isinstance(root, Path) and not root.is_dir():
                 raise BrowseError(f"--models-root: no such folder {args.models_root!r}")
         out = check_path_argument(args.out, "--out") if args.out is not None else None
         path = write_report(args.storage_path, args.experiment, models_root=root, out=out)
-    except (BrowseError, ValueError, OSError) as exc:
+    except (BrowseError, ConfigError, ValueError, OSError) as exc:
         return usage_error(exc)
     print(f"report: {path}")
     return 0

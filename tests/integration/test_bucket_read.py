@@ -19,7 +19,7 @@ from checkpointing.locations import StoreURI
 from checkpointing.naming import CheckpointName
 from checkpointing.object_store import ObjectStore
 from checkpointing.retention import main as retention_main
-from checkpointing.retention import prune_folder
+from checkpointing.retention import prune_folder, prune_tree
 from checkpointing.summary import main as summary_main
 from checkpointing.summary import summarize_folder
 from tests.report_files import checkpoint_dir, write_checkpoint
@@ -213,6 +213,25 @@ def test_retention_on_the_bucket_leaves_an_upload_in_flight_and_sweeps_old_orpha
     report = prune_folder(bucket.folder(1, "NQ"), retention)
     assert report.swept.count == 2
     assert not [n for n in store.listing(folder) if n.startswith(flight.base)]
+
+
+def test_the_drivers_pass_over_a_bucket_prunes_the_phases_and_markets_it_is_given(
+    s3: S3Server, local_and_bucket: Path
+) -> None:
+    models = local_and_bucket
+    config = CheckpointConfig()
+    on_disk = prune_tree(models, config, [1], ["NQ"], dry_run=True)
+    reports = prune_tree(URI, config, [1], ["NQ"])
+    assert [(r.folder, r.phase, r.market) for r in reports] == [
+        (URI.child("phase1/NQ/checkpoints"), 1, "NQ")
+    ]
+    assert reports[0].deleted > 0 and reports[0].errors == ()
+    assert [r.name for r in reports[0].deleted_rows] == [r.name for r in on_disk[0].deleted_rows]
+    left = {k.rsplit("/", 1)[-1] for k in objects(s3) if k.startswith("models/phase1/NQ/")}
+    assert not left & {r.name for r in reports[0].deleted_rows}
+    assert len([k for k in objects(s3) if k.startswith("models/phase1/ES/")]) == 9  # not given
+    assert len([k for k in objects(s3) if k.startswith("models/phase2/")]) == 6
+    assert zips_read(s3.requests) == []
 
 
 def test_retention_names_a_missing_market_folder_on_the_bucket(

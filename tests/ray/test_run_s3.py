@@ -12,9 +12,11 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from checkpointing.locations import StoreURI
 from checkpointing.naming import CheckpointName, parse_name
 from tests.ray.conftest import Driver, wait_for
 from tests.s3 import S3Server
@@ -64,6 +66,7 @@ def test_ctrl_c_then_resume_with_both_on_s3_finishes_and_no_secret_is_written(
     drivers: list[Driver],
     monkeypatch: pytest.MonkeyPatch,
     ray_tmp: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     s3.create_bucket("acc")
     canary = f"canary-secret-{uuid.uuid4().hex}"
@@ -104,6 +107,7 @@ def test_ctrl_c_then_resume_with_both_on_s3_finishes_and_no_secret_is_written(
     after = [n for n in _names(s3, FOLDER) if n.timesteps > interrupts[0].timesteps]
     assert any(n.event == "phase_end" and n.timesteps >= 20000 for n in after)
     assert {n.run_id for n in _names(s3, FOLDER)} == {interrupts[0].run_id}  # one run
+    _check_the_end_steps_read_the_bucket(s3, r.output, summary, tmp_path, tiny_configs, capsys)
 
     # The secret is in no byte written: tuner.pkl and everything else on the bucket, the
     # staging folders, the driver's copies and logs, Ray's own folder.
@@ -112,3 +116,50 @@ def test_ctrl_c_then_resume_with_both_on_s3_finishes_and_no_secret_is_written(
     leaks = [p for p in written if not p.is_symlink() and canary.encode() in p.read_bytes()]
     leaks += [k for k in s3.keys("acc") if canary.encode() in s3.read("acc", k)]
     assert leaks == []
+
+
+def _check_the_end_steps_read_the_bucket(
+    s3: S3Server,
+    output: str,
+    summary: dict[str, Any],
+    tmp_path: Path,
+    config_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The driver's retention pass, test split and report read the bucket, and so do the
+    browser, the evaluation and the report as commands with ``--storage-path s3://...``."""
+    from tuner.browse import main as browse
+    from tuner.evaluate import main as evaluate
+    from tuner.reporting import gather
+
+    on_bucket = {n.filename for n in _names(s3, FOLDER)}
+    assert f"checkpoints deleted on {MODELS}" in output
+    (row,) = summary["trials"]
+    best = row["best"]["sharpe_ratio"]["path"]
+    assert best.startswith(f"{MODELS}/phase1/NQ/checkpoints/") and best.rsplit("/")[-1] in on_bucket
+    measured = row["test"]["best"]
+    assert measured and measured["checkpoint"].endswith(best.rsplit("/")[-1])
+    keys = s3.keys("acc", "models/summaries/")
+    for name in ("stop.json", "stop.csv", "stop_test.json", "stop_report.html"):
+        assert f"models/summaries/{name}" in keys, keys
+    # The report counts the run's checkpoints as the bucket lists them.
+    data = gather(TUNE, "stop")
+    (disk,) = data.disk
+    assert disk.folder == StoreURI("s3", "acc", FOLDER.rstrip("/"))
+    assert disk.kept == len(on_bucket)
+    assert disk.kept_bytes == sum(len(s3.read("acc", k)) for k in s3.keys("acc", FOLDER))
+    assert {e.name for h in data.histories for e in h.events if e.kept} == on_bucket
+    # The browser and the evaluation as a user runs them on the bucket.
+    assert browse(["--storage-path", TUNE, "--experiment", "stop", "--json"]) == 0
+    view = json.loads(capsys.readouterr().out)
+    assert [t["status"] for t in view["trial_rows"]] == ["finished"]
+    assert view["trial_rows"][0]["checkpoint_exists"] is True
+    assert view["best"]["NQ"][0]["path"] == best
+    assert measured["checkpoint"] in [t["checkpoint"] for t in view["test"]]
+    fresh = tmp_path / "fresh-staging"  # another machine: nothing staged
+    argv = ["--storage-path", TUNE, "--experiment", "stop", "--json", "--boot", "100"]
+    assert evaluate([*argv, "--staging-dir", str(fresh), "--config-dir", str(config_dir)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    again = next(x for x in doc["results"] if x["checkpoint"].endswith(best.rsplit("/")[-1]))
+    assert again["policy"]["total_return"] == measured["policy"]["total_return"]
+    assert (fresh / FOLDER.removeprefix("models/") / best.rsplit("/")[-1]).is_file()

@@ -78,10 +78,10 @@ def test_credentials_in_a_uri_are_refused_without_being_repeated() -> None:
 
 def test_a_command_without_object_storage_refuses_the_uri_naming_it() -> None:
     with pytest.raises(ConfigError) as caught:
-        local_folder("s3://acc/ray", "--storage-path", "python -m tuner.browse")
+        local_folder("s3://acc/tb", "--tensorboard", "python -m tuner.train")
     message = str(caught.value)
-    assert "--storage-path 's3://acc/ray' is an object-store URI" in message
-    assert "python -m tuner.browse does not take one for --storage-path yet" in message
+    assert "--tensorboard 's3://acc/tb' is an object-store URI" in message
+    assert "python -m tuner.train does not take one for --tensorboard" in message
 
 
 @pytest.mark.parametrize("root", ["s3://acc/models", "s3:/acc/models"])
@@ -132,12 +132,35 @@ def _run(module: str, argv: list[str]) -> int:
             "--storage-path",
             "missing its '//'",
         ),
-        ("tuner.browse", ["--storage-path", "s3://acc/ray"], "--storage-path", "tuner.browse"),
+        (
+            "tuner.browse",
+            ["--storage-path", "gs://acc/ray"],
+            "--storage-path",
+            "gs:// scheme is not supported",
+        ),
         (
             "tuner.evaluate",
-            ["--experiment", "x", "--storage-path", "s3://acc/ray"],
+            ["--experiment", "x", "--storage-path", "s3:/acc/ray"],
             "--storage-path",
+            "missing its '//'",
+        ),
+        (
             "tuner.evaluate",
+            ["--checkpoint", "s3://acc/models/x.zip"],
+            "--checkpoint",
+            "tuner.evaluate",
+        ),
+        (
+            "tuner.report",
+            ["--experiment", "x", "--storage-path", "s3:acc/ray"],
+            "--storage-path",
+            "missing its '//'",
+        ),
+        (
+            "tuner.report",
+            ["--experiment", "x", "--models-root", "gs://acc/models"],
+            "--models-root",
+            "gs:// scheme is not supported",
         ),
         (
             "tuner.train",
@@ -193,7 +216,7 @@ def test_every_entry_point_refuses_a_uri_it_cannot_use_and_writes_nothing(
     work.mkdir()
     monkeypatch.chdir(work)
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
-    if module.startswith("tuner.") and module != "tuner.browse":
+    if module in ("tuner.run", "tuner.train", "tuner.evaluate"):
         argv += ["--config-dir", str(project / "config")]
     assert _run(module, argv) == 2
     err = capsys.readouterr().err

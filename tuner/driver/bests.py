@@ -235,25 +235,24 @@ def _check(
 
 
 def checkpoint_folders(
-    experiment: Experiment, models_root: str | os.PathLike[str] | None = None
-) -> dict[tuple[str, int], Path]:
+    experiment: Experiment, models_root: str | os.PathLike[str] | StoreURI | None = None
+) -> dict[tuple[str, int], Root]:
     """Where each trial's checkpoints of each of its phases are: ``(trial id, phase)`` ->
-    its checkpoint folder, in the layout of the trial's config folder, under ``models_root``
-    (default: the root the trial recorded, else ``paths.root`` of
-    ``config/checkpoint_config.yaml``). Trials without a market or seed, or whose
-    checkpoints are in a bucket, are left out (these are folders on this machine)."""
-    override = None if models_root is None else Path(models_root).resolve()
+    its checkpoint folder (a path, or a URI in a bucket), in the layout of the trial's config
+    folder, under ``models_root`` (default: the root the trial recorded, else ``paths.root``
+    of ``config/checkpoint_config.yaml``). Trials without a market or seed are left out."""
+    override = _override(models_root)
     configs = _Configs([])
     fallback = _default_root() if any(t.models_root is None for t in experiment.trials) else None
-    folders: dict[tuple[str, int], Path] = {}
+    folders: dict[tuple[str, int], Root] = {}
     for t in experiment.trials:
         root = _root_of(t, override) or fallback
-        if not isinstance(root, Path) or t.market is None or t.seed is None:
+        if root is None or t.market is None or t.seed is None:
             continue
         config = configs.get(t.config_dir)
         for phase in t.phases:
             with contextlib.suppress(ConfigError, ValueError):
-                folders[(t.trial_id, phase)] = config.checkpoint_dir(phase, t.market, root)
+                folders[(t.trial_id, phase)] = _checkpoint_dir(config, phase, t.market, root)
     return folders
 
 

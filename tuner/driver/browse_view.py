@@ -186,7 +186,7 @@ def _status_text(counts: Mapping[str, int]) -> str:
     return ", ".join(f"{s} {n}" for s, n in counts.items()) or "-"
 
 
-def format_listing(storage: Path, experiments: Sequence[Experiment]) -> str:
+def format_listing(storage: str | os.PathLike[str], experiments: Sequence[Experiment]) -> str:
     """The experiments table (``python -m tuner.browse`` without ``--experiment``)."""
     if not experiments:
         return f"no experiments in {os.fspath(storage)}"

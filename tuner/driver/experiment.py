@@ -1,31 +1,21 @@
-"""Running an experiment on Ray Tune: one trial per (market, seed), then retention and the
-cross-trial summary. Entered from ``python -m tuner.run`` once the options are checked."""
+"""Running an experiment on Ray Tune: one trial per (market, seed), then the end steps
+(:mod:`tuner.driver.finish`: retention, the summary, the report). Entered from
+``python -m tuner.run`` once the options are checked."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import shlex
 import signal
 from collections.abc import Iterator
 from typing import Any
 
 from checkpointing.errors import usage_error
 from tuner.driver.experiments import load_experiment
+from tuner.driver.finish import EXIT_FAILED_TRIALS, finish, job_lines
 from tuner.driver.options import RunOptions
-from tuner.driver.summary import (
-    attach_test,
-    build_summary,
-    format_table,
-    format_test_table,
-    write_summary,
-)
-from tuner.job_paths import job_notes
-from tuner.training.trainer import retention_line, retention_reports
 
 __all__ = ["EXIT_FAILED_TRIALS", "run_experiment"]
-
-EXIT_FAILED_TRIALS = 1
 
 
 def _cluster_address(opts: RunOptions) -> str | None:
@@ -74,7 +64,7 @@ def run_experiment(opts: RunOptions, settings: Any) -> int:
     flag = ray.remote(num_cpus=0)(StopFlag).options(name=flag_name).remote()
     stopper = StopHandler(flag, progress)
     _announce(opts)
-    for line in _job_notes(opts):
+    for line in job_lines(opts):
         print(line, flush=True)
     stopper.install()
     try:
@@ -92,7 +82,7 @@ def run_experiment(opts: RunOptions, settings: Any) -> int:
         stopper.restore()
     with _held_signals() as late:  # a Ctrl+C now would leave Ray half shut down
         ray.shutdown()  # every trial process is gone: their files are final
-    return _finish(opts, settings, stopper.signum or late.signum)
+    return finish(opts, settings, stopper.signum or late.signum)
 
 
 class _Late:
@@ -302,229 +292,3 @@ def _restoring(opts: RunOptions, name: str) -> bool:
     if opts.storage_uri is not None and not opts.resume:
         return False  # a new one (refused if the bucket has it); the driver's copy is stale
     return (opts.storage_path / name / "tuner.pkl").exists()
-
-
-def _retention(opts: RunOptions, settings: Any) -> list[Any]:
-    """The driver's retention pass over every folder the trials touched (none on a bucket:
-    each trial pruned its staging folder and the bucket as it ran)."""
-    if opts.models_uri is not None:
-        print(
-            f"retention: each trial pruned its staging folder and {opts.models_uri} as it "
-            "ran; no pass over the whole bucket from the driver yet"
-        )
-        return []
-    pruned = retention_reports(settings.checkpoint, opts.models_root, opts.phases, opts.markets)
-    print(retention_line(pruned))
-    return pruned
-
-
-def _models_roots(opts: RunOptions, roots: list[str]) -> list[str]:
-    """The summary's models roots: with an object-store root, its URI (not a path made of
-    it, ``s3:/...``)."""
-    return roots if opts.models_uri is None else [str(opts.models_uri)]
-
-
-def _download_results(opts: RunOptions) -> None:
-    """With Tune's storage on a bucket: the experiment's results copied into the driver's
-    copy, which the end steps read (as they read a local storage path)."""
-    if opts.storage_uri is None:
-        return
-    from tuner.driver.remote import download_experiment
-
-    for name in [opts.name] + ([opts.confirm_name] if opts.search else []):
-        download_experiment(opts.storage_uri, name, opts.storage_path / name)
-
-
-def _finish(opts: RunOptions, settings: Any, signum: int | None) -> int:
-    """Retention over every folder the trials touched, the summary, the report, and the
-    exit code."""
-    pruned = _retention(opts, settings)
-    _download_results(opts)
-    names = [opts.name]
-    if opts.search is not None and (opts.storage_path / opts.confirm_name).is_dir():
-        names.append(opts.confirm_name)
-    experiments = {n: load_experiment(opts.storage_path, n) for n in names}
-    summaries = {n: build_summary(e, phases=opts.phases) for n, e in experiments.items()}
-    if signum is None and opts.test_eval:  # a search: its confirmation stage, after the choice
-        _test_split(opts, names[-1], summaries[names[-1]])
-    for summary in summaries.values():  # what the driver's pass freed, for the report
-        summary["retention"] = [_pruned(r) for r in pruned]
-        summary["models_roots"] = _models_roots(opts, summary["models_roots"])
-    for name, summary in summaries.items():
-        json_path, csv_path = write_summary(summary, opts.models_root / "summaries")
-        _upload_summaries(opts, [json_path, csv_path])
-        print()
-        print(format_table(summary))
-        if any((r.get("test") or {}).get("best") for r in summary["trials"]):
-            print()
-            print(format_test_table(summary))
-        print()
-        print(f"summary: {json_path}")
-        print(f"         {csv_path}")
-        browse = f"--storage-path {opts.storage_uri or opts.storage_path} --experiment {name}"
-        print(f"browse:  python -m tuner.browse {browse}")
-    for line in _job_notes(opts):
-        print(line, flush=True)
-    if opts.search is not None:
-        _finish_search(opts, experiments, summaries)
-    if opts.report:
-        _report(opts)
-    unfinished = [u for s in summaries.values() for u in s["unfinished"]]
-    failed = [f for s in summaries.values() for f in s["failed"]]
-    if signum is not None or _missing(opts, experiments[opts.name]) or unfinished:
-        print(
-            "interrupted: every running trial saved an interrupt checkpoint. Resume with:\n"
-            f"  python -m tuner.run {shlex.join(_resume_args(opts))} --resume",
-            flush=True,
-        )
-        return 128 + (signum or signal.SIGINT)
-    if failed:
-        print(f"{len(failed)} trial(s) failed: " + ", ".join(failed))
-        return EXIT_FAILED_TRIALS
-    return 0
-
-
-def _upload_summaries(opts: RunOptions, paths: list[Any]) -> None:
-    """With an object-store models root, the summary files go to ``<uri>/summaries/`` too
-    (a failure is reported; the run's outcome stands)."""
-    if opts.models_uri is None:
-        return
-    from checkpointing.errors import ObjectStoreError
-    from tuner.driver.remote import upload_files
-
-    try:
-        for uri in upload_files(opts.models_uri, "summaries", paths):
-            print(f"uploaded: {uri}")
-    except ObjectStoreError as exc:
-        print(f"summary: not uploaded ({exc}); it is in {opts.models_root / 'summaries'}")
-
-
-def _test_split(opts: RunOptions, name: str, summary: dict[str, Any]) -> None:
-    """Measure each trial's checkpoint chosen on validation on the held-out test split, in a
-    process of its own (``python -m tuner.evaluate``: the driver never imports torch), and
-    add the figures to the summary. A failure is reported; the run's outcome stands."""
-    import json
-    import subprocess
-    import sys
-
-    if opts.models_uri is not None or opts.storage_uri is not None:
-        print(
-            "test split: not measured (python -m tuner.evaluate reads local folders only so "
-            "far; the checkpoints and results are on the bucket)",
-            flush=True,
-        )
-        return
-    print(f"test split: measuring the chosen checkpoints of {name} (python -m tuner.evaluate)")
-    command = [sys.executable, "-m", "tuner.evaluate", "--experiment", name, "--json"]
-    command += ["--storage-path", os.fspath(opts.storage_path), "--config-dir"]
-    command += [os.fspath(opts.config_dir), "--metric", "sharpe_ratio"]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    try:
-        doc = json.loads(done.stdout) if done.returncode == 0 else None
-    except ValueError:
-        doc = None
-    if doc is None:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
-        print("test split: not measured (" + " / ".join(tail) + ")", flush=True)
-        return
-    attach_test(summary, doc)
-
-
-def _pruned(report: Any) -> dict[str, Any]:
-    """One folder of the driver's retention pass, as the summary keeps it."""
-    return {
-        "phase": report.phase,
-        "market": report.market,
-        "folder": os.fspath(report.folder),
-        "kept": report.kept,
-        "deleted": report.deleted,
-        "bytes_freed": report.bytes_freed,
-    }
-
-
-def _report(opts: RunOptions) -> None:
-    """The experiment's HTML report beside the summary (``python -m tuner.report``); a
-    failure is reported, the run's outcome stands."""
-    from tuner.reporting import default_report_path, write_report
-
-    out = default_report_path(opts.models_root, opts.name)
-    try:
-        path = write_report(opts.storage_path, opts.name, models_root=opts.models_root, out=out)
-    except Exception as exc:  # the report must never cost the run its exit code
-        print(f"report:  not written ({type(exc).__name__}: {exc})", flush=True)
-        return
-    print(f"report:  {path}", flush=True)
-
-
-def _missing(opts: RunOptions, experiment: Any) -> list[tuple[str, int]]:
-    """Trials of a grid Tune never created (the driver stopped before it got to them)."""
-    if opts.search is not None:
-        return []
-    statuses = {(t.market, t.seed): t.status for t in experiment.trials}
-    return [(m, s) for m in opts.markets for s in opts.seeds if (m, s) not in statuses]
-
-
-def _finish_search(
-    opts: RunOptions, experiments: dict[str, Any], summaries: dict[str, Any]
-) -> None:
-    import json
-
-    from tuner.driver.experiments import json_ready
-    from tuner.driver.search import format_search, search_summary, write_overlays
-
-    verdict = search_summary(
-        opts, experiments[opts.name], experiments.get(opts.confirm_name), summaries
-    )
-    folder = opts.models_root / "summaries"
-    path = folder / f"{opts.name}_search.json"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(json_ready(verdict), indent=2, allow_nan=False), encoding="utf-8")
-    os.replace(tmp, path)
-    print()
-    print(format_search(verdict))
-    print()
-    print(f"search:  {path}")
-    for overlay in write_overlays(verdict, folder):
-        print(f"chosen:  {overlay}  (train with --training-config {overlay})")
-
-
-def _job_notes(opts: RunOptions) -> list[str]:
-    """Where the files are when the driver runs as a Ray job (nothing otherwise)."""
-    return job_notes({"checkpoints": opts.models_root, "Tune results": opts.experiment_dir})
-
-
-def _resume_args(opts: RunOptions) -> list[str]:
-    args = [
-        "--markets",
-        ",".join(opts.markets),
-        "--seeds",
-        ",".join(map(str, opts.seeds)),
-        "--phases",
-        ",".join(map(str, opts.phases)),
-        "--name",
-        opts.name,
-        "--storage-path",
-        str(opts.storage_uri) if opts.storage_uri else os.fspath(opts.storage_path),
-        "--models-root",
-        str(opts.models_uri) if opts.models_uri else os.fspath(opts.models_root),
-        "--config-dir",
-        os.fspath(opts.config_dir),
-    ]
-    if opts.staging_dir is not None:
-        args += ["--staging-dir", os.fspath(opts.staging_dir)]
-    if opts.training_config is not None:
-        args += ["--training-config", os.fspath(opts.training_config)]
-    if opts.trainer != "sb3":
-        args += ["--trainer", opts.trainer]
-    if opts.env_runners is not None:
-        args += ["--env-runners", str(opts.env_runners)]
-    if opts.search is not None:
-        s = opts.search
-        args += ["--search", os.fspath(s.path), "--num-samples", str(s.num_samples)]
-        args += ["--searcher", s.searcher, "--scheduler", s.scheduler, "--metric", s.metric]
-        args += ["--confirm-top", str(s.confirm_top), "--search-seed", str(s.seed)]
-    if opts.timesteps:
-        args += ["--timesteps", str(opts.timesteps)]
-    if opts.base_interval:
-        args += ["--base-interval", str(opts.base_interval)]
-    return args

@@ -33,7 +33,7 @@ from typing import Any
 
 from checkpointing.cleanup import pid_alive
 from checkpointing.errors import ConfigError
-from checkpointing.locations import StoreURI, is_uri, local_folder, parse_location, shown
+from checkpointing.locations import StoreURI, is_uri, parse_location, shown
 from checkpointing.naming import run_id_for_trial
 from tuner.driver.tune_files import (
     ERROR_FILES,
@@ -60,7 +60,6 @@ __all__ = [
     "find_experiments",
     "json_ready",
     "load_experiment",
-    "local_path",
 ]
 
 log = logging.getLogger(__name__)
@@ -416,9 +415,24 @@ def _is_experiment(folder: Path) -> bool:
     )
 
 
-def _storage(storage_path: str | os.PathLike[str]) -> Path:
+def _storage(storage_path: str | os.PathLike[str], name: str | None = None) -> Path:
+    """The storage path as a local folder. On a bucket (``s3://...``): the cache copy with
+    experiment ``name`` (else every one) downloaded afresh (:func:`tuner.driver.remote.
+    bucket_copy`)."""
     text = os.fspath(storage_path)
-    path = local_path(text, "--storage-path")
+    try:
+        where = parse_location(text, "--storage-path")
+    except ConfigError as exc:
+        raise BrowseError(str(exc)) from None
+    if isinstance(where, StoreURI):
+        from checkpointing.errors import ObjectStoreError
+        from tuner.driver.remote import bucket_copy
+
+        try:
+            return bucket_copy(where, name).resolve()
+        except ObjectStoreError as exc:
+            raise BrowseError(str(exc)) from None
+    path = where
     if not path.is_dir():
         raise BrowseError(
             f"storage path {text!r} does not exist or is not a folder (the --storage-path "
@@ -467,27 +481,18 @@ def _read_experiment(folder: Path) -> Experiment:
     )
 
 
-def local_path(text: str | os.PathLike[str], what: str) -> Path:
-    """A folder argument of the browser: a local path, never a URI (:class:`BrowseError`)."""
-    try:
-        return local_folder(text, what, "python -m tuner.browse (and tuner.evaluate)")
-    except ConfigError as exc:
-        raise BrowseError(str(exc)) from None
-
-
 def load_experiment(storage_path: str | os.PathLike[str], name: str) -> Experiment:
     """Read experiment ``name`` under ``storage_path`` (finished, interrupted or running).
 
     Raises:
         BrowseError: the storage path or the experiment does not exist.
     """
-    storage = _storage(storage_path)
+    storage = _storage(storage_path, name)
     names = _experiment_names(storage)
     if name not in names:
         known = ", ".join(names) if names else "none"
-        raise BrowseError(
-            f"no experiment {name!r} in {os.fspath(storage)!r} (experiments: {known})"
-        )
+        where = storage_path if is_uri(storage_path) else storage
+        raise BrowseError(f"no experiment {name!r} in {os.fspath(where)!r} (experiments: {known})")
     return _read_experiment(storage / name)
 
 

@@ -12,11 +12,13 @@
   credentials (:meth:`S3Settings.filesystem`), handed to Tune as ``storage_filesystem``: Tune
   pickles it into ``tuner.pkl``, and it holds the endpoint only. Every node's AWS SDK finds
   the credentials in its own environment.
-- **The driver's end steps** (summary, report) read a local copy of the experiment folder,
-  downloaded from the bucket (:func:`download_experiment`), and the checkpoints staged on the
-  driver's node; the summaries are uploaded to ``<models root>/summaries/``. Retention over
-  the bucket is each trial's in-run pass (its staging and the bucket); the driver's own
-  pass over the whole bucket is not done yet, and the driver says so.
+- **The driver's end steps** (:mod:`tuner.driver.finish`) read a local copy of the
+  experiment folder, downloaded from the bucket (:func:`download_experiment`); its retention
+  pass lists and prunes the bucket's checkpoint folders; the test split and the report read
+  the checkpoints on the bucket (listings; the chosen checkpoints fetched and verified); the
+  files written beside the summary are uploaded to ``<models root>/summaries/``. Readers
+  (``tuner.browse``, ``tuner.evaluate``, ``tuner.report``) take ``--storage-path s3://...``
+  through the same copy (:func:`bucket_copy`).
 
 **Credentials stay on their nodes.** Ray Tune copies ``AWS_ACCESS_KEY_ID``,
 ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN`` and ``AWS_SECURITY_TOKEN`` from the driver's
@@ -45,6 +47,8 @@ from checkpointing.locations import StoreURI, parse_location
 __all__ = [
     "CREDENTIAL_VARIABLES",
     "Locations",
+    "bucket_copy",
+    "bucket_summaries",
     "download_experiment",
     "experiment_on_bucket",
     "keep_credentials_on_their_nodes",
@@ -172,6 +176,61 @@ def download_experiment(storage_uri: StoreURI, name: str, local: Path) -> bool:
     finally:
         shutil.rmtree(fresh, ignore_errors=True)
     return True
+
+
+def bucket_copy(storage_uri: StoreURI, name: str | None = None) -> Path:
+    """The local folder that stands for Tune's storage on a bucket, for readers (browser,
+    evaluation, report): the driver's cache copy (``~/.cache/futures-rl-tuner/staging/
+    <bucket>/<prefix>``), with experiment ``name`` (else every experiment the bucket has)
+    downloaded afresh. An experiment the bucket does not have is not in the copy.
+
+    Raises:
+        ObjectStoreError: the bucket cannot be read (named).
+    """
+    from pyarrow import fs as pafs
+
+    from checkpointing.uploads import default_staging_dir
+
+    local = default_staging_dir(storage_uri)
+    store = _store(storage_uri)
+    if name is None:
+        try:
+            selector = pafs.FileSelector(storage_uri.path, allow_not_found=True)
+            infos = store.fs.get_file_info(selector)
+        except OSError as exc:
+            raise ObjectStoreError(f"{storage_uri}: cannot list it ({exc})") from None
+        names = sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+    else:
+        names = [name]
+    for each in names:
+        download_experiment(storage_uri, each, local / each)
+    return local
+
+
+def bucket_summaries(models_uri: StoreURI, files: Sequence[str], folder: Path) -> list[Path]:
+    """Copy the files ``files`` of ``<models_uri>/summaries/`` that the bucket has into
+    ``folder`` (replacing older copies); the paths written.
+
+    Raises:
+        ObjectStoreError: the bucket cannot be read (named).
+    """
+    store = _store(models_uri)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in files:
+        key = f"summaries/{name}"
+        try:
+            data = store.get_bytes(key, limit=256 << 20)
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError) as exc:
+            raise ObjectStoreError(f"{store.uri_of(key)}: cannot read it ({exc})") from None
+        path = folder / name
+        tmp = path.with_name(f".{name}.download")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+        written.append(path)
+    return written
 
 
 def upload_files(models_uri: StoreURI, folder: str, paths: Sequence[Path]) -> list[StoreURI]:

@@ -253,7 +253,8 @@ def attach_test(summary: dict[str, Any], test: Mapping[str, Any]) -> None:
     its row, apart from the validation ones: ``row["test"]["best"]`` for the checkpoint the
     row's ``best`` by Sharpe names, ``row["test"]["phase_end"]`` for its run's phase_end."""
     results = [r for r in test.get("results", []) if isinstance(r, Mapping)]
-    by_path = {r.get("checkpoint"): r for r in results}
+    # By file name: a checkpoint in a bucket was measured from its fetched copy.
+    by_name = {_file_name(r.get("checkpoint")): r for r in results}
     for row in summary["trials"]:
         best = (row.get("best") or {}).get("sharpe_ratio") or {}
         end = next(
@@ -264,7 +265,13 @@ def attach_test(summary: dict[str, Any], test: Mapping[str, Any]) -> None:
             ),
             None,
         )
-        row["test"] = {"best": _figures(by_path.get(best.get("path"))), "phase_end": _figures(end)}
+        chosen = by_name.get(_file_name(best.get("path")))
+        row["test"] = {"best": _figures(chosen), "phase_end": _figures(end)}
+
+
+def _file_name(path: Any) -> str | None:
+    """The file name of a path or URI (``.../x.zip`` -> ``x.zip``)."""
+    return path.replace("\\", "/").rsplit("/", 1)[-1] if isinstance(path, str) and path else None
 
 
 def _figures(result: Mapping[str, Any] | None) -> dict[str, Any] | None:

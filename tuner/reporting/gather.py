@@ -10,6 +10,7 @@ empty with a note; it never fails the report.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,11 +18,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from checkpointing.locations import StoreURI, is_uri
 from checkpointing.registry import rank_entries
 from tuner.driver.bests import BestCheckpoint, Bests, checkpoint_folders, experiment_bests
-from tuner.driver.experiments import Experiment, TrialInfo, load_experiment
+from tuner.driver.experiments import BrowseError, Experiment, TrialInfo, load_experiment
 from tuner.driver.tune_files import read_json
-from tuner.reporting.history import Folders, TrialHistory, bytes_on_disk, trial_history
+from tuner.reporting.history import Folders, TrialHistory, trial_history
 
 __all__ = ["SELECTED_BY", "DiskRow", "MarketView", "ReportData", "Selected", "gather"]
 
@@ -55,8 +57,8 @@ class DiskRow:
 
     market: str
     phase: int
-    folder: Path
-    kept: int  # checkpoints of the experiment's runs on disk
+    folder: Path | StoreURI
+    kept: int  # checkpoints of the experiment's runs on disk (or on the bucket)
     kept_bytes: int  # their zip, pkl and metadata (hard links once)
     saved: int  # checkpoints the runs saved (from the history)
     other_runs: int  # checkpoints of other runs in the folder
@@ -69,8 +71,9 @@ class ReportData:
     """The report's content (see :func:`gather`)."""
 
     name: str
-    storage_path: Path
-    models_root: Path
+    storage_path: Path | str
+    models_root: Path | StoreURI
+    summaries_dir: Path
     experiments: list[Experiment]
     histories: list[TrialHistory]
     selected: list[Selected]
@@ -86,19 +89,38 @@ class ReportData:
     def trials(self) -> list[TrialInfo]:
         return [h.trial for h in self.histories]
 
-    @property
-    def summaries_dir(self) -> Path:
-        return self.models_root / "summaries"
 
-
-def _models_root(bests: Bests, override: str | os.PathLike[str] | None) -> Path:
+def _models_root(
+    bests: Bests, override: str | os.PathLike[str] | StoreURI | None
+) -> Path | StoreURI:
     """Where the summaries are: ``override``, else the models root of the trials (the one
-    :mod:`tuner.driver.bests` reads their checkpoints from)."""
+    :mod:`tuner.driver.bests` reads their checkpoints from; a folder, else a bucket)."""
+    if isinstance(override, StoreURI):
+        return override
     if override is not None:
         return Path(override).resolve()
-    # The summaries of a models root in a bucket are not read from there (yet).
-    roots = sorted({r for r in bests.models_roots.values() if isinstance(r, Path)})
-    return roots[0] if roots else Path("models").resolve()
+    roots = [r for r in bests.models_roots.values() if r is not None]
+    local = sorted(r for r in roots if isinstance(r, Path))
+    buckets = sorted((r for r in roots if isinstance(r, StoreURI)), key=str)
+    return local[0] if local else buckets[0] if buckets else Path("models").resolve()
+
+
+def _summaries(root: Path | StoreURI, names: Sequence[str], notes: list[str]) -> Path:
+    """The local folder of the summaries: ``<root>/summaries``; for a models root in a bucket,
+    its staging folder's, with the experiments' summary files copied from the bucket."""
+    if isinstance(root, Path):
+        return root / "summaries"
+    from checkpointing.errors import ObjectStoreError
+    from checkpointing.uploads import default_staging_dir
+    from tuner.driver.remote import bucket_summaries
+
+    folder = default_staging_dir(root) / "summaries"
+    files = [f"{n}{suffix}" for n in names for suffix in (".json", "_search.json", "_test.json")]
+    try:
+        bucket_summaries(root, files, folder)
+    except ObjectStoreError as exc:
+        notes.append(f"{exc}: the summaries staged on this machine are used")
+    return folder
 
 
 def _test_results(summaries: Path, names: Sequence[str]) -> tuple[dict[str, Any], list[Path]]:
@@ -156,7 +178,7 @@ def _markets(
 
 def _disk(
     histories: Sequence[TrialHistory],
-    folders: Mapping[tuple[str, int], Path],
+    folders: Mapping[tuple[str, int], Path | StoreURI],
     listing: Folders,
 ) -> list[DiskRow]:
     rows = []
@@ -169,7 +191,7 @@ def _disk(
         folder = folders[(group[0].trial.trial_id, phase)]
         infos = listing.infos(folder)
         ours = {e.name for h in group for e in h.events if e.phase == phase and e.kept}
-        kept, kept_bytes = bytes_on_disk(infos[n] for n in sorted(ours) if n in infos)
+        kept, kept_bytes = listing.usage(folder, ours)
         tallies = [h.pruned[phase] for h in group if phase in h.pruned]
         rows.append(
             DiskRow(
@@ -196,9 +218,15 @@ def _driver_retention(summaries: Path, name: str) -> list[Mapping[str, Any]] | N
 def gather(
     storage_path: str | os.PathLike[str],
     name: str,
-    models_root: str | os.PathLike[str] | None = None,
+    models_root: str | os.PathLike[str] | StoreURI | None = None,
+    summaries: str | os.PathLike[str] | None = None,
 ) -> ReportData:
     """Read experiment ``name`` (and, for a search, its confirmation stage) for the report.
+
+    Tune's results may be on a bucket (``storage_path`` ``s3://...``, read from the cache
+    copy), and so may the checkpoints (trials that recorded an ``s3://`` models root: their
+    folders are listed, nothing downloaded, and the summaries are read from the bucket unless
+    ``summaries`` names the local folder that has them).
 
     Raises:
         BrowseError: the storage path or the experiment does not exist, or ``models_root``
@@ -207,17 +235,21 @@ def gather(
     experiment = load_experiment(storage_path, name)
     first = experiment_bests(experiment, SELECTED_BY, top=1, models_root=models_root)
     root = _models_root(first, models_root)
-    summaries = root / "summaries"
-    search = read_json(summaries / f"{name}_search.json")
+    confirm = f"{name}-confirm"
+    notes: list[str] = []
+    if summaries is None:
+        summaries = _summaries(root, [name, confirm], notes)
+    search = read_json(Path(summaries) / f"{name}_search.json")
     search = search if isinstance(search, dict) else None
     experiments = [experiment]
-    confirm = f"{name}-confirm"
-    if search is not None and (experiment.path.parent / confirm).is_dir():
-        experiments.append(load_experiment(storage_path, confirm))
+    if search is not None:
+        with contextlib.suppress(BrowseError):  # a search stopped before its confirmation
+            experiments.append(load_experiment(storage_path, confirm))
+    summaries = Path(summaries)
     tests, test_files = _test_results(summaries, [e.name for e in reversed(experiments)])
     listing = Folders()
-    histories, selected, notes = [], [], []
-    disk_folders: dict[tuple[str, int], Path] = {}
+    histories, selected = [], []
+    disk_folders: dict[tuple[str, int], Path | StoreURI] = {}
     for e in experiments:
         bests = (
             first
@@ -228,16 +260,18 @@ def gather(
         selected += _selected(e, bests, tests)
         folders = checkpoint_folders(e, models_root)
         disk_folders.update(folders)
-        by_trial: dict[str, dict[int, Path]] = {}
+        by_trial: dict[str, dict[int, Path | StoreURI]] = {}
         for (trial_id, phase), folder in folders.items():
             by_trial.setdefault(trial_id, {})[phase] = folder
         for t in e.trials:
             if t.market:
                 histories.append(trial_history(t, by_trial.get(t.trial_id, {}), listing))
+    notes += listing.notes
     return ReportData(
         name=name,
-        storage_path=experiment.path.parent,
+        storage_path=os.fspath(storage_path) if is_uri(storage_path) else experiment.path.parent,
         models_root=root,
+        summaries_dir=summaries,
         experiments=experiments,
         histories=histories,
         selected=selected,

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from checkpointing.folders import BucketFolder
+from checkpointing.locations import StoreURI
 from checkpointing.naming import BOUNDARY_PREFIX, CheckpointName, parse_name
 from checkpointing.ranking import METRICS
 from checkpointing.store import CheckpointInfo, list_checkpoints
@@ -70,7 +72,7 @@ class CheckpointEvent:
     timesteps: int
     run_id: str | None
     kept: bool
-    path: Path | None
+    path: Path | StoreURI | None
     val_reward: float
     sharpe_ratio: float
 
@@ -92,18 +94,46 @@ class TrialHistory:
 
 
 class Folders:
-    """Checkpoint folders listed once each (many trials share one)."""
+    """Checkpoint folders listed once each (many trials share one): folders on this machine,
+    or folders in a bucket (one listing each; nothing downloaded)."""
 
     def __init__(self) -> None:
-        self._listed: dict[Path, dict[str, CheckpointInfo]] = {}
+        self._listed: dict[Path | StoreURI, dict[str, CheckpointInfo]] = {}
+        self._buckets: dict[StoreURI, BucketFolder] = {}
+        self.notes: list[str] = []
 
-    def infos(self, folder: Path) -> dict[str, CheckpointInfo]:
+    def infos(self, folder: Path | StoreURI) -> dict[str, CheckpointInfo]:
         """File name -> info of every committed checkpoint in ``folder``."""
         if folder not in self._listed:
-            self._listed[folder] = {
-                i.filename: i for i in list_checkpoints(folder, include_legacy=False)
-            }
+            if isinstance(folder, StoreURI):
+                found = self._bucket_checkpoints(folder)
+            else:
+                found = list_checkpoints(folder, include_legacy=False)
+            self._listed[folder] = {i.filename: i for i in found}
         return self._listed[folder]
+
+    def _bucket_checkpoints(self, folder: StoreURI) -> list[CheckpointInfo]:
+        from checkpointing.object_store import ObjectStore
+
+        top = StoreURI(folder.scheme, folder.bucket)
+        listed = BucketFolder(ObjectStore(top), folder.key)
+        self._buckets[folder] = listed
+        try:
+            return listed.checkpoints(include_legacy=False)
+        except OSError as exc:
+            self.notes.append(f"cannot list {folder} ({exc}): its checkpoints are not shown")
+            return []
+
+    def usage(self, folder: Path | StoreURI, names: Iterable[str]) -> tuple[int, int]:
+        """Checkpoints and bytes (zip, VecNormalize pkl and metadata) of the checkpoints
+        ``names`` that are in ``folder`` (:func:`bytes_on_disk` on this machine; the bucket's
+        object sizes from its listing)."""
+        infos = self.infos(folder)
+        found = [infos[n] for n in sorted(set(names)) if n in infos]
+        if isinstance(folder, StoreURI):
+            listed = self._buckets[folder]
+            return len(found), sum(listed.bytes_of(i) for i in found)
+        return bytes_on_disk(found)
 
 
 def _metrics(row: Mapping[str, Any]) -> dict[str, float | None] | None:
@@ -157,7 +187,9 @@ def _runs(trial: TrialInfo, rows: Sequence[Mapping[str, Any]]) -> set[str | None
     return runs
 
 
-def trial_history(trial: TrialInfo, folders: Mapping[int, Path], listing: Folders) -> TrialHistory:
+def trial_history(
+    trial: TrialInfo, folders: Mapping[int, Path | StoreURI], listing: Folders
+) -> TrialHistory:
     """The history of ``trial`` from its ``result.json`` and its checkpoint ``folders`` (per
     phase, :func:`tuner.driver.bests.checkpoint_folders`)."""
     history = TrialHistory(trial)
@@ -187,13 +219,19 @@ def trial_history(trial: TrialInfo, folders: Mapping[int, Path], listing: Folder
                 timesteps=steps,
                 run_id=parsed.run_id,
                 kept=(phase, filename) in on_disk,
-                path=None if where is None else where / filename,
+                path=_child(where, filename),
                 val_reward=parsed.val_reward,
                 sharpe_ratio=parsed.sharpe_ratio,
             )
         )
     history.events.sort(key=lambda e: (e.timesteps, EVENT_KINDS.index(e.kind), e.name))
     return history
+
+
+def _child(folder: Path | StoreURI | None, filename: str) -> Path | StoreURI | None:
+    if folder is None:
+        return None
+    return folder.child(filename) if isinstance(folder, StoreURI) else folder / filename
 
 
 def _mine(name: CheckpointName, trial: TrialInfo, runs: Iterable[str | None]) -> bool:
