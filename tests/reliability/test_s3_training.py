@@ -174,7 +174,7 @@ def test_a_bit_flipped_zip_on_the_bucket_is_skipped_named_and_the_previous_one_i
     s3.client().put_object(Bucket="acc", Key=PREFIX + flipped, Body=bytes(data))
 
     with (
-        fault_log.tries("S3 object truncated or bit-flipped, then resume") as t,
+        fault_log.tries("bit-flipped zip on the bucket, then --resume-from latest") as t,
         t.attempt("bit-flipped zip, tuner.train --resume-from latest"),
     ):
         again = train(

@@ -156,7 +156,7 @@ def test_uploads_get_through_each_injected_error_on_each_object(
         uploader = start_uploader(prefix, staging)
         sessions.append((fault, prefix, staging, rules, uploader))
         uploader.committed(commit(staging, 100))
-    with fault_log.tries("S3 errors and throttling from a proxy, on each object") as t:
+    with fault_log.tries("S3 errors and throttling from a proxy") as t:
         for fault, prefix, staging, rules, uploader in sessions:
             report = uploader.close(60)
             for what, rule in rules.items():
