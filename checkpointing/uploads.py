@@ -500,9 +500,10 @@ class Uploader:
         companions = [base + METADATA_SUFFIX]
         if isinstance(files.get("vecnormalize"), dict):
             companions.insert(0, base + VECNORM_SUFFIX)
+        zip_key = keys[zip_path.name]
         for name in companions:
-            self._put(zip_path.with_name(name), keys[name], expected.get(name))
-        size, _ = self._put(zip_path, keys[zip_path.name], expected.get(zip_path.name))  # commit
+            self._put(zip_path.with_name(name), keys[name], expected.get(name), zip_key)
+        size, _ = self._put(zip_path, zip_key, expected.get(zip_path.name), zip_key)  # commit
         try:
             self._journal.add(folder, zip_path.name, size)
         except OSError as exc:
@@ -562,9 +563,15 @@ class Uploader:
             run: RunKey = (path.parent.name, *parsed)
             self._shards.update(run, keep, replace_existing=False)
 
-    def _put(self, local: Path, key: str, expected: tuple[Any, Any] | None) -> tuple[int, str]:
-        """Put one file and read it back; a mismatch is an ``OSError`` (retried). Returns
-        (size, sha256) of what is stored."""
+    def _put(
+        self, local: Path, key: str, expected: tuple[Any, Any] | None, zip_key: str
+    ) -> tuple[int, str]:
+        """Put one file of the checkpoint whose zip is ``zip_key`` and read it back; a
+        mismatch is an ``OSError`` (retried). Returns (size, sha256) of what is stored.
+
+        An object that does not verify is deleted, after the checkpoint's zip (an earlier
+        attempt may have left it there): a listing never shows a zip without its companions.
+        """
         try:
             sent = self.store.put(local, key)
         except FileNotFoundError as exc:
@@ -572,16 +579,21 @@ class Uploader:
                 raise _Dropped(f"not uploading {local}: deleted from staging meanwhile") from None
             raise exc
         if expected is not None and sent != expected:
-            self.store.delete(key)
+            self._unput(zip_key, key)
             raise _Dropped(f"not uploading {local}: it changed since it was verified")
         stored = self.store.digest(key)
         if stored != sent:
-            self.store.delete(key)  # a zip that does not verify must not stand on the bucket
+            self._unput(zip_key, key)  # a zip that does not verify must not stand on the bucket
             raise OSError(
                 f"{self.store.uri_of(key)} reads back as {stored[0]} bytes, sha256 "
                 f"{stored[1][:12]}..., not the {sent[0]} bytes, sha256 {sent[1][:12]}... sent"
             )
         return stored
+
+    def _unput(self, zip_key: str, key: str) -> None:
+        """Delete the checkpoint's zip, then ``key`` (the zip first, as retention does)."""
+        for doomed in dict.fromkeys((zip_key, key)):
+            self.store.delete(doomed)
 
     # ----------------------------------------------------------------- the end
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.s3 import s3, s3_server  # noqa: F401  (fixtures, used by name)
 from tests.training_processes import (  # noqa: F401  (fixtures, used by name)
     fork_server,
     sb3_logs_in_tmp,
