@@ -222,9 +222,11 @@ def _unverified_metadata(info: CheckpointInfo, mirror: BucketMirror) -> dict[str
     from checkpointing.metadata import decode_metadata, metadata_path_for
 
     path = metadata_path_for(info.path)
+    staged = info.path.is_file()
+    where = os.fspath(path) if staged else str(mirror.uri_of(path))  # the one read
     try:
-        raw = path.read_bytes() if info.path.is_file() else mirror.metadata_bytes(info.path)
-        return decode_metadata(raw, os.fspath(path))
+        raw = path.read_bytes() if staged else mirror.metadata_bytes(info.path)
+        return decode_metadata(raw, where)
     except (OSError, ValueError) as exc:
         log.warning("skipping %s: cannot read its metadata (%s)", info.filename, exc)
         return None

@@ -12,6 +12,9 @@ fault-injecting proxy (tests/s3_faults.py).
   checkpoints that are only in staging (each intact) and exits 1.
 - A bit-flipped zip on the bucket: ``--resume-from latest`` skips it, naming it, and starts
   from the newest checkpoint that verifies.
+- Truncated, emptied, bit-flipped or garbled objects (zip, pkl, metadata) of the checkpoint a
+  resume by ``latest`` or ``best:sharpe_ratio`` would take, with an empty staging folder:
+  skipped before anything is unpickled, named by the object's URI, never staged.
 """
 
 from __future__ import annotations
@@ -194,3 +197,71 @@ def test_a_bit_flipped_zip_on_the_bucket_is_skipped_named_and_the_previous_one_i
         assert name_of(started[1]).timesteps == name_of(previous).timesteps
         assert not (staging / FOLDER / flipped).exists()  # never entered staging
         assert not list((staging / FOLDER).glob(".fetch-*"))  # no temporaries left
+
+
+def _flip(data: bytes) -> bytes:
+    out = bytearray(data)
+    out[len(out) // 2] ^= 0x01
+    return bytes(out)
+
+
+# What is done to one object of the chosen checkpoint on the bucket.
+DAMAGE: dict[str, tuple[str, Callable[[bytes], bytes]]] = {
+    "truncated zip": (".zip", lambda b: b[: len(b) // 2]),
+    "empty zip": (".zip", lambda b: b""),
+    "flipped byte in the pkl": ("_vecnormalize.pkl", _flip),
+    "truncated pkl": ("_vecnormalize.pkl", lambda b: b[:-7]),
+    "garbled metadata": ("_metadata.json", lambda b: b[: len(b) // 2]),
+}
+
+
+def test_damaged_objects_on_the_bucket_are_skipped_before_unpickling_latest_and_best(
+    s3: S3Server,
+    train: Callable[..., Train],
+    tmp_path: Path,
+    fault_log: FaultLog,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from checkpointing.fetch import BucketMirror
+    from checkpointing.locations import StoreURI
+    from checkpointing.object_store import ObjectStore
+    from checkpointing.selection import find_resume_checkpoint
+
+    on_bucket = first_run(train, s3, tmp_path / "first")
+    store = ObjectStore(StoreURI("s3", "acc", "models"))
+    fresh = iter(range(100))
+
+    def resume(spec: str) -> tuple[Path, Path]:
+        """A resume from a staging folder with nothing in it (another machine)."""
+        staging = tmp_path / f"staging-{next(fresh)}"
+        picked = find_resume_checkpoint(staging / FOLDER, spec, mirror=BucketMirror(store, staging))
+        assert picked is not None and picked.is_file()
+        return staging, picked
+
+    with fault_log.tries("truncated or damaged objects on the bucket, then a resume") as t:
+        for what, (suffix, damage) in DAMAGE.items():
+            for spec in ("latest", "best:sharpe_ratio"):
+                with t.attempt(f"{what}, --resume-from {spec}"):
+                    _, chosen = resume(spec)  # what the resume takes while all is well
+                    assert chosen.name in on_bucket
+                    key = PREFIX + chosen.name.removesuffix(".zip") + suffix
+                    original = s3.read("acc", key)
+                    s3.client().put_object(Bucket="acc", Key=key, Body=damage(original))
+                    caplog.clear()
+                    try:
+                        staging, picked = resume(spec)
+                    finally:
+                        s3.client().put_object(Bucket="acc", Key=key, Body=original)
+                    assert picked.name != chosen.name
+                    verify_checkpoint(picked)  # what was taken verifies, in staging
+                    assert not (staging / FOLDER / chosen.name).exists()  # never staged
+                    assert not list((staging / FOLDER).glob(".fetch-*"))
+                    # Named by the URI of the object that is damaged.
+                    damaged = f"{URI}/{FOLDER}/{chosen.name.removesuffix('.zip')}{suffix}"
+                    skipped = [r.getMessage() for r in caplog.records if damaged in r.getMessage()]
+                    assert skipped, caplog.text
+                    later = name_of(picked.name)
+                    if spec == "latest":
+                        assert later.timesteps <= name_of(chosen.name).timesteps
+                    else:
+                        assert later.sharpe_ratio <= name_of(chosen.name).sharpe_ratio
