@@ -313,6 +313,7 @@ def test_a_search_with_asha_tunes_rllib_keys_and_chooses_over_every_seed(
     )
     drivers.append(run)
     assert run.wait(600) == 0, run.output[-4000:]
+    assert "phases 1, trainer rllib (0 env runners a trial); then the best 1" in run.output
     storage, models = tmp_path / "ray_results", tmp_path / "models"
     folder = models / "phase1" / "NQ" / "checkpoints"
     trials = load_experiment(storage, "rs").trials + load_experiment(storage, "rs-confirm").trials
