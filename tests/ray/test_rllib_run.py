@@ -21,8 +21,10 @@ from typing import Any
 
 import psutil
 import pytest
+import yaml
 
 from checkpointing import list_checkpoints, verify_checkpoint
+from checkpointing.metadata import read_checkpoint_metadata
 from checkpointing.naming import CheckpointName
 from checkpointing.trainers import unpack_checkpoint
 from tests.ray.conftest import (
@@ -35,6 +37,7 @@ from tests.ray.conftest import (
     wait_for,
 )
 from tests.tiny_config import tiny_config_dir
+from tuner.driver.experiments import load_experiment
 from tuner.run import main
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -243,10 +246,17 @@ def test_resume_with_another_trainer_is_refused(
     assert "was run with --trainer rllib; resume it with --trainer rllib" in capsys.readouterr().err
 
 
+PPO_ONLY = {"search": {"phase1": {"ppo": {"learning_rate": {"loguniform": [1.0e-4, 1.0e-3]}}}}}
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--search", "config/search.yaml"], "--search with --trainer rllib is not supported"),
+        (
+            ["--search", "{ppo_only}"],
+            "--trainer rllib searches training.yaml's rllib: keys, but the space has none for "
+            "the phases trained, only ppo: keys (such as phase1.ppo.learning_rate)",
+        ),
         (["--env-runners", "-1"], "--env-runners goes with --trainer rllib and must be >= 0"),
     ],
 )
@@ -256,7 +266,87 @@ def test_refused_before_ray_starts(
     import ray
 
     configs = tiny_config_dir(tmp_path / "config")
+    ppo_only = tmp_path / "config" / "ppo_only.yaml"
+    ppo_only.write_text(yaml.safe_dump(PPO_ONLY))
+    extra = [a.format(ppo_only=ppo_only) for a in extra]
     args = ["--markets", "NQ", "--trainer", "rllib", *extra, *common(configs, tmp_path)]
     assert main(args) == 2
     assert message in capsys.readouterr().err
     assert not ray.is_initialized() and not (tmp_path / "ray_results").exists()
+
+
+SPACE = {
+    "search": {
+        "phase1": {
+            "ppo": {"learning_rate": {"loguniform": [1.0e-4, 3.0e-3]}},  # for sb3: not searched
+            "rllib": {
+                "lr": {"loguniform": [1.0e-4, 3.0e-3]},
+                "entropy_coeff": {"loguniform": [1.0e-4, 0.05]},
+                "clip_param": {"uniform": [0.1, 0.3]},
+                "net_arch": {"choice": [[16], [32]]},
+            },
+        }
+    },
+    "asha": {"grace_period": 500, "reduction_factor": 2},
+}
+
+
+def test_a_search_with_asha_tunes_rllib_keys_and_chooses_over_every_seed(
+    tmp_path: Path, drivers: list[Driver]
+) -> None:
+    """Random search over RLlib's keys with ASHA, then the confirmation on both seeds: each
+    trial trains with its sampled values, ASHA's stops end RLlib runs without an interrupt
+    checkpoint, and the chosen overlay carries the rllib: values ``--training-config`` takes."""
+    from tuner.training.settings import load_run_settings
+
+    configs = tiny_config_dir(tmp_path / "config")
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(SPACE))
+    search = ["--search", str(space), "--num-samples", "4", "--searcher", "random"]
+    search += ["--scheduler", "asha", "--confirm-top", "1", "--search-seed", "5"]
+    run = Driver(
+        [
+            *("--markets", "NQ", "--seeds", "1,2", "--timesteps", "1000", "--name", "rs"),
+            *("--trainer", "rllib", "--num-cpus", "2", *search, *common(configs, tmp_path)),
+        ],
+        tmp_path,
+    )
+    drivers.append(run)
+    assert run.wait(600) == 0, run.output[-4000:]
+    assert "phases 1, trainer rllib (0 env runners a trial); then the best 1" in run.output
+    storage, models = tmp_path / "ray_results", tmp_path / "models"
+    folder = models / "phase1" / "NQ" / "checkpoints"
+    trials = load_experiment(storage, "rs").trials + load_experiment(storage, "rs-confirm").trials
+    assert len(trials) >= 5
+
+    metas = [read_checkpoint_metadata(i.path) or {} for i in list_checkpoints(folder)]
+    for trial in trials:
+        mine = [m for m in metas if m.get("run_id") == trial.run_id]
+        assert trial.trainer == "rllib"
+        assert mine, trial.run_id
+        sampled = trial.training["phase1"]["rllib"]
+        assert set(trial.training) == {"phase1"} and set(trial.training["phase1"]) == {"rllib"}
+        for meta in mine:  # trained by RLlib with the trial's own sampled values
+            assert meta["trainer"] == "rllib"
+            assert meta["learning_rate"] == pytest.approx(sampled["lr"])
+            assert set(meta["hyperparameters"]) == {f"phase1.rllib.{k}" for k in sampled}
+        events = {m["event_tag"] for m in mine}
+        if trial.status == "stopped":  # ends as it stands: its evaluation's checkpoints only
+            assert "interrupt" not in events and "phase_end" not in events, events
+        else:
+            assert trial.status == "finished" and "phase_end" in events
+    assert "stopped" in {t.status for t in trials}, [t.status for t in trials]
+
+    verdict = json.loads((models / "summaries" / "rs_search.json").read_text())
+    assert verdict["search"]["trainer"] == "rllib"
+    chosen = verdict["markets"]["NQ"]["chosen"]
+    assert set(chosen["seeds"]) == {"1", "2"}
+    assert set(chosen["values"]) == {
+        f"phase1.rllib.{k}" for k in SPACE["search"]["phase1"]["rllib"]
+    }
+    overlay = models / "summaries" / "rs_NQ_training.yaml"
+    assert "--trainer rllib --training-config" in overlay.read_text()
+    rllib = load_run_settings(configs, str(overlay)).training.phase1.rllib
+    assert rllib.lr == pytest.approx(chosen["values"]["phase1.rllib.lr"])
+    assert rllib.clip_param == pytest.approx(chosen["values"]["phase1.rllib.clip_param"])
+    assert list(rllib.net_arch or ()) == chosen["values"]["phase1.rllib.net_arch"]

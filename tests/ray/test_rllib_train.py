@@ -225,12 +225,28 @@ def test_retention_keeps_and_prunes_rllib_checkpoints(configs: Path, tmp_path: P
         assert info.metadata_path.exists() == (info.filename in keep)
 
 
-def test_the_same_seed_gives_the_same_names_and_metrics(configs: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("runners", [0, 2])
+def test_the_same_seed_gives_the_same_names_and_metrics(
+    configs: Path, tmp_path: Path, runners: int
+) -> None:
+    """Also with remote env runners: each samples its share of an iteration with its own
+    seeded envs, and RLlib concatenates their batches in the runners' order."""
     runs = []
     for which in ("a", "b"):
         root = tmp_path / which
-        assert train(configs, root, "--phase", "1", "--timesteps", "1100", "--run-id", "same") == 0
+        assert (
+            train(
+                configs,
+                root,
+                *("--phase", "1", "--timesteps", "700", "--run-id", "same"),
+                *("--env-runners", str(runners)),
+            )
+            == 0
+        )
         infos = list_checkpoints(folder_of(root))
+        for info in infos:  # sampled by that many remote runners (none: in this process)
+            meta = verify_checkpoint(info.path)
+            assert meta["env_runners"] == len(meta["env_runner_node_ids"]) == runners
         runs.append(
             [
                 (
@@ -272,3 +288,56 @@ def test_continuing_a_checkpoint_of_the_other_trainer_exits_2_naming_both(
     assert sb3_zip.name in err and "written by the sb3 trainer" in err
     assert "--trainer rllib" in err
     assert not (tmp_path / "m").exists()  # nothing written
+
+
+def test_a_run_continued_from_another_runs_checkpoint_has_its_own_values_at_once(
+    first_run: Path, configs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a PBT exploit does with RLlib: the source checkpoint (verified) restored into an
+    algorithm built with new values; the optimizer takes the new learning rate from its first
+    step (RLlib would restore the saved one), and the loaded policy scores on validation
+    exactly what the source recorded."""
+    from tuner.training import rllib_algo
+    from tuner.training.job import PhaseJob
+    from tuner.training.settings import load_settings
+    from tuner.training.trainer import train_phase
+
+    source = list_checkpoints(folder_of(first_run))[0]  # periodic, at 512 steps
+    recorded = verify_checkpoint(source.path)
+    assert recorded["learning_rate"] == pytest.approx(3e-4)
+    in_effect: list[float] = []
+    original = rllib_algo.restore
+
+    def restore(algo: Any, checkpoint: Path) -> dict[str, Any]:
+        metadata = original(algo, checkpoint)
+        in_effect.append(rllib_algo.optimizer_lr(algo))
+        return metadata
+
+    monkeypatch.setattr(rllib_algo, "restore", restore)
+    new = {"lr": 1e-3, "clip_param": 0.3, "entropy_coeff": 0.02}
+    settings = load_settings(configs, {"phase1": {"rllib": new}})
+    root = tmp_path / "models"
+    job = PhaseJob(
+        "NQ",
+        42,
+        1,
+        timesteps=1100,
+        models_root=root,
+        model_path=source.path,
+        run_id="r1-x1",
+        check_start=True,
+        trainer="rllib",
+        quiet=True,
+    )
+    result = train_phase(job, settings, handle_signals=False)
+    assert in_effect == [pytest.approx(1e-3)]
+    assert result.start_metrics["val_reward"] == pytest.approx(recorded["val_reward"], rel=1e-12)
+    assert result.start_metrics["sharpe_ratio"] == pytest.approx(
+        recorded["sharpe_ratio"], rel=1e-12
+    )
+    infos = list_checkpoints(folder_of(root))
+    assert infos and min(i.timesteps for i in infos) > source.timesteps  # it went on from there
+    for info in infos:
+        meta = verify_checkpoint(info.path)
+        assert meta["run_id"] == "r1-x1" and meta["learning_rate"] == pytest.approx(1e-3)
+        assert meta["start_metrics"] == result.start_metrics

@@ -9,6 +9,7 @@ import types
 from pathlib import Path
 from typing import Any
 
+import pytest
 from ray.tune.experiment import Trial
 
 from tests.tiny_config import CONFIG_DIR
@@ -135,3 +136,34 @@ def test_the_same_search_seed_samples_the_same_configurations(tmp_path: Path) ->
     assert [c["training"] for c in first] != [c["training"] for c in other]
     # Three per market, taken in turn, each with its own sampler.
     assert [c["market"] for c in first] == ["NQ", "ES"] * 3
+
+
+@pytest.mark.parametrize("searcher", ["optuna", "random"])
+def test_an_rllib_search_samples_the_rllib_keys_only(tmp_path: Path, searcher: str) -> None:
+    """The shipped space has ppo: and rllib: blocks: a search with --trainer rllib samples
+    RLlib's keys (and env's), never a ppo: key the run would not use."""
+    from tuner.search.space import flatten
+
+    if searcher == "optuna":
+        configs = _suggestions(tmp_path, "--trainer", "rllib")
+        trainings = [c["training"] for c in configs]
+    else:
+        from tests.tiny_config import tiny_config_dir
+        from tuner.driver.experiment import _trial_base
+        from tuner.driver.search import search_tune_config
+        from tuner.run import parse_options
+
+        opts, settings = parse_options(
+            [
+                *("--markets", "NQ", "--config-dir", str(tiny_config_dir(tmp_path / "c"))),
+                *("--storage-path", str(tmp_path / "rr"), "--models-root", str(tmp_path / "m")),
+                *("--search", str(CONFIG_DIR / "search.yaml"), "--searcher", "random"),
+                *("--trainer", "rllib"),
+            ]
+        )
+        space, _ = search_tune_config(opts, settings, _trial_base(opts, "flag"))
+        trainings = [space["training"]]
+    for training in trainings:
+        keys = flatten(training)
+        assert {k.split(".")[1] for k in keys if k.startswith("phase")} == {"rllib"}, keys
+        assert "phase1.rllib.lr" in keys and "env.drawdown_penalty" in keys

@@ -46,6 +46,12 @@ def phase1(body: str, tail: str = "") -> str:
     return f"search:\n  phase1:\n    ppo:\n{lines}{tail}"
 
 
+def rllib1(body: str, tail: str = "") -> str:
+    """A search file whose phase-1 RLlib section is ``body`` (one ``key: value`` per line)."""
+    lines = "".join(f"      {line}\n" for line in body.splitlines())
+    return f"search:\n  phase1:\n    rllib:\n{lines}{tail}"
+
+
 LR = "learning_rate: {loguniform: [1.0e-5, 1.0e-3]}"
 PBT = "pbt:\n  perturbation_interval: 1000\n"
 
@@ -71,10 +77,17 @@ def test_shipped_file_loads_against_shipped_training_config() -> None:
     assert spec.space["phase1.ppo.n_steps"].values() == (128, 256)
     assert {k.split(".")[0] for k in spec.space} == {"phase1", "phase2", "phase3", "env"}
     assert spec.asha == AshaSettings(grace_period=6000, reduction_factor=3.0)
-    assert spec.require_pbt().mutate == (
+    assert spec.space["phase1.rllib.lr"] == Dist("loguniform", (1.0e-4, 1.0e-3))
+    assert spec.space["phase1.rllib.lambda"] == Dist("uniform", (0.9, 0.98))
+    assert spec.for_trainer("sb3").require_pbt().mutate == (
         "phase1.ppo.learning_rate",
         "phase1.ppo.ent_coef",
         "phase1.ppo.clip_range",
+    )
+    assert spec.for_trainer("rllib").require_pbt().mutate == (
+        "phase1.rllib.lr",
+        "phase1.rllib.entropy_coeff",
+        "phase1.rllib.clip_param",
     )
     assert not spec.is_empty
 
@@ -84,7 +97,9 @@ def test_param_space_is_nested_like_training_yaml() -> None:
 
     space = shipped().param_space()
     assert set(space) == {"phase1", "phase2", "phase3", "env"}
-    assert set(space["phase2"]) == {"ppo"} and set(space["phase3"]["ppo"]) == {"learning_rate"}
+    assert set(space["phase2"]) == {"ppo", "rllib"}
+    assert set(space["phase3"]["ppo"]) == {"learning_rate"}
+    assert set(space["phase3"]["rllib"]) == {"lr"}
     ppo = space["phase1"]["ppo"]
     assert isinstance(ppo["learning_rate"], Float) and isinstance(ppo["n_epochs"], Integer)
     assert ppo["net_arch"].categories == ["64x64", "128x128"]
@@ -306,6 +321,91 @@ def test_for_phases_keeps_the_trained_phases_and_env(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         only2.require_pbt()
     assert str(info.value).startswith(f"{tmp_path / 'search.yaml'}: --scheduler pbt needs")
+
+
+def test_for_trainer_keeps_that_trainers_keys_and_env(tmp_path: Path) -> None:
+    spec = shipped().for_phases([1, 2])
+    rllib = spec.for_trainer("rllib")
+    assert rllib.trainer == "rllib"
+    assert {k.split(".")[1] for k in rllib.space if k.startswith("phase")} == {"rllib"}
+    assert {k for k in rllib.space if k.startswith("env.")} == {
+        k for k in spec.space if k.startswith("env.")
+    }
+    assert "phase1.rllib.minibatch_size" in rllib.space and "phase2.rllib.lr" in rllib.space
+    assert set(rllib.param_space()["phase1"]) == {"rllib"}
+    sb3 = spec.for_trainer("sb3")
+    assert {k.split(".")[1] for k in sb3.space if k.startswith("phase")} == {"ppo"}
+    assert len(sb3.space) + len(rllib.space) - len(spec.space) == len(
+        [k for k in spec.space if k.startswith("env.")]
+    )
+    with pytest.raises(ConfigError, match="trainer must be one of"):
+        spec.for_trainer("jax")
+
+
+@pytest.mark.parametrize(
+    ("section", "trainer", "missing"), [("ppo", "rllib", "rllib"), ("rllib", "sb3", "ppo")]
+)
+def test_a_run_whose_trainer_has_no_block_is_refused(
+    tmp_path: Path, section: str, trainer: str, missing: str
+) -> None:
+    path = write(
+        tmp_path, f"search:\n  phase1:\n    {section}:\n      gamma: {{uniform: [0.9, 0.99]}}\n"
+    )
+    spec = load_search(path, TRAINING).for_phases([1])
+    with pytest.raises(ConfigError) as info:
+        spec.for_trainer(trainer)
+    assert str(info.value) == (
+        f"{path}: --trainer {trainer} searches training.yaml's {missing}: keys, but the space "
+        f"has none for the phases trained, only {section}: keys (such as phase1.{section}.gamma); "
+        f"add a '{missing}:' block beside them (e.g. search.phase1.{missing}."
+        f"{'lr' if missing == 'rllib' else 'learning_rate'}), or train with --trainer "
+        f"{'sb3' if section == 'ppo' else 'rllib'}"
+    )
+    assert spec.for_trainer("sb3" if section == "ppo" else "rllib").searched == (
+        f"phase1.{section}.gamma",
+    )
+
+
+def test_an_env_only_space_searches_either_trainer(tmp_path: Path) -> None:
+    path = write(tmp_path, "search:\n  env:\n    reward_clip: {uniform: [1, 5]}\n")
+    spec = load_search(path, TRAINING)
+    assert (
+        spec.for_trainer("rllib").searched
+        == spec.for_trainer("sb3").searched
+        == ("env.reward_clip",)
+    )
+
+
+def test_pbt_keeps_the_mutated_keys_of_the_runs_trainer(tmp_path: Path) -> None:
+    text = (
+        "search:\n  phase1:\n    ppo:\n      learning_rate: {loguniform: [1.0e-5, 1.0e-3]}\n"
+        "    rllib:\n      lr: {loguniform: [1.0e-5, 1.0e-3]}\n"
+        "      minibatch_size: {choice: [64, 128]}\n"
+        f"{PBT}  mutate: [phase1.ppo.learning_rate, phase1.rllib.minibatch_size]\n"
+    )
+    spec = load_search(write(tmp_path, text), TRAINING)
+    assert spec.for_trainer("rllib").require_pbt().mutate == ("phase1.rllib.minibatch_size",)
+    assert spec.for_trainer("sb3").require_pbt().mutate == ("phase1.ppo.learning_rate",)
+    only_ppo = load_search(
+        write(tmp_path, text.replace(", phase1.rllib.minibatch_size", "")), TRAINING
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"pbt\.mutate names no key of the phases trained with "
+        r"--trainer rllib",
+    ):
+        only_ppo.for_trainer("rllib").require_pbt()
+
+
+def test_sampled_rllib_configurations_are_ones_training_yaml_takes() -> None:
+    spec = shipped().for_phases([1]).for_trainer("rllib")
+    for seed in range(5):
+        flat = {k: d.to_tune().sample(random_state=seed) for k, d in spec.space.items()}
+        overlay = decode(unflatten(flat))
+        rllib = load_training_config(ROOT / "config/training.yaml", overlay).phase1.rllib
+        assert rllib.lambda_ == overlay["phase1"]["rllib"]["lambda"]
+        assert list(rllib.net_arch or ()) == overlay["phase1"]["rllib"]["net_arch"]
+        assert rllib.lr == overlay["phase1"]["rllib"]["lr"]
 
 
 def test_describe_shows_the_searched_values_flat_in_file_order(tmp_path: Path) -> None:
@@ -531,6 +631,64 @@ BAD = [
         "pbt.mutate lists 'phase1.ppo.learning_rate' twice",
     ),
     (phase1(LR, f"{PBT}  mutate: []\n"), "pbt.mutate must be a non-empty list of searched keys"),
+    # RLlib's keys, under rllib: beside ppo:
+    (
+        "search:\n  phase1:\n    rlib:\n      lr: {uniform: [0.001, 0.002]}\n",
+        "unknown key search.phase1.rlib (did you mean 'rllib'?)",
+    ),
+    (
+        rllib1("lamda: {uniform: [0.9, 0.99]}"),
+        "unknown key search.phase1.rllib.lamda (did you mean 'lambda'?)",
+    ),
+    (
+        rllib1("learning_rate: {uniform: [0.001, 0.002]}"),
+        "unknown key search.phase1.rllib.learning_rate",
+    ),
+    (
+        rllib1("num_env_runners: {choice: [1, 2]}"),
+        "search.phase1.rllib.num_env_runners cannot be searched: it sets the CPUs every trial "
+        "reserves",
+    ),
+    (
+        rllib1("num_envs_per_env_runner: {int: [1, 4]}"),
+        "search.phase1.rllib.num_envs_per_env_runner cannot be searched",
+    ),
+    (
+        "search:\n  phase3:\n    rllib:\n      net_arch: {choice: [[64], [128]]}\n",
+        "search.phase3.rllib.net_arch is not a setting here: phase 3 continues from the phase-1 "
+        "network; its shape is training.phase1.rllib.net_arch",
+    ),
+    (
+        rllib1("gamma: {uniform: [0.9, 1.5]}"),
+        "search.phase1.rllib.gamma: uniform [0.9, 1.5] can produce 1.5, but "
+        "training.phase1.rllib.gamma must be > 0 and <= 1, got 1.5",
+    ),
+    (
+        rllib1("lambda: {uniform: [-0.1, 0.9]}"),
+        "search.phase1.rllib.lambda: uniform [-0.1, 0.9] can produce -0.1, but "
+        "training.phase1.rllib.lambda must be >= 0",
+    ),
+    (
+        rllib1("num_epochs: {uniform: [3, 10]}"),
+        "search.phase1.rllib.num_epochs: num_epochs is an integer: search it with choice, int, "
+        "qint",
+    ),
+    (
+        rllib1("minibatch_size: {int: [64, 8000]}"),
+        "search.phase1.rllib.minibatch_size: minibatch_size 8000 would exceed train_batch_size "
+        "4000; every combination the space can produce must keep minibatch_size <= "
+        "train_batch_size",
+    ),
+    (
+        rllib1("train_batch_size: {choice: [100, 4000]}"),
+        "search.phase1.rllib.train_batch_size: minibatch_size 128 would exceed train_batch_size "
+        "100",
+    ),
+    (
+        rllib1("lr: {loguniform: [1.0e-5, 1.0e-3]}\nnet_arch: {choice: [[64], [128]]}")
+        + f"{PBT}  mutate: [phase1.rllib.net_arch]\n",
+        "pbt.mutate[0]: PBT cannot perturb phase1.rllib.net_arch: the network's shape cannot",
+    ),
     (phase1(LR, f"{PBT}  mutate: [[phase1]]\n"), "pbt.mutate[0] must be a dotted key"),
     (
         phase1(LR, "pbt:\n  mutate: [phase1.ppo.learning_rate]\n"),

@@ -120,8 +120,9 @@ def _announce(opts: RunOptions) -> None:
         print(
             f"search {opts.name}: {s.num_samples} configurations per market of "
             f"{', '.join(opts.markets)} ({s.searcher}, scheduler {s.scheduler}, seed "
-            f"{opts.seeds[0]}, by {s.metric}), phases {phases}; then the best {s.confirm_top} "
-            f"per market on seeds {', '.join(map(str, opts.seeds))} ({opts.confirm_name})",
+            f"{opts.seeds[0]}, by {s.metric}), phases {phases}{_trainer_note(opts)}; then the "
+            f"best {s.confirm_top} per market on seeds {', '.join(map(str, opts.seeds))} "
+            f"({opts.confirm_name})",
             flush=True,
         )
     models = opts.models_uri or opts.models_root

@@ -112,13 +112,6 @@ def options_from_args(args: argparse.Namespace) -> tuple[RunOptions, Any]:
     _check_numbers(args)
 
     settings = load_run_settings(args.config_dir, args.training_config)
-    if args.search is not None and args.trainer != "sb3":
-        raise ConfigError(
-            f"--search with --trainer {args.trainer} is not supported: a search space samples "
-            "the sb3 trainer's ppo: settings and its schedulers (ASHA, PBT) act on sb3 runs. "
-            f"Search with --trainer sb3, or train --trainer {args.trainer} with a fixed "
-            "training.yaml (--training-config)"
-        )
     search = _search_options(args, settings, phases)
     where = _locations(args, settings)
     models_root, storage = where.models_root, where.storage_path
@@ -222,11 +215,12 @@ def _search_options(
     from tuner.search.loading import load_search
 
     path = check_path_argument(args.search, "--search")
-    spec = load_search(path, settings.training).for_phases(phases)
+    spec = load_search(path, settings.training).for_phases(phases).for_trainer(args.trainer)
     if spec.is_empty:
         raise ConfigError(
-            f"{os.fspath(path)}: nothing to search for phases {phases} (the space only names "
-            "phases that are not trained)"
+            f"{os.fspath(path)}: nothing to search for phases {phases} with --trainer "
+            f"{args.trainer} (the space only names phases that are not trained, or fixes "
+            "every key of these)"
         )
     scheduler = args.scheduler or "asha"
     searcher = args.searcher or ("random" if scheduler == "pbt" else "optuna")

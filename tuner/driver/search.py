@@ -265,6 +265,7 @@ def search_summary(
         "experiment": opts.name,
         "search": {
             "space": os.fspath(search.path),
+            "trainer": opts.trainer,
             "searcher": search.searcher,
             "scheduler": search.scheduler,
             "metric": search.metric,
@@ -355,7 +356,8 @@ def _choose(configs: Sequence[Mapping[str, Any]], n_seeds: int) -> dict[str, Any
 
 def write_overlays(summary: Mapping[str, Any], folder: str | os.PathLike[str]) -> list[Path]:
     """Per market with a chosen configuration: ``<experiment>_<market>_training.yaml``, a
-    ``training.yaml`` overlay that ``--training-config`` takes."""
+    ``training.yaml`` overlay that ``--training-config`` takes (a search of ``--trainer
+    rllib`` chose ``rllib:`` keys: train it with ``--trainer rllib``)."""
     import yaml
 
     out = Path(folder)
@@ -366,12 +368,15 @@ def write_overlays(summary: Mapping[str, Any], folder: str | os.PathLike[str]) -
         if chosen is None:
             continue
         path = out / f"{summary['experiment']}_{market}_training.yaml"
+        trainer = summary["search"].get("trainer", "sb3")
+        flag = "" if trainer == "sb3" else f" --trainer {trainer}"
         header = (
             f"# Chosen by the search {summary['experiment']} for {market}: configuration "
             f"{chosen['config_id']}, {summary['search']['metric']} "
             f"{chosen['mean']:+.4f} ± {chosen['std']:.4f} over seeds "
             f"{', '.join(chosen['seeds'])}.\n"
-            f"# Train with it: python -m tuner.run --markets {market} --training-config {path}\n"
+            f"# Train with it: python -m tuner.run --markets {market}{flag} "
+            f"--training-config {path}\n"
         )
         body = yaml.safe_dump({"training": chosen["training"]}, sort_keys=True)
         tmp = path.with_name(f".{path.name}.tmp")

@@ -27,7 +27,14 @@ from tuner.search.space import (
     _unknown_distribution,
 )
 from tuner.trading.env_config import EnvConfig
-from tuner.training.settings import _PPO_FLOATS, _PPO_INTS, PHASES, TrainingConfig
+from tuner.training.settings import (
+    _PPO_FLOATS,
+    _PPO_INTS,
+    _RLLIB_FLOATS,
+    _RLLIB_INTS,
+    PHASES,
+    TrainingConfig,
+)
 
 __all__ = ["load_search"]
 
@@ -52,6 +59,13 @@ _ENV_REFUSED = {
     "consult_every": "the phase-3 advisor is set in llm_config.yaml",
     "min_confidence": "the phase-3 advisor is set in llm_config.yaml",
 }
+# RLlib keys that set a trial's resources rather than how it learns.
+_RLLIB_REFUSED = {
+    "num_env_runners": "it sets the CPUs every trial reserves (one per env runner), which "
+    "the search's trials share; set it in training.yaml or with --env-runners",
+    "num_envs_per_env_runner": "it sets how many envs each env runner steps, not how the agent "
+    "learns; set it in training.yaml",
+}
 # Keys PBT cannot perturb under a trained model, and why.
 _NOT_MUTABLE = {
     "net_arch": "the network's shape cannot change under trained weights",
@@ -67,7 +81,10 @@ def load_search(path: str | os.PathLike[str], training: TrainingConfig) -> Searc
 
     Every value the space can produce must pass training.yaml's own checks, ``n_steps`` and
     ``batch_size`` must be fixed or choices such that every ``batch_size`` divides every
-    ``n_steps x training.n_envs``, and ``pbt.mutate`` must name searched keys.
+    ``n_steps x training.n_envs``, RLlib's ``minibatch_size`` must stay <= its
+    ``train_batch_size``, and ``pbt.mutate`` must name searched keys. A phase may hold a
+    ``ppo:`` block (``--trainer sb3``) and an ``rllib:`` block (``--trainer rllib``);
+    :meth:`SearchSpec.for_trainer` keeps the run's.
 
     Raises:
         ConfigError: ``<path>: <key path>: <problem>``, for the first problem found.
@@ -94,6 +111,7 @@ def _parse(doc: object, path: Path, training: TrainingConfig) -> SearchSpec:
     if not any(not d.is_fixed for d in space.values()):
         raise ConfigError("search has nothing to search: every key given is a fixed value")
     _check_minibatches(space, training)
+    _check_rllib_minibatches(space, training)
     asha = _parse_asha(Section(top.raw("asha"), "asha")) if top.has("asha") else AshaSettings()
     pbt = _parse_pbt(Section(top.raw("pbt"), "pbt"), space) if top.has("pbt") else None
     return SearchSpec(path, space, asha, pbt)
@@ -105,16 +123,15 @@ def _parse_space(sec: Section) -> dict[str, Dist]:
     sec.known(*phases, "env")
     sec.done()
     for n, name in zip(PHASES, phases, strict=True):
-        if sec.has(name):
-            phase = sec.section(name)
-            phase.only("ppo")
-            ppo = phase.section("ppo")
-            if n != 1 and ppo.has("net_arch"):
-                raise ConfigError(
-                    f"{ppo.where('net_arch')} is not a setting here: phase {n} continues from "
-                    "the phase-1 network; its shape is training.phase1.ppo.net_arch"
-                )
-            space.update(_parse_keys(ppo, f"{name}.ppo", _ppo_checks(n)))
+        if not sec.has(name):
+            continue
+        phase = sec.section(name)
+        phase.only("ppo", "rllib")  # each trainer's settings under its own names
+        for section, checks in (("ppo", _ppo_checks(n)), ("rllib", _rllib_checks(n))):
+            if phase.has(section):
+                keys = phase.section(section)
+                _refuse_keys(keys, n, section)
+                space.update(_parse_keys(keys, f"{name}.{section}", checks))
     if sec.has("env"):
         env = sec.section("env")
         for key in env.data:
@@ -122,6 +139,19 @@ def _parse_space(sec: Section) -> dict[str, Dist]:
                 raise ConfigError(f"{env.where(key)} cannot be searched: {_ENV_REFUSED[key]}")
         space.update(_parse_keys(env, "env", _env_checks()))
     return space
+
+
+def _refuse_keys(keys: Section, phase: int, section: str) -> None:
+    """A trainer's keys that exist in training.yaml but cannot be searched there."""
+    if phase != 1 and keys.has("net_arch"):
+        raise ConfigError(
+            f"{keys.where('net_arch')} is not a setting here: phase {phase} continues from "
+            f"the phase-1 network; its shape is training.phase1.{section}.net_arch"
+        )
+    refused = _RLLIB_REFUSED if section == "rllib" else {}
+    for key in keys.data:
+        if key in refused:
+            raise ConfigError(f"{keys.where(key)} cannot be searched: {refused[key]}")
 
 
 # A searchable key: the distributions it allows, and training.yaml's check of one value.
@@ -136,6 +166,19 @@ def _ppo_checks(phase: int) -> dict[str, _Check]:
     for key, low in _PPO_INTS.items():
         kinds = _LISTED_KINDS if key in _LOCKSTEP else _INTEGER_KINDS
         checks[key] = (kinds, partial(_check_int, where, key, low))
+    if phase == 1:
+        checks["net_arch"] = (_LISTED_KINDS, partial(_check_net_arch, where))
+    return checks
+
+
+def _rllib_checks(phase: int) -> dict[str, _Check]:
+    where = f"training.phase{phase}.rllib"
+    checks: dict[str, _Check] = {}
+    for key, (_, bounds) in _RLLIB_FLOATS.items():
+        checks[key] = (frozenset(_KINDS), partial(_check_float, where, key, bounds))
+    for key, low in _RLLIB_INTS.items():
+        if key not in _RLLIB_REFUSED:
+            checks[key] = (_INTEGER_KINDS, partial(_check_int, where, key, low))
     if phase == 1:
         checks["net_arch"] = (_LISTED_KINDS, partial(_check_net_arch, where))
     return checks
@@ -260,6 +303,37 @@ def _check_minibatches(space: Mapping[str, Dist], training: TrainingConfig) -> N
                         f"n_envs ({s} x {n_envs} = {s * n_envs}); every combination the space "
                         "can produce must (training.yaml's value stands for a key not searched)"
                     )
+
+
+def _check_rllib_minibatches(space: Mapping[str, Dist], training: TrainingConfig) -> None:
+    """RLlib's ``minibatch_size`` must not exceed ``train_batch_size`` for any combination
+    the space can produce: the largest minibatch against the smallest batch (a PBT
+    perturbation, clipped into the space, then keeps the rule too)."""
+    for n in PHASES:
+        rllib = training.phase(n).rllib
+        batches, minibatches = (
+            space.get(f"phase{n}.rllib.{k}") for k in ("train_batch_size", "minibatch_size")
+        )
+        if batches is None and minibatches is None:
+            continue
+        smallest = min(_ends_or(batches, rllib.train_batch_size))
+        largest = max(_ends_or(minibatches, rllib.minibatch_size))
+        if largest > smallest:
+            blame = "minibatch_size" if minibatches is not None else "train_batch_size"
+            raise ConfigError(
+                f"search.phase{n}.rllib.{blame}: minibatch_size {largest} would exceed "
+                f"train_batch_size {smallest}; every combination the space can produce must "
+                "keep minibatch_size <= train_batch_size (training.yaml's value stands for a "
+                "key not searched)"
+            )
+
+
+def _ends_or(dist: Dist | None, default: int) -> Iterable[int]:
+    """The values of a choice or fixed value, or a range's two ends."""
+    if dist is None:
+        return (default,)
+    values = dist.values()
+    return values if values is not None else dist.args[:2]
 
 
 def _values_or(dist: Dist | None, default: int) -> Iterable[int]:

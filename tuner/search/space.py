@@ -11,6 +11,7 @@ space can produce is one ``training.yaml`` would accept (its own bounds, and ``b
 dividing ``n_steps x n_envs``). The :class:`SearchSpec` then builds the Tune objects::
 
     spec = load_search("config/search.yaml", settings.training).for_phases((1,))
+    spec = spec.for_trainer("rllib")         # the rllib: keys only (ConfigError if none)
     if spec.is_empty: ...                    # nothing to search in the phases trained
     param_space = {"training": spec.param_space(), ...}
     pbt = spec.require_pbt()                 # --scheduler pbt: its settings, or ConfigError
@@ -21,11 +22,13 @@ dividing ``n_steps x n_envs``). The :class:`SearchSpec` then builds the Tune obj
 
 The file::
 
-    search:                # phase1, phase2, phase3 (each a ppo: mapping) and env
+    search:                # phase1, phase2, phase3 (each ppo: and/or rllib:) and env
       phase1:
-        ppo:
+        ppo:                                     # --trainer sb3
           learning_rate: {loguniform: [1.0e-5, 1.0e-3]}
           n_epochs: 5                            # a plain value fixes the key
+        rllib:                                   # --trainer rllib, under RLlib's names
+          lr: {loguniform: [1.0e-5, 1.0e-3]}
     asha: {grace_period: 25000, reduction_factor: 3}    # --scheduler asha; these defaults
     pbt:                                                 # --scheduler pbt; no section, no PBT
       perturbation_interval: 4000                        # required, as is mutate
@@ -60,6 +63,7 @@ from checkpointing.validation import suggest
 from tuner.training.settings import PHASES
 
 __all__ = [
+    "TRAINER_SECTIONS",
     "AshaSettings",
     "Dist",
     "PbtSettings",
@@ -81,6 +85,9 @@ _ARGS = {
 }
 _KINDS = (*_ARGS, "fixed")
 _LISTED_KINDS = frozenset({"choice", "fixed"})
+
+# A phase's section of each trainer's settings in training.yaml (and in the search file).
+TRAINER_SECTIONS = {"sb3": "ppo", "rllib": "rllib"}
 
 _ARCH = re.compile(r"[1-9][0-9]*(x[1-9][0-9]*)*")
 
@@ -280,6 +287,7 @@ class SearchSpec:
     space: Mapping[str, Dist]
     asha: AshaSettings = field(default_factory=AshaSettings)
     pbt: PbtSettings | None = None
+    trainer: str | None = None  # set by for_trainer: the trainer whose keys the space holds
 
     @property
     def searched(self) -> tuple[str, ...]:
@@ -304,6 +312,35 @@ class SearchSpec:
             pbt = replace(pbt, mutate=tuple(k for k in pbt.mutate if k in space))
         return replace(self, space=space, pbt=pbt)
 
+    def for_trainer(self, trainer: str) -> SearchSpec:
+        """The space of a run with ``trainer`` (``sb3`` or ``rllib``): the phase keys of the
+        other trainer's section are dropped (from ``pbt.mutate`` too); the ``env`` keys stay.
+
+        Raises:
+            ConfigError: an unknown trainer, or a space with phase keys of the other trainer
+                only (a search of ``ppo:`` keys cannot tune an RLlib run, nor the reverse).
+        """
+        if trainer not in TRAINER_SECTIONS:
+            raise ConfigError(f"trainer must be one of {list(TRAINER_SECTIONS)}, got {trainer!r}")
+        section = TRAINER_SECTIONS[trainer]
+        sections = {k: _section_of(k) for k in self.space}
+        others = sorted({s for s in sections.values() if s not in (None, section)})
+        if others and section not in sections.values():
+            example = next(k for k, s in sections.items() if s is not None)
+            raise ConfigError(
+                f"{os.fspath(self.path)}: --trainer {trainer} searches training.yaml's "
+                f"{section}: keys, but the space has none for the phases trained, only "
+                f"{', '.join(f'{s}:' for s in others)} keys (such as {example}); add a "
+                f"'{section}:' block beside them (e.g. search.phase1.{section}."
+                f"{_EXAMPLE_KEY[section]}), or train with --trainer "
+                f"{_TRAINER_OF[others[0]]}"
+            )
+        space = {k: d for k, d in self.space.items() if sections[k] in (None, section)}
+        pbt = self.pbt
+        if pbt is not None:
+            pbt = replace(pbt, mutate=tuple(k for k in pbt.mutate if k in space))
+        return replace(self, space=space, pbt=pbt, trainer=trainer)
+
     def require_pbt(self) -> PbtSettings:
         """The PBT settings, for ``--scheduler pbt``.
 
@@ -318,9 +355,10 @@ class SearchSpec:
                 "mutate: the searched keys to perturb)"
             )
         if not self.pbt.mutate:
+            trained = "" if self.trainer is None else f" with --trainer {self.trainer}"
             raise ConfigError(
-                f"{where}: pbt.mutate names no key of the phases trained; PBT would have "
-                "nothing to perturb"
+                f"{where}: pbt.mutate names no key of the phases trained{trained}; PBT would "
+                "have nothing to perturb"
             )
         return self.pbt
 
@@ -356,6 +394,16 @@ class SearchSpec:
         they are the same in every trial."""
         flat = flatten(overlay)
         return {k: _encode(flat[k]) for k in self.searched if k in flat}
+
+
+_TRAINER_OF = {section: trainer for trainer, section in TRAINER_SECTIONS.items()}
+_EXAMPLE_KEY = {"ppo": "learning_rate", "rllib": "lr"}
+
+
+def _section_of(key: str) -> str | None:
+    """``phase1.rllib.lr`` -> ``rllib``; ``None`` for a key of no trainer (``env.*``)."""
+    parts = key.split(".")
+    return parts[1] if parts[0].startswith("phase") and len(parts) > 2 else None
 
 
 def flatten(overlay: Mapping[str, Any]) -> dict[str, Any]:

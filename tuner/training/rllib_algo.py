@@ -35,8 +35,11 @@ __all__ = [
     "ensure_ray",
     "greedy_policy",
     "load_greedy_policy",
+    "optimizer_lr",
+    "ray_nodes",
     "restore",
     "rllib_settings",
+    "settings_in_effect",
 ]
 
 log = logging.getLogger(__name__)
@@ -140,7 +143,7 @@ def build_algorithm(job: PhaseJob, settings: Settings, data: Any) -> Algorithm:
 def restore(algo: Algorithm, checkpoint: Path) -> dict[str, Any]:
     """Verify ``checkpoint`` (every file, before anything is unpickled), unpack it and load it
     into ``algo``: weights, optimizer, observation filter and counters. This run's settings
-    stay in effect (a new learning rate from the next update on). Returns its metadata.
+    are in effect at once (:func:`settings_in_effect`). Returns its metadata.
 
     Raises:
         CheckpointCorruptError: it fails verification; ConfigError: SB3 wrote it.
@@ -150,7 +153,51 @@ def restore(algo: Algorithm, checkpoint: Path) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="rllib-restore-") as tmp:
         metadata = unpack_checkpoint(checkpoint, tmp)
         algo.restore_from_path(tmp)
+    settings_in_effect(algo)
     return metadata
+
+
+def settings_in_effect(algo: Algorithm) -> None:
+    """Make the algorithm's own settings the ones in effect after a restore. RLlib loads the
+    optimizer with the learning rate it was saved with and sets the configured one only after
+    the next update; here the configured ``lr`` is set at once. ``clip_param`` and
+    ``entropy_coeff`` need nothing: the loss reads them from the algorithm's config, which a
+    restore leaves as built."""
+
+    def apply(learner: Any, **kwargs: Any) -> None:
+        for optimizer in learner._named_optimizers.values():
+            learner._set_optimizer_lr(optimizer, lr=float(learner.config.lr))
+
+    group: Any = algo.learner_group
+    group.foreach_learner(apply)
+
+
+def ray_nodes(algo: Algorithm) -> dict[str, Any]:
+    """Where the algorithm runs: the Ray node of its learner (this process) and of each remote
+    env runner (empty without remote runners), as checkpoint metadata records them."""
+    import ray
+
+    group: Any = algo.env_runner_group
+    runners = []
+    if group is not None and group.num_remote_env_runners() > 0:
+        runners = group.foreach_env_runner(
+            lambda runner: ray.get_runtime_context().get_node_id(),
+            local_env_runner=False,
+            timeout_seconds=30,
+        )
+    return {
+        "ray_node_id": ray.get_runtime_context().get_node_id(),
+        "env_runner_node_ids": sorted(str(n) for n in runners),
+    }
+
+
+def optimizer_lr(algo: Algorithm) -> float:
+    """The learning rate the algorithm's optimizer will take its next step with."""
+    group: Any = algo.learner_group
+    learner: Any = group._learner  # num_learners=0: the learner is local
+    rates = {float(learner._get_optimizer_lr(o)) for o in learner._named_optimizers.values()}
+    (rate,) = rates
+    return rate
 
 
 @dataclass

@@ -8,6 +8,8 @@ env steps each), so the checkpoint events are checked between iterations:
     best            same evaluation, when a monitored metric improved enough
     phase_boundary  when a configured curriculum stage is crossed
     interrupt       on SIGINT / SIGTERM (main thread), a stop request, or an exception
+                    (not on :class:`~checkpointing.TrainingStopped` from ``on_evaluation``:
+                    a scheduler stopped the run after that evaluation's checkpoint)
     phase_end       when the phase's timesteps are reached
 
 The metrics come from :func:`tuner.trading.evaluation.evaluate_trading` with the policy's
@@ -24,7 +26,7 @@ from collections.abc import Callable, Mapping
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from checkpointing.callback import TrainingInterrupted
+from checkpointing.callback import TrainingInterrupted, TrainingStopped
 from tuner.training.job import PhaseJob, PhaseResult, prepare, tag
 from tuner.training.setup import phase_checkpoint_config, run_manager, validation_env
 from tuner.training.start import Start, choose_start
@@ -61,6 +63,8 @@ def train_rllib_phase(
         CheckpointCorruptError: the starting checkpoint fails verification (nothing of it
             has been unpickled).
         TrainingInterrupted: a signal stopped training after an interrupt save.
+        TrainingStopped: raised by ``on_evaluation`` (a scheduler stopped the run); no
+            interrupt checkpoint is written.
     """
     from tuner.training.rllib_algo import build_algorithm, ensure_ray, rllib_settings
 
@@ -87,6 +91,7 @@ def train_rllib_phase(
     result.started_from = start.how
     try:
         loop.start_from(start)
+        result.start_metrics = loop.start_metrics
         result.skipped = loop.timesteps >= target
         loop.run(target, handle_signals)
     finally:
@@ -126,6 +131,7 @@ class _Loop:
         self.interrupt_outcome: SaveOutcome | None = None
         self.phase_end_outcome: SaveOutcome | None = None
         self.last_metrics: dict[str, float] = {}
+        self.start_metrics: dict[str, float] = {}  # the starting checkpoint's (check_start)
         self._improved: list[str] = []
         self._wall = time.monotonic()
         self._elapsed_before = 0.0
@@ -140,6 +146,15 @@ class _Loop:
         if start.path is None:
             return
         metadata = restore(self.algo, start.path)
+        if self.job.check_start:
+            # Continued from another run's checkpoint (a PBT exploit): it must score, as
+            # loaded, what that checkpoint scored; every checkpoint of the run records it.
+            self.start_metrics = self._measure()
+            self.manager.run_info["start_metrics"] = self.start_metrics
+            self.say(
+                f"{tag(self.job)}: {start.path.name} evaluates at "
+                f"val_reward={self.start_metrics.get('val_reward', 0):+.3f}"
+            )
         if start.new_phase:
             return  # a new phase counts from 0, with a fresh schedule
         self.timesteps = int(metadata.get("timesteps") or 0)
@@ -168,6 +183,8 @@ class _Loop:
             ended = not trained and self.manager.state.saves_by_event.get("phase_end", 0) > 0
             if self.stop_signal is None and self.interrupt_outcome is None and not ended:
                 self.save_phase_end()
+        except TrainingStopped:
+            raise  # a scheduler ended the run after an evaluation: it ends as it stands
         except BaseException as exc:
             if self.interrupt_outcome is None:
                 self._save_interrupt_after(exc)
@@ -221,19 +238,23 @@ class _Loop:
 
     # ------------------------------------------------------------------ evaluation and saves
 
-    def _evaluate(self) -> dict[str, float]:
+    def _measure(self) -> dict[str, float]:
+        """The greedy policy's metrics on validation (nothing recorded)."""
         from tuner.trading.evaluation import evaluate_trading
         from tuner.training.rllib_algo import greedy_policy
 
         episodes = self.settings.training.eval_episodes
         policy: Any = greedy_policy(self.algo)
-        metrics = {
-            k: float(v) for k, v in evaluate_trading(policy, self.eval_env, episodes).items()
-        }
+        return {k: float(v) for k, v in evaluate_trading(policy, self.eval_env, episodes).items()}
+
+    def _evaluate(self) -> dict[str, float]:
+        metrics = self._measure()
         self._improved = self.manager.record_evaluation(metrics, self.timesteps)
         return metrics
 
     def _runtime(self) -> dict[str, Any]:
+        from tuner.training.rllib_algo import ray_nodes
+
         elapsed = self._elapsed_before + (time.monotonic() - self._wall)
         self.manager.state.elapsed_seconds = elapsed
         runners = self.cfg.num_env_runners
@@ -243,6 +264,7 @@ class _Loop:
             "learning_rate": self.cfg.lr,
             "n_envs": max(runners, 1) * self.cfg.num_envs_per_env_runner,
             "env_runners": runners,
+            **ray_nodes(self.algo),
         }
 
     def _save(
