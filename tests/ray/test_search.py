@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import signal
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -205,6 +206,7 @@ def test_pbt_exploits_within_a_market_with_the_lineage_and_the_new_values(
     final = {t.trial_id: t for t in search.trials}
 
     exploits = []
+    ends: Counter[str] = Counter()
     for market in ("NQ", "ES"):
         folder = models / "phase1" / market / "checkpoints"
         for info in list_checkpoints(folder):
@@ -212,7 +214,11 @@ def test_pbt_exploits_within_a_market_with_the_lineage_and_the_new_values(
             if isinstance(name, CheckpointName) and "-x" in (name.run_id or ""):
                 meta = read_checkpoint_metadata(info.path) or {}
                 exploits.append((market, meta))
+            if isinstance(name, CheckpointName) and name.event == "phase_end":
+                ends[(read_checkpoint_metadata(info.path) or {})["trial_id"]] += 1
     assert exploits, run.output[-3000:]
+    # A trial that reached its end is never sent back to train again from another's.
+    assert set(ends.values()) == {1}, ends
     for market, meta in exploits:
         lineage = meta["exploited"]
         assert market_of[lineage["from_trial"]] == market  # never across markets

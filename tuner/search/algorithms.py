@@ -103,7 +103,16 @@ def _finite(value: object) -> bool:
 class PhasePBT(PopulationBasedTraining):
     """Population-based training that copies only a trial in the same phase: a trial in
     phase 1 is never replaced by one in phase 2 (their metrics are not comparable, and the
-    later phase trains with other settings). Used per market by :class:`PerMarketScheduler`."""
+    later phase trains with other settings). Used per market by :class:`PerMarketScheduler`.
+
+    A trial's final result (``finished``) is never a reason to exploit: Tune's PBT would pause
+    the trial that just ended and train it again, from another trial's checkpoint, to the
+    same end."""
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
+        if result.get("finished"):
+            return str(TrialScheduler.CONTINUE)
+        return str(super().on_trial_result(tune_controller, trial, result))
 
     def _checkpoint_or_exploit(
         self,
