@@ -9,6 +9,14 @@ checkpoint exists if and only if its zip exists.
   a corrupt file is never uploaded). Then the ``.pkl`` and the ``.json`` are put, then the
   zip, last; each object is read back and its size and sha256 compared with the local file.
   A listing of the bucket never shows a zip without its companions.
+- **One zip in flight.** A zip's read-back runs on a thread of its own
+  (:class:`~checkpointing.read_back.ReadBack`) while the uploader goes on with the next jobs:
+  registry shards, and the next checkpoint up to its zip (verified in staging, companions put
+  and read back). The next zip is put only once that read-back verified, and a deletion waits
+  for it too, so zips reach the bucket in commit order, and a deletion never races the upload
+  of its checkpoint. Until its read-back verified, a checkpoint stays pending (retention keeps
+  it in staging) and is neither counted uploaded nor journaled; a failed read-back retries the
+  upload from that checkpoint, before any later zip.
 - **Delete** (retention): the zip first, then the companions.
 - **Failures** are retried in order with exponential backoff (:class:`Backoff`); the
   training thread only enqueues (:meth:`Uploader.committed` is called under the folder lock
@@ -71,6 +79,7 @@ from checkpointing.locations import StoreURI
 from checkpointing.metadata import read_checkpoint_metadata
 from checkpointing.naming import METADATA_SUFFIX, VECNORM_SUFFIX, CheckpointName, parse_name
 from checkpointing.object_store import ObjectStore
+from checkpointing.read_back import ReadBack, verify_stored
 from checkpointing.shards import (
     MAX_SHARD_BYTES,
     SHARD_DIR,
@@ -120,10 +129,28 @@ class Backoff:
         return float(min(self.maximum, self.initial * self.factor ** max(failures - 1, 0)))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared by identity: a checkpoint may be queued twice
 class _Job:
     kind: Literal["upload", "delete", "shard"]
     zip_path: Path  # for a shard: the staged shard file
+
+
+@dataclass(frozen=True)
+class _Flight:
+    """An upload whose zip is put and being read back; its job stays queued, first, until
+    the read-back lands (:meth:`Uploader._land`)."""
+
+    job: _Job
+    folder: str  # the key of its folder (the upload journal's)
+    check: ReadBack
+
+
+class _NotVerified(Exception):
+    """The read-back of the zip in flight failed: its job is retried (``error``: why)."""
+
+    def __init__(self, job: _Job, error: Exception) -> None:
+        super().__init__(str(error))
+        self.job, self.error = job, error
 
 
 class UploadJournal:
@@ -262,6 +289,7 @@ class Uploader:
         self._journal = UploadJournal(self.staging)
         self._shards_queued: set[str] = set()  # real paths of staged shards waiting to go
         self._merged: set[str] = set()  # shard keys merged with the bucket's copy already
+        self._flight: _Flight | None = None  # the zip being read back (set by the thread only)
         # Staged checkpoints a catch-up found deleted on the bucket after their upload.
         self.deleted_on_bucket: list[Path] = []
         self._thread = threading.Thread(target=self._work, name="checkpoint-uploader", daemon=True)
@@ -419,37 +447,87 @@ class Uploader:
         failures = 0
         while True:
             with self._cond:
-                while not self._jobs and not self._abandon:
-                    self._cond.wait()
+                job = self._next_job()
                 if self._abandon:
                     return
-                job = self._jobs[0]
             try:
-                self._run(job)
+                if job is None or job.kind == "delete":
+                    self._land()  # a deletion never races the upload of its checkpoint
+                if job is not None:
+                    self._run(job)
             except _Dropped as exc:
                 log.error("%s", exc)
-                self._finish(job, uploaded=False)
+                if job is not None:
+                    self._finish(job, uploaded=False)
             except Exception as exc:  # the bucket, the network: retry; never end the thread
                 failures += 1
-                delay = self.backoff.delay(failures)
-                self._last_error = _one_line(exc)
-                log.warning(
-                    "%s of %s on %s failed (%s); retrying in %.1fs",
-                    job.kind,
-                    job.zip_path.name,
-                    self.store.uri,
-                    self._last_error,
-                    delay,
-                )
-                with self._cond:
-                    self._cond.wait_for(lambda: self._abandon, timeout=delay)
+                self._retry_later(job, exc, failures)
             else:
                 failures = 0
-                self._finish(job, uploaded=job.kind == "upload")
+                if job is not None and job.kind != "upload":  # an upload ends when it lands
+                    self._finish(job, uploaded=False)
+
+    def _next_job(self) -> _Job | None:
+        """Under the lock: the first queued job not in flight, once there is one; None when
+        the zip in flight is read back (to land it) or the uploader is abandoned."""
+        while not self._abandon:
+            if self._flight is not None and self._flight.check.done:
+                return None
+            ahead = 0 if self._flight is None else 1  # the job in flight is the first
+            if len(self._jobs) > ahead:
+                return self._jobs[ahead]
+            self._cond.wait()
+        return None
+
+    def _retry_later(self, job: _Job | None, exc: Exception, failures: int) -> None:
+        """Note the failure, wait out the backoff; the first queued job runs again next."""
+        if isinstance(exc, _NotVerified):  # the zip in flight failed: its upload is retried
+            job, exc = exc.job, exc.error
+        delay = self.backoff.delay(failures)
+        self._last_error = _one_line(exc)
+        log.warning(
+            "%s of %s on %s failed (%s); retrying in %.1fs",
+            job.kind if job else "upload",
+            job.zip_path.name if job else "?",
+            self.store.uri,
+            self._last_error,
+            delay,
+        )
+        with self._cond:
+            self._cond.wait_for(lambda: self._abandon, timeout=delay)
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def _land(self) -> None:
+        """Wait for the zip in flight to read back, then journal its checkpoint and count it
+        uploaded. Nothing in flight: nothing to do.
+
+        Raises:
+            _NotVerified: the read-back failed (a zip that differs is deleted); its job stays
+                first in the queue, to be retried.
+        """
+        flight = self._flight
+        if flight is None:
+            return
+        try:
+            size, _ = flight.check.result()
+        except Exception as exc:
+            raise _NotVerified(flight.job, exc) from exc
+        finally:
+            self._flight = None
+        name = flight.job.zip_path.name
+        try:
+            self._journal.add(flight.folder, name, size)
+        except OSError as exc:
+            log.warning("cannot write the upload journal of %s: %s", flight.job.zip_path, exc)
+        log.info("uploaded %s to %s", name, self.store.uri_of(flight.folder))
+        self._finish(flight.job, uploaded=True)
 
     def _finish(self, job: _Job, *, uploaded: bool) -> None:
         with self._cond:
-            self._jobs.popleft()
+            self._jobs.remove(job)  # the first, or one after the job in flight
             if job.kind == "upload":
                 real = os.path.realpath(job.zip_path)
                 left = self._pending.get(real, 0) - 1
@@ -501,13 +579,12 @@ class Uploader:
         if isinstance(files.get("vecnormalize"), dict):
             companions.insert(0, base + VECNORM_SUFFIX)
         for name in companions:
-            self._put(zip_path.with_name(name), keys[name], expected.get(name))
-        size, _ = self._put(zip_path, keys[zip_path.name], expected.get(zip_path.name))  # commit
-        try:
-            self._journal.add(folder, zip_path.name, size)
-        except OSError as exc:
-            log.warning("cannot write the upload journal of %s: %s", zip_path.parent, exc)
-        log.info("uploaded %s to %s", zip_path.name, self.store.uri_of(folder))
+            key = keys[name]
+            verify_stored(self.store, key, self._send(zip_path.with_name(name), key, expected))
+        self._land()  # the previous zip is verified before this one goes: commit order
+        key = keys[zip_path.name]
+        sent = self._send(zip_path, key, expected)  # the commit
+        self._flight = _Flight(job, folder, ReadBack(self.store, key, sent, self._wake))
 
     def _put_shard(self, path: Path) -> None:
         """Put a staged registry shard whole, after merging the bucket's copy once per
@@ -562,26 +639,22 @@ class Uploader:
             run: RunKey = (path.parent.name, *parsed)
             self._shards.update(run, keep, replace_existing=False)
 
-    def _put(self, local: Path, key: str, expected: tuple[Any, Any] | None) -> tuple[int, str]:
-        """Put one file and read it back; a mismatch is an ``OSError`` (retried). Returns
-        (size, sha256) of what is stored."""
+    def _send(
+        self, local: Path, key: str, expected: Mapping[str, tuple[Any, Any]]
+    ) -> tuple[int, str]:
+        """Put one file; (size, sha256) of what was sent, which is what its metadata records
+        (when it records it). It still has to be read back."""
         try:
             sent = self.store.put(local, key)
         except FileNotFoundError as exc:
             if not local.exists():
                 raise _Dropped(f"not uploading {local}: deleted from staging meanwhile") from None
             raise exc
-        if expected is not None and sent != expected:
+        recorded = expected.get(local.name)
+        if recorded is not None and sent != recorded:
             self.store.delete(key)
             raise _Dropped(f"not uploading {local}: it changed since it was verified")
-        stored = self.store.digest(key)
-        if stored != sent:
-            self.store.delete(key)  # a zip that does not verify must not stand on the bucket
-            raise OSError(
-                f"{self.store.uri_of(key)} reads back as {stored[0]} bytes, sha256 "
-                f"{stored[1][:12]}..., not the {sent[0]} bytes, sha256 {sent[1][:12]}... sent"
-            )
-        return stored
+        return sent
 
     # ----------------------------------------------------------------- the end
 

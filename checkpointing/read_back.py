@@ -1,0 +1,91 @@
+"""Reading back what was put on the bucket: the check that an object arrived whole.
+
+:func:`verify_stored` reads an object back in full and compares its size and sha256 with what
+was sent; one that differs is deleted at once (a zip that does not verify never stands on the
+bucket) and the mismatch raised as an ``OSError``. :class:`ReadBack` runs that check on its own
+thread, so that the uploader prepares the next checkpoint (verifies it in staging, puts and
+reads back its companions) while a zip is read back::
+
+    sent = store.put(local, key)
+    check = ReadBack(store, key, sent, on_done=wake)   # starts at once
+    ...                                                 # other work meanwhile
+    size, sha = check.result()                          # waits; raises what the check raised
+
+The thread is a daemon: an uploader abandoned while the bucket hangs never holds the process.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from checkpointing.object_store import ObjectStore
+
+__all__ = ["ReadBack", "verify_stored"]
+
+
+def verify_stored(store: ObjectStore, key: str, sent: tuple[int, str]) -> tuple[int, str]:
+    """Read the object ``key`` back; (size, sha256) when it is what was ``sent``.
+
+    Raises:
+        OSError: it reads back otherwise (it is deleted first), or cannot be read.
+    """
+    stored = store.digest(key)
+    if stored != sent:
+        store.delete(key)
+        raise OSError(
+            f"{store.uri_of(key)} reads back as {stored[0]} bytes, sha256 "
+            f"{stored[1][:12]}..., not the {sent[0]} bytes, sha256 {sent[1][:12]}... sent"
+        )
+    return stored
+
+
+class ReadBack:
+    """:func:`verify_stored` of one object, on a thread of its own started at once.
+
+    ``on_done`` is called on that thread when the check ends, whatever its outcome (the
+    uploader wakes its own thread with it).
+    """
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        key: str,
+        sent: tuple[int, str],
+        on_done: Callable[[], None] | None = None,
+    ) -> None:
+        self.key = key
+        self._store = store
+        self._sent = sent
+        self._on_done = on_done
+        self._stored: tuple[int, str] | None = None
+        self._error: BaseException | None = None
+        self._done = threading.Event()
+        threading.Thread(target=self._check, name="checkpoint-read-back", daemon=True).start()
+
+    def _check(self) -> None:
+        try:
+            self._stored = verify_stored(self._store, self.key, self._sent)
+        except BaseException as exc:  # handed to the waiting thread
+            self._error = exc
+        finally:
+            self._done.set()
+            if self._on_done is not None:
+                self._on_done()
+
+    @property
+    def done(self) -> bool:
+        """Whether the check has ended (:meth:`result` returns at once)."""
+        return self._done.is_set()
+
+    def result(self) -> tuple[int, str]:
+        """Wait for the check: (size, sha256) of the object, verified.
+
+        Raises:
+            OSError: what :func:`verify_stored` raised.
+        """
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._stored is not None
+        return self._stored
