@@ -61,7 +61,6 @@ the legacy final models (``runs/<run id>/``) stay in the staging folder.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -89,6 +88,7 @@ from checkpointing.shards import (
     parse_shard_name,
 )
 from checkpointing.store import CheckpointInfo, list_checkpoints, verify_checkpoint
+from checkpointing.upload_journal import UploadJournal
 
 __all__ = [
     "STAGING_HOME",
@@ -104,7 +104,6 @@ log = logging.getLogger(__name__)
 
 STAGING_HOME = "futures-rl-tuner/staging"
 PENDING_REASON = "pending_upload"
-JOURNAL_DIR = ".uploads"
 _SHARD_PUTS = 5  # puts of one shard in a row while another process keeps changing it
 
 
@@ -151,48 +150,6 @@ class _NotVerified(Exception):
     def __init__(self, job: _Job, error: Exception) -> None:
         super().__init__(str(error))
         self.job, self.error = job, error
-
-
-class UploadJournal:
-    """What a staging folder has uploaded: per checkpoint folder, one JSON line
-    (``{"name": ..., "size": ...}``) per checkpoint whose zip reached the bucket and read back
-    whole, in ``{staging}/.uploads/<folder>.jsonl``.
-
-    Lines are appended with one ``write`` each (``O_APPEND``: processes sharing the staging
-    folder never interleave them); a line cut short by a crash is skipped when read.
-    """
-
-    def __init__(self, staging: str | os.PathLike[str]) -> None:
-        self.staging = Path(staging)
-
-    def path_of(self, folder_key: str) -> Path:
-        parts = [p for p in folder_key.split("/") if p] or ["_root"]
-        return self.staging.joinpath(JOURNAL_DIR, *parts[:-1], parts[-1] + ".jsonl")
-
-    def add(self, folder_key: str, name: str, size: int) -> None:
-        path = self.path_of(folder_key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        line = json.dumps({"name": name, "size": size}, separators=(",", ":")) + "\n"
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-        try:
-            os.write(fd, line.encode("utf-8"))
-        finally:
-            os.close(fd)
-
-    def read(self, folder_key: str) -> dict[str, int]:
-        """``{zip name: size}`` of what was uploaded from the folder (empty if nothing)."""
-        try:
-            raw = self.path_of(folder_key).read_text(encoding="utf-8", errors="replace")
-        except FileNotFoundError:
-            return {}
-        out: dict[str, int] = {}
-        for line in raw.splitlines():
-            try:
-                doc = json.loads(line)
-                out[str(doc["name"])] = int(doc["size"])
-            except (ValueError, TypeError, KeyError):
-                continue
-        return out
 
 
 class _Dropped(Exception):
