@@ -16,12 +16,15 @@ The thread is a daemon: an uploader abandoned while the bucket hangs never holds
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 
 from checkpointing.object_store import ObjectStore
 
 __all__ = ["ReadBack", "verify_stored"]
+
+log = logging.getLogger(__name__)
 
 
 def verify_stored(store: ObjectStore, key: str, sent: tuple[int, str]) -> tuple[int, str]:
@@ -43,8 +46,9 @@ def verify_stored(store: ObjectStore, key: str, sent: tuple[int, str]) -> tuple[
 class ReadBack:
     """:func:`verify_stored` of one object, on a thread of its own started at once.
 
-    ``on_done`` is called on that thread when the check ends, whatever its outcome (the
-    uploader wakes its own thread with it).
+    On that thread, ``on_verified`` gets (size, sha256) as soon as the object verified (the
+    uploader writes its journal line with it: no later than that), and ``on_done`` is called
+    when the check ends, whatever its outcome (the uploader wakes its own thread with it).
     """
 
     def __init__(
@@ -53,11 +57,13 @@ class ReadBack:
         key: str,
         sent: tuple[int, str],
         on_done: Callable[[], None] | None = None,
+        on_verified: Callable[[tuple[int, str]], None] | None = None,
     ) -> None:
         self.key = key
         self._store = store
         self._sent = sent
         self._on_done = on_done
+        self._on_verified = on_verified
         self._stored: tuple[int, str] | None = None
         self._error: BaseException | None = None
         self._done = threading.Event()
@@ -65,9 +71,16 @@ class ReadBack:
 
     def _check(self) -> None:
         try:
-            self._stored = verify_stored(self._store, self.key, self._sent)
+            stored = verify_stored(self._store, self.key, self._sent)
         except BaseException as exc:  # handed to the waiting thread
             self._error = exc
+        else:
+            self._stored = stored
+            if self._on_verified is not None:
+                try:
+                    self._on_verified(stored)
+                except Exception:  # the object verified all the same
+                    log.exception("after the read-back of %s", self.key)
         finally:
             self._done.set()
             if self._on_done is not None:

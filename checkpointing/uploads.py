@@ -68,6 +68,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -458,8 +459,8 @@ class Uploader:
             self._cond.notify_all()
 
     def _land(self) -> None:
-        """Wait for the zip in flight to read back, then journal its checkpoint and count it
-        uploaded. Nothing in flight: nothing to do.
+        """Wait for the zip in flight to read back (its read-back journals it once verified),
+        then count its checkpoint uploaded. Nothing in flight: nothing to do.
 
         Raises:
             _NotVerified: the read-back failed (a zip that differs is deleted); its job stays
@@ -469,18 +470,20 @@ class Uploader:
         if flight is None:
             return
         try:
-            size, _ = flight.check.result()
+            flight.check.result()
         except Exception as exc:
             raise _NotVerified(flight.job, exc) from exc
         finally:
             self._flight = None
-        name = flight.job.zip_path.name
-        try:
-            self._journal.add(flight.folder, name, size)
-        except OSError as exc:
-            log.warning("cannot write the upload journal of %s: %s", flight.job.zip_path, exc)
-        log.info("uploaded %s to %s", name, self.store.uri_of(flight.folder))
+        log.info("uploaded %s to %s", flight.job.zip_path.name, self.store.uri_of(flight.folder))
         self._finish(flight.job, uploaded=True)
+
+    def _journal_verified(self, folder: str, zip_path: Path, stored: tuple[int, str]) -> None:
+        """The journal line of a zip, written on its read-back's thread once it verified."""
+        try:
+            self._journal.add(folder, zip_path.name, stored[0])
+        except OSError as exc:
+            log.warning("cannot write the upload journal of %s: %s", zip_path.parent, exc)
 
     def _finish(self, job: _Job, *, uploaded: bool) -> None:
         with self._cond:
@@ -541,7 +544,8 @@ class Uploader:
         self._land()  # the previous zip is verified before this one goes: commit order
         key = keys[zip_path.name]
         sent = self._send(zip_path, key, expected)  # the commit
-        self._flight = _Flight(job, folder, ReadBack(self.store, key, sent, self._wake))
+        journal = partial(self._journal_verified, folder, zip_path)
+        self._flight = _Flight(job, folder, ReadBack(self.store, key, sent, self._wake, journal))
 
     def _put_shard(self, path: Path) -> None:
         """Put a staged registry shard whole, after merging the bucket's copy once per
