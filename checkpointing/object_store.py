@@ -54,9 +54,13 @@ __all__ = [
 ]
 
 ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
-# Bytes per read and write. pyarrow's input stream makes one ranged GET per read: at 1 MiB the
-# read-back of an upload was three quarters of the uploader's time (bench/object_store.py).
+# Bytes per write: each one is a part of the multipart upload, sent in the background.
 _CHUNK = 8 * 1024 * 1024
+# Bytes per read of an object. pyarrow's S3 input file makes one ranged GET per read, and a GET
+# costs a request whatever its size (some servers, moto among them, even read the whole object
+# for each range): an object up to this size is read back with one GET. In 8 MiB reads the
+# read-back took three times as long (bench/object_store.py).
+_READ = 64 * 1024 * 1024
 _DENIED = re.compile(
     r"ACCESS_DENIED|INVALID_ACCESS_KEY_ID|SIGNATURE_DOES_NOT_MATCH|EXPIRED_TOKEN|"
     r"InvalidAccessKeyId|SignatureDoesNotMatch|AccessDenied|Forbidden",
@@ -190,10 +194,10 @@ class ObjectStore:
         """(size, sha256) of the object ``key`` as stored, read back in full."""
         digest = hashlib.sha256()
         size = 0
-        with self.fs.open_input_stream(self._path(key)) as src:
-            while chunk := src.read(_CHUNK):
+        with self.fs.open_input_file(self._path(key)) as src:
+            while chunk := src.read_buffer(_READ):
                 digest.update(chunk)
-                size += len(chunk)
+                size += chunk.size
         return size, digest.hexdigest()
 
     def read(self, key: str, limit: int) -> bytes:
@@ -218,10 +222,10 @@ class ObjectStore:
         """
         digest = hashlib.sha256()
         size = 0
-        with self.fs.open_input_stream(self._path(key)) as src, open(local, "xb") as out:
-            while chunk := src.read(_CHUNK):
+        with self.fs.open_input_file(self._path(key)) as src, open(local, "xb") as out:
+            while chunk := src.read_buffer(_READ):
                 digest.update(chunk)
-                size += len(chunk)
+                size += chunk.size
                 out.write(chunk)
             out.flush()
             os.fsync(out.fileno())

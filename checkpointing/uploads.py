@@ -9,6 +9,14 @@ checkpoint exists if and only if its zip exists.
   a corrupt file is never uploaded). Then the ``.pkl`` and the ``.json`` are put, then the
   zip, last; each object is read back and its size and sha256 compared with the local file.
   A listing of the bucket never shows a zip without its companions.
+- **One zip in flight.** A zip's read-back runs on a thread of its own
+  (:class:`~checkpointing.read_back.ReadBack`) while the uploader goes on with the next jobs:
+  registry shards, and the next checkpoint up to its zip (verified in staging, companions put
+  and read back). The next zip is put only once that read-back verified, and a deletion waits
+  for it too, so zips reach the bucket in commit order, and a deletion never races the upload
+  of its checkpoint. Until its read-back verified, a checkpoint stays pending (retention keeps
+  it in staging) and is neither counted uploaded nor journaled; a failed read-back retries the
+  upload from that checkpoint, before any later zip.
 - **Delete** (retention): the zip first, then the companions.
 - **Failures** are retried in order with exponential backoff (:class:`Backoff`); the
   training thread only enqueues (:meth:`Uploader.committed` is called under the folder lock
@@ -53,7 +61,7 @@ the legacy final models (``runs/<run id>/``) stay in the staging folder.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import os
 import threading
@@ -61,6 +69,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -71,6 +80,7 @@ from checkpointing.locations import StoreURI
 from checkpointing.metadata import read_checkpoint_metadata
 from checkpointing.naming import METADATA_SUFFIX, VECNORM_SUFFIX, CheckpointName, parse_name
 from checkpointing.object_store import ObjectStore
+from checkpointing.read_back import ReadBack, verify_stored
 from checkpointing.shards import (
     MAX_SHARD_BYTES,
     SHARD_DIR,
@@ -80,6 +90,7 @@ from checkpointing.shards import (
     parse_shard_name,
 )
 from checkpointing.store import CheckpointInfo, list_checkpoints, verify_checkpoint
+from checkpointing.upload_journal import UploadJournal
 
 __all__ = [
     "STAGING_HOME",
@@ -95,7 +106,6 @@ log = logging.getLogger(__name__)
 
 STAGING_HOME = "futures-rl-tuner/staging"
 PENDING_REASON = "pending_upload"
-JOURNAL_DIR = ".uploads"
 _SHARD_PUTS = 5  # puts of one shard in a row while another process keeps changing it
 
 
@@ -120,52 +130,28 @@ class Backoff:
         return float(min(self.maximum, self.initial * self.factor ** max(failures - 1, 0)))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared by identity: a checkpoint may be queued twice
 class _Job:
     kind: Literal["upload", "delete", "shard"]
     zip_path: Path  # for a shard: the staged shard file
 
 
-class UploadJournal:
-    """What a staging folder has uploaded: per checkpoint folder, one JSON line
-    (``{"name": ..., "size": ...}``) per checkpoint whose zip reached the bucket and read back
-    whole, in ``{staging}/.uploads/<folder>.jsonl``.
+@dataclass(frozen=True)
+class _Flight:
+    """An upload whose zip is put and being read back; its job stays queued, first, until
+    the read-back lands (:meth:`Uploader._land`)."""
 
-    Lines are appended with one ``write`` each (``O_APPEND``: processes sharing the staging
-    folder never interleave them); a line cut short by a crash is skipped when read.
-    """
+    job: _Job
+    folder: str  # the key of its folder (the upload journal's)
+    check: ReadBack
 
-    def __init__(self, staging: str | os.PathLike[str]) -> None:
-        self.staging = Path(staging)
 
-    def path_of(self, folder_key: str) -> Path:
-        parts = [p for p in folder_key.split("/") if p] or ["_root"]
-        return self.staging.joinpath(JOURNAL_DIR, *parts[:-1], parts[-1] + ".jsonl")
+class _NotVerified(Exception):
+    """The read-back of the zip in flight failed: its job is retried (``error``: why)."""
 
-    def add(self, folder_key: str, name: str, size: int) -> None:
-        path = self.path_of(folder_key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        line = json.dumps({"name": name, "size": size}, separators=(",", ":")) + "\n"
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-        try:
-            os.write(fd, line.encode("utf-8"))
-        finally:
-            os.close(fd)
-
-    def read(self, folder_key: str) -> dict[str, int]:
-        """``{zip name: size}`` of what was uploaded from the folder (empty if nothing)."""
-        try:
-            raw = self.path_of(folder_key).read_text(encoding="utf-8", errors="replace")
-        except FileNotFoundError:
-            return {}
-        out: dict[str, int] = {}
-        for line in raw.splitlines():
-            try:
-                doc = json.loads(line)
-                out[str(doc["name"])] = int(doc["size"])
-            except (ValueError, TypeError, KeyError):
-                continue
-        return out
+    def __init__(self, job: _Job, error: Exception) -> None:
+        super().__init__(str(error))
+        self.job, self.error = job, error
 
 
 class _Dropped(Exception):
@@ -262,6 +248,7 @@ class Uploader:
         self._journal = UploadJournal(self.staging)
         self._shards_queued: set[str] = set()  # real paths of staged shards waiting to go
         self._merged: set[str] = set()  # shard keys merged with the bucket's copy already
+        self._flight: _Flight | None = None  # the zip being read back (set by the thread only)
         # Staged checkpoints a catch-up found deleted on the bucket after their upload.
         self.deleted_on_bucket: list[Path] = []
         self._thread = threading.Thread(target=self._work, name="checkpoint-uploader", daemon=True)
@@ -419,37 +406,99 @@ class Uploader:
         failures = 0
         while True:
             with self._cond:
-                while not self._jobs and not self._abandon:
-                    self._cond.wait()
-                if self._abandon:
-                    return
-                job = self._jobs[0]
+                job = self._next_job()
+                abandoned = self._abandon
+            if abandoned:
+                self._settle()
+                return
             try:
-                self._run(job)
+                if job is None or job.kind == "delete":
+                    self._land()  # a deletion never races the upload of its checkpoint
+                if job is not None:
+                    self._run(job)
             except _Dropped as exc:
                 log.error("%s", exc)
-                self._finish(job, uploaded=False)
+                if job is not None:
+                    self._finish(job, uploaded=False)
             except Exception as exc:  # the bucket, the network: retry; never end the thread
                 failures += 1
-                delay = self.backoff.delay(failures)
-                self._last_error = _one_line(exc)
-                log.warning(
-                    "%s of %s on %s failed (%s); retrying in %.1fs",
-                    job.kind,
-                    job.zip_path.name,
-                    self.store.uri,
-                    self._last_error,
-                    delay,
-                )
-                with self._cond:
-                    self._cond.wait_for(lambda: self._abandon, timeout=delay)
+                self._retry_later(job, exc, failures)
             else:
                 failures = 0
-                self._finish(job, uploaded=job.kind == "upload")
+                if job is not None and job.kind != "upload":  # an upload ends when it lands
+                    self._finish(job, uploaded=False)
+
+    def _settle(self) -> None:
+        """On abandon: let the zip in flight finish its read-back (bounded by the client's
+        timeouts), so that one that reads back wrong is deleted before this thread ends."""
+        flight = self._flight
+        if flight is not None:
+            with contextlib.suppress(Exception):  # its outcome is the report's business
+                flight.check.result()
+
+    def _next_job(self) -> _Job | None:
+        """Under the lock: the first queued job not in flight, once there is one; None when
+        the zip in flight is read back (to land it) or the uploader is abandoned."""
+        while not self._abandon:
+            if self._flight is not None and self._flight.check.done:
+                return None
+            ahead = 0 if self._flight is None else 1  # the job in flight is the first
+            if len(self._jobs) > ahead:
+                return self._jobs[ahead]
+            self._cond.wait()
+        return None
+
+    def _retry_later(self, job: _Job | None, exc: Exception, failures: int) -> None:
+        """Note the failure, wait out the backoff; the first queued job runs again next."""
+        if isinstance(exc, _NotVerified):  # the zip in flight failed: its upload is retried
+            job, exc = exc.job, exc.error
+        delay = self.backoff.delay(failures)
+        self._last_error = _one_line(exc)
+        log.warning(
+            "%s of %s on %s failed (%s); retrying in %.1fs",
+            job.kind if job else "upload",
+            job.zip_path.name if job else "?",
+            self.store.uri,
+            self._last_error,
+            delay,
+        )
+        with self._cond:
+            self._cond.wait_for(lambda: self._abandon, timeout=delay)
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def _land(self) -> None:
+        """Wait for the zip in flight to read back (its read-back journals it once verified),
+        then count its checkpoint uploaded. Nothing in flight: nothing to do.
+
+        Raises:
+            _NotVerified: the read-back failed (a zip that differs is deleted); its job stays
+                first in the queue, to be retried.
+        """
+        flight = self._flight
+        if flight is None:
+            return
+        try:
+            flight.check.result()
+        except Exception as exc:
+            raise _NotVerified(flight.job, exc) from exc
+        finally:
+            self._flight = None
+        log.info("uploaded %s to %s", flight.job.zip_path.name, self.store.uri_of(flight.folder))
+        self._finish(flight.job, uploaded=True)
+
+    def _journal_verified(self, folder: str, zip_path: Path, stored: tuple[int, str]) -> None:
+        """The journal line of a zip, written on its read-back's thread once it verified."""
+        try:
+            self._journal.add(folder, zip_path.name, stored[0])
+        except OSError as exc:
+            log.warning("cannot write the upload journal of %s: %s", zip_path.parent, exc)
 
     def _finish(self, job: _Job, *, uploaded: bool) -> None:
         with self._cond:
-            self._jobs.popleft()
+            self._jobs.remove(job)  # the first, or one after the job in flight
             if job.kind == "upload":
                 real = os.path.realpath(job.zip_path)
                 left = self._pending.get(real, 0) - 1
@@ -502,13 +551,14 @@ class Uploader:
             companions.insert(0, base + VECNORM_SUFFIX)
         zip_key = keys[zip_path.name]
         for name in companions:
-            self._put(zip_path.with_name(name), keys[name], expected.get(name), zip_key)
-        size, _ = self._put(zip_path, zip_key, expected.get(zip_path.name), zip_key)  # commit
-        try:
-            self._journal.add(folder, zip_path.name, size)
-        except OSError as exc:
-            log.warning("cannot write the upload journal of %s: %s", zip_path.parent, exc)
-        log.info("uploaded %s to %s", zip_path.name, self.store.uri_of(folder))
+            key = keys[name]
+            sent = self._send(zip_path.with_name(name), key, expected, zip_key)
+            verify_stored(self.store, key, sent, zip_key=zip_key)
+        self._land()  # the previous zip is verified before this one goes: commit order
+        sent = self._send(zip_path, zip_key, expected, zip_key)  # the commit
+        journal = partial(self._journal_verified, folder, zip_path)
+        check = ReadBack(self.store, zip_key, sent, self._wake, journal)
+        self._flight = _Flight(job, folder, check)
 
     def _put_shard(self, path: Path) -> None:
         """Put a staged registry shard whole, after merging the bucket's copy once per
@@ -563,32 +613,24 @@ class Uploader:
             run: RunKey = (path.parent.name, *parsed)
             self._shards.update(run, keep, replace_existing=False)
 
-    def _put(
-        self, local: Path, key: str, expected: tuple[Any, Any] | None, zip_key: str
+    def _send(
+        self, local: Path, key: str, expected: Mapping[str, tuple[Any, Any]], zip_key: str
     ) -> tuple[int, str]:
-        """Put one file of the checkpoint whose zip is ``zip_key`` and read it back; a
-        mismatch is an ``OSError`` (retried). Returns (size, sha256) of what is stored.
-
-        An object that does not verify is deleted, after the checkpoint's zip (an earlier
-        attempt may have left it there): a listing never shows a zip without its companions.
-        """
+        """Put one file of the checkpoint whose zip is ``zip_key``; (size, sha256) of what was
+        sent, which is what its metadata records (when it records it). It still has to be read
+        back. A file that changed since it was verified is deleted, after the zip (an earlier
+        attempt may have stored it): a listing never shows a zip without its companions."""
         try:
             sent = self.store.put(local, key)
         except FileNotFoundError as exc:
             if not local.exists():
                 raise _Dropped(f"not uploading {local}: deleted from staging meanwhile") from None
             raise exc
-        if expected is not None and sent != expected:
+        recorded = expected.get(local.name)
+        if recorded is not None and sent != recorded:
             self._unput(zip_key, key)
             raise _Dropped(f"not uploading {local}: it changed since it was verified")
-        stored = self.store.digest(key)
-        if stored != sent:
-            self._unput(zip_key, key)  # a zip that does not verify must not stand on the bucket
-            raise OSError(
-                f"{self.store.uri_of(key)} reads back as {stored[0]} bytes, sha256 "
-                f"{stored[1][:12]}..., not the {sent[0]} bytes, sha256 {sent[1][:12]}... sent"
-            )
-        return stored
+        return sent
 
     def _unput(self, zip_key: str, key: str) -> None:
         """Delete the checkpoint's zip, then ``key`` (the zip first, as retention does)."""

@@ -1,0 +1,111 @@
+"""Reading back what was put on the bucket: the check that an object arrived whole.
+
+:func:`verify_stored` reads an object back in full and compares its size and sha256 with what
+was sent; one that differs is deleted at once (a zip that does not verify never stands on the
+bucket) and the mismatch raised as an ``OSError``. :class:`ReadBack` runs that check on its own
+thread, so that the uploader prepares the next checkpoint (verifies it in staging, puts and
+reads back its companions) while a zip is read back::
+
+    sent = store.put(local, key)
+    check = ReadBack(store, key, sent, on_done=wake)   # starts at once
+    ...                                                 # other work meanwhile
+    size, sha = check.result()                          # waits; raises what the check raised
+
+The thread is a daemon: an uploader abandoned while the bucket hangs never holds the process.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from checkpointing.object_store import ObjectStore
+
+__all__ = ["ReadBack", "verify_stored"]
+
+log = logging.getLogger(__name__)
+
+
+def verify_stored(
+    store: ObjectStore, key: str, sent: tuple[int, str], *, zip_key: str | None = None
+) -> tuple[int, str]:
+    """Read the object ``key`` back; (size, sha256) when it is what was ``sent``.
+
+    An object that reads back otherwise is deleted; a companion (``zip_key`` names its
+    checkpoint's zip) after that zip, which an earlier attempt may have stored: a listing
+    never shows a zip without its companions.
+
+    Raises:
+        OSError: it reads back otherwise (it is deleted first), or cannot be read.
+    """
+    stored = store.digest(key)
+    if stored != sent:
+        for doomed in dict.fromkeys((zip_key or key, key)):  # the zip first
+            store.delete(doomed)
+        raise OSError(
+            f"{store.uri_of(key)} reads back as {stored[0]} bytes, sha256 "
+            f"{stored[1][:12]}..., not the {sent[0]} bytes, sha256 {sent[1][:12]}... sent"
+        )
+    return stored
+
+
+class ReadBack:
+    """:func:`verify_stored` of one object, on a thread of its own started at once.
+
+    On that thread, ``on_verified`` gets (size, sha256) as soon as the object verified (the
+    uploader writes its journal line with it: no later than that), and ``on_done`` is called
+    when the check ends, whatever its outcome (the uploader wakes its own thread with it).
+    """
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        key: str,
+        sent: tuple[int, str],
+        on_done: Callable[[], None] | None = None,
+        on_verified: Callable[[tuple[int, str]], None] | None = None,
+    ) -> None:
+        self.key = key
+        self._store = store
+        self._sent = sent
+        self._on_done = on_done
+        self._on_verified = on_verified
+        self._stored: tuple[int, str] | None = None
+        self._error: BaseException | None = None
+        self._done = threading.Event()
+        threading.Thread(target=self._check, name="checkpoint-read-back", daemon=True).start()
+
+    def _check(self) -> None:
+        try:
+            stored = verify_stored(self._store, self.key, self._sent)
+        except BaseException as exc:  # handed to the waiting thread
+            self._error = exc
+        else:
+            self._stored = stored
+            if self._on_verified is not None:
+                try:
+                    self._on_verified(stored)
+                except Exception:  # the object verified all the same
+                    log.exception("after the read-back of %s", self.key)
+        finally:
+            self._done.set()
+            if self._on_done is not None:
+                self._on_done()
+
+    @property
+    def done(self) -> bool:
+        """Whether the check has ended (:meth:`result` returns at once)."""
+        return self._done.is_set()
+
+    def result(self) -> tuple[int, str]:
+        """Wait for the check: (size, sha256) of the object, verified.
+
+        Raises:
+            OSError: what :func:`verify_stored` raised.
+        """
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._stored is not None
+        return self._stored
