@@ -57,6 +57,7 @@ def test_a_trials_env_runner_samples_on_another_node(
     ray_cluster, nodes = cluster
     args = ["--markets", "NQ", "--seeds", "7", "--timesteps", str(STEPS), "--name", "mn"]
     args += ["--trainer", "rllib", "--env-runners", "1", "--address", ray_cluster.address]
+    args += ["--no-test-eval"]
     d = Driver([*args, *common(tiny_configs, tmp_path)], tmp_path)
     drivers.append(d)
     assert d.wait(600) == 0, d.output[-4000:]

@@ -53,8 +53,9 @@ def space(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def args(configs: Path, root: Path, space: Path, *extra: str) -> list[str]:
     return common(
-        configs, root, "--search", str(space), "--base-interval", "500", "--num-cpus", "2", *extra
-    )
+        configs, root, "--search", str(space), "--base-interval", "500", "--num-cpus", "2",
+        "--no-test-eval", *extra,
+    )  # fmt: skip
 
 
 def checkpoints(models: Path, market: str) -> list[CheckpointName]:

@@ -1,7 +1,7 @@
 """Two seeds of one market saving and pruning one folder at full speed lose nothing they keep.
 
 Two real processes (seeds 1 and 2 of NQ, phase 1, one models root) run for
-``RELIABILITY_CONCURRENCY_SECONDS`` (default 60) seconds, and at least ``MIN_ROUNDS`` rounds
+``RELIABILITY_CONCURRENCY_SECONDS`` (default 20) seconds, and at least ``MIN_ROUNDS`` rounds
 however slow the machine. Each saves a real small PPO model
 through :class:`DynamicCheckpointManager` (snapshot, background writer, commit, registry
 update on commit, in-run retention every ``prune_frequency`` saves) as fast as it can, under
@@ -74,7 +74,7 @@ MIN_ROUNDS = 20  # rounds (1-4 saves and a retention pass) of each process, howe
 
 
 def _seconds() -> float:
-    raw = os.environ.get("RELIABILITY_CONCURRENCY_SECONDS", "60")
+    raw = os.environ.get("RELIABILITY_CONCURRENCY_SECONDS", "20")
     seconds = float(raw)
     if not seconds > 0:
         raise ValueError(f"RELIABILITY_CONCURRENCY_SECONDS must be > 0, got {raw!r}")
@@ -229,7 +229,7 @@ def _read_commits(path: Path, folder: Path) -> Iterator[CheckpointInfo]:
 # --------------------------------------------------------------------------- the test
 
 
-def test_two_seeds_saving_and_pruning_one_folder_for_a_minute(
+def test_two_seeds_saving_and_pruning_one_folder_at_full_speed(
     fork_server: None, tmp_path: Path, fault_log: FaultLog
 ) -> None:
     seconds = _seconds()

@@ -54,7 +54,7 @@ from tests.training_processes import Child
 
 pytestmark = pytest.mark.reliability
 
-KILLS = 50
+KILLS = 30
 # Each kill comes up to MAX_DELAY seconds after one of these moments of the run, in turn: its
 # start (most of those kills hit start-up and loading), its first evaluation (READY; from then
 # on it writes, commits and prunes), and its first commit, so that runs of the storm resume
@@ -146,7 +146,7 @@ def test_a_crash_storm_on_one_folder_loses_nothing(
     rng = random.Random(seed)
     storm = Storm(spawn, tmp_path)
 
-    with fault_log.tries("SIGKILL at a random moment, 50 in a row on one folder") as t:
+    with fault_log.tries(f"SIGKILL at a random moment, {KILLS} in a row on one folder") as t:
         for kill in range(1, KILLS + 1):
             anchor = ANCHORS[(kill - 1) % len(ANCHORS)]
             delay = rng.uniform(0.0, MAX_DELAY)

@@ -57,6 +57,7 @@ def load(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Load]:
             "1",
             "--num-cpus",
             "2",
+            "--no-test-eval",  # the end steps are tested elsewhere; 48 evaluations here
             "--name",
             NAME,
             "--config-dir",

@@ -195,6 +195,7 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
             str(INTERVAL),
             "--num-cpus",
             "2",
+            "--no-test-eval",
             "--name",
             NAME,
             "--config-dir",
