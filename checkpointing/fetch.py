@@ -104,6 +104,23 @@ class BucketMirror:
         name = path.name[: -len(".zip")] + METADATA_SUFFIX
         return self.store.read(key_under(self.staging, path.parent / name), _METADATA_LIMIT)
 
+    def verified(self, zip_path: str | os.PathLike[str]) -> Path:
+        """The checkpoint ``zip_path`` (a path in staging), verified: the staged copy if it
+        verifies, else the bucket's, fetched (:meth:`fetch`).
+
+        Raises:
+            CheckpointCorruptError, FileNotFoundError, OSError: as :meth:`fetch`.
+        """
+        path = Path(zip_path)
+        if path.is_file():
+            try:
+                verify_checkpoint(path)
+                return path
+            except CheckpointCorruptError:
+                pass  # the bucket's copy replaces it if that one verifies
+        self.fetch(path)
+        return path
+
     def fetch(self, zip_path: str | os.PathLike[str]) -> dict[str, Any]:
         """Download the checkpoint ``zip_path`` (a path in staging) from the bucket, verify
         it, and put it in place; returns its metadata. A staged copy is replaced only by one

@@ -175,6 +175,18 @@ class S3Server:
             settings.INITIAL_NO_AUTH_ACTION_COUNT = before
 
 
+def lone_zips(keys: set[str]) -> list[str]:
+    """The checkpoint zips among ``keys`` (object keys) without both of their companions:
+    what a listing of them must never show."""
+    alone = []
+    for key in sorted(keys):
+        base = key.removesuffix(".zip")
+        companions = {base + "_vecnormalize.pkl", base + "_metadata.json"}
+        if key.endswith(".zip") and not companions <= keys:
+            alone.append(key)
+    return alone
+
+
 def closed_port() -> int:
     """A loopback port nothing listens on (bound, then released)."""
     with socket.socket() as sock:

@@ -136,24 +136,15 @@ class _BucketCheckpoints:
             ConfigError: the bucket does not have it, or cannot be read.
         """
         from checkpointing.errors import CheckpointCorruptError
-        from checkpointing.store import verify_checkpoint
 
-        path = self.staged(uri)
-        if path.is_file():
-            try:
-                verify_checkpoint(path)
-                return path
-            except CheckpointCorruptError:
-                pass  # the bucket's copy replaces it if that one verifies
         try:
-            self.mirror.fetch(path)
+            return self.mirror.verified(self.staged(uri))
         except FileNotFoundError:
             raise ConfigError(f"{uri}: not on the bucket (deleted since the run?)") from None
         except CheckpointCorruptError:
             raise
         except OSError as exc:
             raise ConfigError(f"{uri}: cannot fetch it ({exc})") from None
-        return path
 
     def phase_ends(self, best: Any, run_id: str | None) -> list[Any]:
         """The URIs of run ``run_id``'s phase_end checkpoints beside ``best`` on the bucket,

@@ -24,7 +24,7 @@ from checkpointing.plan import plan
 from checkpointing.policies import build_policy
 from checkpointing.shards import decode_shard
 from checkpointing.store import list_checkpoints
-from tests.s3 import S3Server, closed_port
+from tests.s3 import S3Server, closed_port, lone_zips
 from tests.tiny_config import PROJECT_ROOT, tiny_config_dir
 from tuner.train import main
 
@@ -181,17 +181,7 @@ class BucketWatch:
         while not self._stop.is_set():
             keys = set(self.s3.keys("acc", PREFIX))
             self.listings += 1
-            for key in keys:
-                base = key[: -len(".zip")]
-                if (
-                    key.endswith(".zip")
-                    and not {
-                        base + "_vecnormalize.pkl",
-                        base + "_metadata.json",
-                    }
-                    <= keys
-                ):
-                    self.bad.append(key)
+            self.bad += lone_zips(keys)
             time.sleep(0.005)
 
     def stop(self) -> None:

@@ -35,7 +35,7 @@ from checkpointing.object_store import ObjectStore, S3Settings
 from checkpointing.uploads import Backoff, Uploader, UploadJournal
 from tests.integration.test_uploads import FOLDER, commit, companions
 from tests.reliability.conftest import FaultLog
-from tests.s3 import Request, S3Server
+from tests.s3 import Request, S3Server, lone_zips
 from tests.s3_faults import (
     CUT_BODY,
     FAULTS,
@@ -116,17 +116,7 @@ def zip_alone(requests: list[Request], prefix: str) -> list[str]:
             present.discard(r.key)
         else:
             continue
-        for key in present:
-            base = key[: -len(".zip")]
-            if (
-                key.endswith(".zip")
-                and not {
-                    base + "_vecnormalize.pkl",
-                    base + "_metadata.json",
-                }
-                <= present
-            ):
-                alone.append(f"{key} after {r.method} {r.key}")
+        alone += [f"{key} after {r.method} {r.key}" for key in lone_zips(present)]
     return alone
 
 

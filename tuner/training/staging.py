@@ -125,7 +125,6 @@ def fetch_model(text: str, remote: RemoteRoot | None) -> Path:
     from checkpointing.errors import CheckpointCorruptError, ObjectStoreError
     from checkpointing.fetch import BucketMirror
     from checkpointing.object_store import ObjectStore
-    from checkpointing.store import verify_checkpoint
     from checkpointing.uploads import default_staging_dir
 
     uri = parse_location(text, "--model-path")
@@ -140,18 +139,11 @@ def fetch_model(text: str, remote: RemoteRoot | None) -> Path:
         if not top or folder == top or folder.startswith(top + "/"):
             root, staging = remote.uri, remote.staging
     path = staging.joinpath(*filter(None, folder[len(root.key) :].split("/")), name)
-    if path.is_file():
-        try:
-            verify_checkpoint(path)
-            return path
-        except CheckpointCorruptError:
-            pass  # the bucket's copy replaces it if that one verifies
     try:
-        BucketMirror(ObjectStore(root), staging).fetch(path)
+        return BucketMirror(ObjectStore(root), staging).verified(path)
     except CheckpointCorruptError as exc:
         raise ConfigError(f"--model-path {uri}: fails verification ({exc})") from None
     except FileNotFoundError:
         raise ConfigError(f"--model-path: no such checkpoint {str(uri)!r} on the bucket") from None
     except OSError as exc:
         raise ObjectStoreError(f"{uri}: cannot fetch it ({exc})") from None
-    return path
