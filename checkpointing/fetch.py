@@ -76,6 +76,19 @@ class BucketMirror:
         """Where a staged file or folder is on the bucket."""
         return self.store.uri_of(key_under(self.staging, path))
 
+    def path_of(self, uri: StoreURI) -> Path:
+        """Where the object ``uri`` is (or goes) in the staging folder: :meth:`uri_of`'s
+        inverse.
+
+        Raises:
+            ValueError: ``uri`` is not below the store's location.
+        """
+        root = self.store.uri
+        prefix = f"{root.key}/" if root.key else ""
+        if (uri.scheme, uri.bucket) != (root.scheme, root.bucket) or not uri.key.startswith(prefix):
+            raise ValueError(f"{uri} is not under {root}")
+        return self.staging.joinpath(*filter(None, uri.key[len(prefix) :].split("/")))
+
     def checkpoints(self, folder: str | os.PathLike[str]) -> list[CheckpointInfo]:
         """The v2 checkpoints of the staging folder ``folder`` that are on the bucket (their
         zip is), oldest first; paths are where they would be in staging.

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from checkpointing.object_store import ObjectStore
 
-__all__ = ["ReadBack", "verify_stored"]
+__all__ = ["ReadBack", "unput", "verify_stored"]
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +41,20 @@ def verify_stored(
     """
     stored = store.digest(key)
     if stored != sent:
-        for doomed in dict.fromkeys((zip_key or key, key)):  # the zip first
-            store.delete(doomed)
+        unput(store, key, zip_key or key)
         raise OSError(
             f"{store.uri_of(key)} reads back as {stored[0]} bytes, sha256 "
             f"{stored[1][:12]}..., not the {sent[0]} bytes, sha256 {sent[1][:12]}... sent"
         )
     return stored
+
+
+def unput(store: ObjectStore, key: str, zip_key: str) -> None:
+    """Delete the object ``key`` of the checkpoint whose zip is ``zip_key``, that zip first
+    (an earlier attempt may have stored it; a listing never shows a zip without its
+    companions)."""
+    for doomed in dict.fromkeys((zip_key, key)):
+        store.delete(doomed)
 
 
 class ReadBack:

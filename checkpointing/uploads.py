@@ -44,7 +44,7 @@ checkpoint exists if and only if its zip exists.
   committed and when retention deletes one, and put on the bucket whole after the
   checkpoint's zip; the first put of a shard by a process merges the bucket's copy (what the
   run wrote from another machine). Only this run's process writes it, so runs on many nodes
-  never lose each other's entries.
+  never lose each other's entries (:mod:`checkpointing.upload_shards`).
 
 Checkpoints and the runs' registry shards are uploaded. ``registry.json``, ``best_model*`` and
 the legacy final models (``runs/<run id>/``) stay in the staging folder.
@@ -73,24 +73,16 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
-from checkpointing.entries import build_entry
-from checkpointing.errors import CheckpointCorruptError, RegistryError
+from checkpointing.errors import CheckpointCorruptError
 from checkpointing.fetch import BucketMirror, key_under
 from checkpointing.locations import StoreURI
-from checkpointing.metadata import read_checkpoint_metadata
 from checkpointing.naming import METADATA_SUFFIX, VECNORM_SUFFIX, CheckpointName, parse_name
 from checkpointing.object_store import ObjectStore
-from checkpointing.read_back import ReadBack, verify_stored
-from checkpointing.shards import (
-    MAX_SHARD_BYTES,
-    SHARD_DIR,
-    LocalShards,
-    RunKey,
-    decode_shard,
-    parse_shard_name,
-)
+from checkpointing.read_back import ReadBack, unput, verify_stored
+from checkpointing.shards import RunKey
 from checkpointing.store import CheckpointInfo, list_checkpoints, verify_checkpoint
 from checkpointing.upload_journal import UploadJournal
+from checkpointing.upload_shards import StagedShards
 
 __all__ = [
     "STAGING_HOME",
@@ -106,7 +98,6 @@ log = logging.getLogger(__name__)
 
 STAGING_HOME = "futures-rl-tuner/staging"
 PENDING_REASON = "pending_upload"
-_SHARD_PUTS = 5  # puts of one shard in a row while another process keeps changing it
 
 
 def default_staging_dir(uri: StoreURI, environ: Mapping[str, str] | None = None) -> Path:
@@ -244,10 +235,9 @@ class Uploader:
         self._uploaded = 0
         self._dropped = 0
         self._last_error: str | None = None
-        self._shards = LocalShards(self.staging)
+        self._shards = StagedShards(store, self.staging)
         self._journal = UploadJournal(self.staging)
         self._shards_queued: set[str] = set()  # real paths of staged shards waiting to go
-        self._merged: set[str] = set()  # shard keys merged with the bucket's copy already
         self._flight: _Flight | None = None  # the zip being read back (set by the thread only)
         # Staged checkpoints a catch-up found deleted on the bucket after their upload.
         self.deleted_on_bucket: list[Path] = []
@@ -303,15 +293,7 @@ class Uploader:
 
     def _index(self, zip_path: Path, metadata: Any) -> None:
         """Record a committed checkpoint in its run's staged shard; queue the shard's put."""
-        name = parse_name(zip_path.name)
-        if not isinstance(name, CheckpointName):
-            return
-        meta = metadata if isinstance(metadata, Mapping) else read_checkpoint_metadata(zip_path)
-        phase = (meta or {}).get("phase")
-        phase = phase if isinstance(phase, int) and not isinstance(phase, bool) else None
-        size = zip_path.stat().st_size
-        entry = build_entry(self.key_of(zip_path), name, phase, name.market, meta, size)
-        shard = self._shards.record(entry)
+        shard = self._shards.record(self.key_of(zip_path), zip_path, metadata)
         if shard is not None:
             self._enqueue_shard(shard)
 
@@ -370,18 +352,10 @@ class Uploader:
         Raises:
             OSError: the bucket cannot be listed.
         """
-        staged = self._shards.paths()
-        if not staged:
-            return 0
-        remote = self.store.tree(SHARD_DIR)
-        count = 0
-        for path in staged:
-            rel = self.key_of(path)[len(SHARD_DIR) + 1 :]
-            there = remote.get(rel)
-            if there is None or there.size != path.stat().st_size:
-                self._enqueue_shard(path)
-                count += 1
-        return count
+        stale = self._shards.stale(self.key_of)
+        for path in stale:
+            self._enqueue_shard(path)
+        return len(stale)
 
     def _enqueue(self, job: _Job) -> None:
         with self._cond:
@@ -561,57 +535,15 @@ class Uploader:
         self._flight = _Flight(job, folder, check)
 
     def _put_shard(self, path: Path) -> None:
-        """Put a staged registry shard whole, after merging the bucket's copy once per
-        process; put it again while another process changed the file meanwhile."""
+        """Put a staged registry shard (:meth:`StagedShards.put`)."""
         with self._cond:
             self._shards_queued.discard(os.path.realpath(path))
         try:
             key = self.key_of(path)
         except ValueError as exc:
             raise _Dropped(f"not uploading the registry shard {path}: {exc}") from None
-        if key not in self._merged:
-            self._merge_shard(path, key)
-            self._merged.add(key)
-        for _ in range(_SHARD_PUTS):
-            try:
-                data = path.read_bytes()
-            except FileNotFoundError:
-                raise _Dropped(f"not uploading the registry shard {path}: it is gone") from None
-            self.store.put_bytes(key, data)
-            try:
-                if path.read_bytes() == data:
-                    return
-            except FileNotFoundError:
-                return
-
-    def _merge_shard(self, path: Path, key: str) -> None:
-        """Add to the staged shard the entries of the bucket's copy it lacks whose zip the
-        bucket still lists (the run's checkpoints written from another machine)."""
-        try:
-            raw = self.store.get_bytes(key, MAX_SHARD_BYTES)
-        except FileNotFoundError:
-            return
-        try:
-            remote = decode_shard(raw, str(self.store.uri_of(key)))
-        except RegistryError as exc:
-            log.warning("%s; replacing it", exc)
-            return
-        parsed = parse_shard_name(path.name)
-        if parsed is None:
-            return
-        local = self._shards.read(path)
-        new = {rel: entry for rel, entry in remote.items() if rel not in local}
-        listed: dict[str, dict[str, int]] = {}
-        keep = {}
-        for rel, entry in new.items():
-            folder, _, name = rel.rpartition("/")
-            if folder not in listed:
-                listed[folder] = self.store.sizes(folder)
-            if name in listed[folder]:
-                keep[rel] = entry
-        if keep:
-            run: RunKey = (path.parent.name, *parsed)
-            self._shards.update(run, keep, replace_existing=False)
+        if not self._shards.put(path, key):
+            raise _Dropped(f"not uploading the registry shard {path}: it is gone")
 
     def _send(
         self, local: Path, key: str, expected: Mapping[str, tuple[Any, Any]], zip_key: str
@@ -628,14 +560,9 @@ class Uploader:
             raise exc
         recorded = expected.get(local.name)
         if recorded is not None and sent != recorded:
-            self._unput(zip_key, key)
+            unput(self.store, key, zip_key)
             raise _Dropped(f"not uploading {local}: it changed since it was verified")
         return sent
-
-    def _unput(self, zip_key: str, key: str) -> None:
-        """Delete the checkpoint's zip, then ``key`` (the zip first, as retention does)."""
-        for doomed in dict.fromkeys((zip_key, key)):
-            self.store.delete(doomed)
 
     # ----------------------------------------------------------------- the end
 

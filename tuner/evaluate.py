@@ -63,6 +63,7 @@ def _chosen(args: argparse.Namespace) -> tuple[list[tuple[str, Path]], Any]:
     """(label, checkpoint) pairs of an experiment: per trial its best and its phase_end. A
     checkpoint in a bucket is fetched into the staging folder and verified first."""
     from checkpointing.locations import StoreURI
+    from checkpointing.store import list_checkpoints
     from tuner.driver.bests import experiment_bests
     from tuner.driver.experiments import BrowseError, load_experiment
 
@@ -78,28 +79,27 @@ def _chosen(args: argparse.Namespace) -> tuple[list[tuple[str, Path]], Any]:
         if best is None:
             continue
         if isinstance(best.path, StoreURI):
-            root = bests.models_roots.get(t.trial_id)
-            if not isinstance(root, StoreURI):  # pragma: no cover - bests put both together
-                raise ConfigError(f"{best.path}: no models root in a bucket recorded for it")
-            bucket = _BucketCheckpoints(root, args.staging_dir)
-            path, ends = bucket.fetch(best.path), bucket.phase_ends(best.path, t.run_id)
+            bucket = _BucketCheckpoints(bests.models_roots.get(t.trial_id), args.staging_dir)
+            path = bucket.fetch(best.path)
+            ends = _phase_ends(bucket.listing(path.parent, best.path), t.run_id)
+            end = bucket.fetch(ends[-1]) if ends and ends[-1].name != path.name else None
         else:
-            path, ends = best.path, _local_phase_ends(best.path, t.run_id)
+            path = best.path
+            ends = _phase_ends(list_checkpoints(path.parent), t.run_id)
+            end = ends[-1] if ends and ends[-1].name != path.name else None
         chosen.append((f"{t.market} seed {t.seed} best", path))
-        if ends and ends[-1].name != path.name:
-            end = ends[-1] if isinstance(ends[-1], Path) else bucket.fetch(ends[-1])
+        if end is not None:
             chosen.append((f"{t.market} seed {t.seed} phase_end", end))
     return chosen, experiment
 
 
-def _local_phase_ends(best: Path, run_id: str | None) -> list[Path]:
-    """The phase_end checkpoints of run ``run_id`` beside ``best``, oldest first."""
+def _phase_ends(infos: Sequence[Any], run_id: str | None) -> list[Path]:
+    """The phase_end checkpoints of run ``run_id`` among ``infos``, oldest first."""
     from checkpointing.naming import CheckpointName
-    from checkpointing.store import list_checkpoints
 
     return [
         i.path
-        for i in list_checkpoints(best.parent)
+        for i in infos
         if isinstance(i.name, CheckpointName)
         and i.name.event == "phase_end"
         and i.name.run_id == run_id
@@ -114,54 +114,40 @@ class _BucketCheckpoints:
 
     def __init__(self, root: Any, staging_dir: str | None) -> None:
         from checkpointing.fetch import BucketMirror
+        from checkpointing.locations import StoreURI
         from checkpointing.object_store import ObjectStore
         from checkpointing.uploads import default_staging_dir
 
-        self.root = root
+        if not isinstance(root, StoreURI):  # pragma: no cover - bests put both together
+            raise ConfigError(f"no models root in a bucket recorded for {root}")
         staging = Path(staging_dir) if staging_dir else default_staging_dir(root)
         self.mirror = BucketMirror(ObjectStore(root), staging)
 
-    def staged(self, uri: Any) -> Path:
-        """Where the checkpoint ``uri`` is (or goes) in the staging folder."""
-        prefix = f"{self.root.key}/" if self.root.key else ""
-        if uri.bucket != self.root.bucket or not uri.key.startswith(prefix):
-            raise ConfigError(f"{uri} is not under the models root {self.root}")
-        return self.mirror.staging / uri.key[len(prefix) :]
-
-    def fetch(self, uri: Any) -> Path:
-        """The checkpoint ``uri`` on this machine, verified.
+    def fetch(self, where: Any) -> Path:
+        """The checkpoint ``where`` (its URI, or its path in staging) on this machine,
+        verified.
 
         Raises:
             CheckpointCorruptError: the bucket's copy fails verification (named).
             ConfigError: the bucket does not have it, or cannot be read.
         """
-        from checkpointing.errors import CheckpointCorruptError
-
         try:
-            return self.mirror.verified(self.staged(uri))
+            path = where if isinstance(where, Path) else self.mirror.path_of(where)
+            return self.mirror.verified(path)
         except FileNotFoundError:
-            raise ConfigError(f"{uri}: not on the bucket (deleted since the run?)") from None
-        except CheckpointCorruptError:
-            raise
+            raise ConfigError(f"{where}: not on the bucket (deleted since the run?)") from None
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         except OSError as exc:
-            raise ConfigError(f"{uri}: cannot fetch it ({exc})") from None
+            raise ConfigError(f"{where}: cannot fetch it ({exc})") from None
 
-    def phase_ends(self, best: Any, run_id: str | None) -> list[Any]:
-        """The URIs of run ``run_id``'s phase_end checkpoints beside ``best`` on the bucket,
-        oldest first (one listing)."""
-        from checkpointing.naming import CheckpointName
-
+    def listing(self, folder: Path, about: Any) -> list[Any]:
+        """The checkpoints of the staging folder ``folder`` that are on the bucket (one
+        listing; ``about``: the checkpoint that led there, for messages)."""
         try:
-            infos = self.mirror.checkpoints(self.staged(best).parent)
+            return self.mirror.checkpoints(folder)
         except OSError as exc:
-            raise ConfigError(f"{best}: cannot list its folder ({exc})") from None
-        return [
-            self.mirror.uri_of(i.path)
-            for i in infos
-            if isinstance(i.name, CheckpointName)
-            and i.name.event == "phase_end"
-            and i.name.run_id == run_id
-        ]
+            raise ConfigError(f"{about}: cannot list its folder ({exc})") from None
 
 
 def _fmt(value: Any, spec: str) -> str:

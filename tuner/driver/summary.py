@@ -22,6 +22,7 @@ from typing import Any
 from checkpointing.locations import shown
 from tuner.driver.bests import BestCheckpoint, Bests, bests_by_metric
 from tuner.driver.experiments import Experiment, TrialInfo, json_ready
+from tuner.driver.tune_files import checkpoint_file_name
 
 __all__ = [
     "BEST_BY",
@@ -254,7 +255,7 @@ def attach_test(summary: dict[str, Any], test: Mapping[str, Any]) -> None:
     row's ``best`` by Sharpe names, ``row["test"]["phase_end"]`` for its run's phase_end."""
     results = [r for r in test.get("results", []) if isinstance(r, Mapping)]
     # By file name: a checkpoint in a bucket was measured from its fetched copy.
-    by_name = {_file_name(r.get("checkpoint")): r for r in results}
+    by_name = {checkpoint_file_name(r.get("checkpoint")): r for r in results}
     for row in summary["trials"]:
         best = (row.get("best") or {}).get("sharpe_ratio") or {}
         end = next(
@@ -265,13 +266,8 @@ def attach_test(summary: dict[str, Any], test: Mapping[str, Any]) -> None:
             ),
             None,
         )
-        chosen = by_name.get(_file_name(best.get("path")))
+        chosen = by_name.get(checkpoint_file_name(best.get("path")))
         row["test"] = {"best": _figures(chosen), "phase_end": _figures(end)}
-
-
-def _file_name(path: Any) -> str | None:
-    """The file name of a path or URI (``.../x.zip`` -> ``x.zip``)."""
-    return path.replace("\\", "/").rsplit("/", 1)[-1] if isinstance(path, str) and path else None
 
 
 def _figures(result: Mapping[str, Any] | None) -> dict[str, Any] | None:

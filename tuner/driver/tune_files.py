@@ -47,6 +47,7 @@ __all__ = [
     "StateTrial",
     "TrialResults",
     "check_complete_pickle",
+    "checkpoint_file_name",
     "finite",
     "integer",
     "newest_state_file",
@@ -311,7 +312,7 @@ class TrialResults:
     last_time: float | None = None
 
 
-def _checkpoint_name(value: object) -> str | None:
+def checkpoint_file_name(value: object) -> str | None:
     """Our checkpoint's file name from a reported ``checkpoint`` (a name or a path)."""
     if not isinstance(value, str) or not value:
         return None
@@ -350,7 +351,7 @@ def _take(out: TrialResults, row: dict[str, Any], pending: _Pending) -> None:
             pending.names.append(row["checkpoint"])
         out.run_id = run_id
     else:
-        name = _checkpoint_name(row.get("checkpoint"))
+        name = checkpoint_file_name(row.get("checkpoint"))
         if name is not None:
             out.checkpoint = name
             pending.names.clear()
@@ -366,7 +367,7 @@ def _settle(out: TrialResults, pending: _Pending) -> None:
     if pending.metrics_row is not None:
         out.metrics = {m: finite(pending.metrics_row.get(m)) for m in METRICS}
     for value in reversed(pending.names):
-        name = _checkpoint_name(value)
+        name = checkpoint_file_name(value)
         if name is not None:
             out.checkpoint = name
             break

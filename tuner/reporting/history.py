@@ -30,7 +30,13 @@ from checkpointing.naming import BOUNDARY_PREFIX, CheckpointName, parse_name
 from checkpointing.ranking import METRICS
 from checkpointing.store import CheckpointInfo, list_checkpoints
 from tuner.driver.experiments import TrialInfo
-from tuner.driver.tune_files import RESULT_FILE, finite, integer, read_result_rows
+from tuner.driver.tune_files import (
+    RESULT_FILE,
+    checkpoint_file_name,
+    finite,
+    integer,
+    read_result_rows,
+)
 
 __all__ = [
     "EVENT_KINDS",
@@ -100,6 +106,7 @@ class Folders:
     def __init__(self) -> None:
         self._listed: dict[Path | StoreURI, dict[str, CheckpointInfo]] = {}
         self._buckets: dict[StoreURI, BucketFolder] = {}
+        self._stores: dict[tuple[str, str], Any] = {}  # one client per bucket
         self.notes: list[str] = []
 
     def infos(self, folder: Path | StoreURI) -> dict[str, CheckpointInfo]:
@@ -115,8 +122,10 @@ class Folders:
     def _bucket_checkpoints(self, folder: StoreURI) -> list[CheckpointInfo]:
         from checkpointing.object_store import ObjectStore
 
-        top = StoreURI(folder.scheme, folder.bucket)
-        listed = BucketFolder(ObjectStore(top), folder.key)
+        bucket = (folder.scheme, folder.bucket)
+        if bucket not in self._stores:
+            self._stores[bucket] = ObjectStore(StoreURI(*bucket))
+        listed = BucketFolder(self._stores[bucket], folder.key)
         self._buckets[folder] = listed
         try:
             return listed.checkpoints(include_legacy=False)
@@ -146,10 +155,9 @@ def _names(row: Mapping[str, Any]) -> list[str]:
     names = saved if isinstance(saved, list) else [row.get("checkpoint")]
     out = []
     for value in names:
-        if isinstance(value, str) and value:
-            name = value.replace("\\", "/").rsplit("/", 1)[-1]
-            if isinstance(parse_name(name), CheckpointName):
-                out.append(name)
+        name = checkpoint_file_name(value)
+        if name is not None and isinstance(parse_name(name), CheckpointName):
+            out.append(name)
     return out
 
 

@@ -138,9 +138,9 @@ def fetch_model(text: str, remote: RemoteRoot | None) -> Path:
         top = remote.uri.key
         if not top or folder == top or folder.startswith(top + "/"):
             root, staging = remote.uri, remote.staging
-    path = staging.joinpath(*filter(None, folder[len(root.key) :].split("/")), name)
+    mirror = BucketMirror(ObjectStore(root), staging)
     try:
-        return BucketMirror(ObjectStore(root), staging).verified(path)
+        return mirror.verified(mirror.path_of(uri))
     except CheckpointCorruptError as exc:
         raise ConfigError(f"--model-path {uri}: fails verification ({exc})") from None
     except FileNotFoundError:
