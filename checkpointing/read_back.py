@@ -1,15 +1,18 @@
 """Reading back what was put on the bucket: the check that an object arrived whole.
 
-:func:`verify_stored` reads an object back in full and compares its size and sha256 with what
-was sent; one that differs is deleted at once (a zip that does not verify never stands on the
-bucket) and the mismatch raised as an ``OSError``. :class:`ReadBack` runs that check on its own
-thread, so that the uploader prepares the next checkpoint (verifies it in staging, puts and
-reads back its companions) while a zip is read back::
+:func:`verify_stored` reads an object back in full and compares it, byte for byte, with the
+local file it was put from, whose size and sha256 the put measured (and the uploader checked
+against the checkpoint's metadata): the same bytes, so the same size and sha256. An object
+that differs is deleted at once (a zip that does not verify never stands on the bucket) and
+the mismatch raised as an ``OSError``. Comparing with the file's pages costs a fraction of
+hashing what was read (``bench/object_store.py``). :class:`ReadBack` runs that check on its
+own thread, so that the uploader prepares the next checkpoint (verifies it in staging, puts
+and reads back its companions) while a zip is read back::
 
     sent = store.put(local, key)
-    check = ReadBack(store, key, sent, on_done=wake)   # starts at once
-    ...                                                 # other work meanwhile
-    size, sha = check.result()                          # waits; raises what the check raised
+    check = ReadBack(store, key, local, sent, on_done=wake)   # starts at once
+    ...                                                        # other work meanwhile
+    size, sha = check.result()                                 # waits; raises what it raised
 
 The thread is a daemon: an uploader abandoned while the bucket hangs never holds the process.
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 from checkpointing.object_store import ObjectStore
 
@@ -28,9 +32,15 @@ log = logging.getLogger(__name__)
 
 
 def verify_stored(
-    store: ObjectStore, key: str, sent: tuple[int, str], *, zip_key: str | None = None
+    store: ObjectStore,
+    key: str,
+    local: Path,
+    sent: tuple[int, str],
+    *,
+    zip_key: str | None = None,
 ) -> tuple[int, str]:
-    """Read the object ``key`` back; (size, sha256) when it is what was ``sent``.
+    """Read the object ``key`` back; ``sent``, the (size, sha256) of the file ``local`` as
+    the put read it, when the object is byte for byte that file.
 
     An object that reads back otherwise is deleted; a companion (``zip_key`` names its
     checkpoint's zip) after that zip, which an earlier attempt may have stored: a listing
@@ -39,14 +49,15 @@ def verify_stored(
     Raises:
         OSError: it reads back otherwise (it is deleted first), or cannot be read.
     """
-    stored = store.digest(key)
-    if stored != sent:
+    size, differs = store.compare(key, local)
+    if size != sent[0] or differs is not None:
         unput(store, key, zip_key or key)
+        where = f", differing from byte {differs:,}" if differs is not None else ""
         raise OSError(
-            f"{store.uri_of(key)} reads back as {stored[0]} bytes, sha256 "
-            f"{stored[1][:12]}..., not the {sent[0]} bytes, sha256 {sent[1][:12]}... sent"
+            f"{store.uri_of(key)} reads back as {size:,} bytes{where}, not the {sent[0]:,} "
+            f"bytes (sha256 {sent[1][:12]}...) sent from {local}"
         )
-    return stored
+    return sent
 
 
 def unput(store: ObjectStore, key: str, zip_key: str) -> None:
@@ -69,11 +80,13 @@ class ReadBack:
         self,
         store: ObjectStore,
         key: str,
+        local: Path,
         sent: tuple[int, str],
         on_done: Callable[[], None] | None = None,
         on_verified: Callable[[tuple[int, str]], None] | None = None,
     ) -> None:
         self.key = key
+        self._local = local
         self._store = store
         self._sent = sent
         self._on_done = on_done
@@ -85,7 +98,7 @@ class ReadBack:
 
     def _check(self) -> None:
         try:
-            stored = verify_stored(self._store, self.key, self._sent)
+            stored = verify_stored(self._store, self.key, self._local, self._sent)
         except BaseException as exc:  # handed to the waiting thread
             self._error = exc
         else:

@@ -7,7 +7,9 @@ checkpoint exists if and only if its zip exists.
 
 - **Upload.** The staged checkpoint is first checked against its metadata (sizes and sha256:
   a corrupt file is never uploaded). Then the ``.pkl`` and the ``.json`` are put, then the
-  zip, last; each object is read back and its size and sha256 compared with the local file.
+  zip, last; the size and sha256 of what the puts of the zip and the ``.pkl`` sent are checked
+  against the metadata's again, and each object is read back and compared byte for byte with
+  the staged file.
   A listing of the bucket never shows a zip without its companions.
 - **One zip in flight.** A zip's read-back runs on a thread of its own
   (:class:`~checkpointing.read_back.ReadBack`) while the uploader goes on with the next jobs:
@@ -526,12 +528,13 @@ class Uploader:
         zip_key = keys[zip_path.name]
         for name in companions:
             key = keys[name]
-            sent = self._send(zip_path.with_name(name), key, expected, zip_key)
-            verify_stored(self.store, key, sent, zip_key=zip_key)
+            local = zip_path.with_name(name)
+            sent = self._send(local, key, expected, zip_key)
+            verify_stored(self.store, key, local, sent, zip_key=zip_key)
         self._land()  # the previous zip is verified before this one goes: commit order
         sent = self._send(zip_path, zip_key, expected, zip_key)  # the commit
         journal = partial(self._journal_verified, folder, zip_path)
-        check = ReadBack(self.store, zip_key, sent, self._wake, journal)
+        check = ReadBack(self.store, zip_key, zip_path, sent, self._wake, journal)
         self._flight = _Flight(job, folder, check)
 
     def _put_shard(self, path: Path) -> None:

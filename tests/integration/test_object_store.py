@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from checkpointing import object_store
 from checkpointing.errors import ConfigError, ObjectStoreError
 from checkpointing.locations import StoreURI
 from checkpointing.object_store import ObjectStore, S3Settings
@@ -63,14 +64,41 @@ def test_put_reads_back_the_bytes_and_delete_is_idempotent(s3: S3Server, tmp_pat
     local.write_bytes(b"\x00zip bytes" * 1000)
     sent = store.put(local, "phase1/NQ/checkpoints/x.zip")
     assert sent == (10000, hashlib.sha256(local.read_bytes()).hexdigest())
-    assert store.digest("phase1/NQ/checkpoints/x.zip") == sent
+    assert store.compare("phase1/NQ/checkpoints/x.zip", local) == (10000, None)
     assert s3.read("acc", "models/phase1/NQ/checkpoints/x.zip") == local.read_bytes()
     assert store.sizes("phase1/NQ/checkpoints") == {"x.zip": 10000}
     assert store.sizes("phase9") == {}
     assert store.delete("phase1/NQ/checkpoints/x.zip") is True
     assert store.sizes("phase1/NQ/checkpoints") == {}
     with pytest.raises(FileNotFoundError):
-        store.digest("phase1/NQ/checkpoints/x.zip")
+        store.compare("phase1/NQ/checkpoints/x.zip", local)
+
+
+@pytest.mark.parametrize(("piece", "read"), [(7, 1000), (8 << 20, 64 << 20)])
+def test_compare_finds_the_first_byte_the_object_and_the_file_disagree_on(
+    s3: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, piece: int, read: int
+) -> None:
+    # Small pieces of the file and small reads of the object (each a ranged GET): the
+    # boundaries of both fall inside the data.
+    monkeypatch.setattr(object_store, "_COMPARE", piece)
+    monkeypatch.setattr(object_store, "_READ", read)
+    s3.create_bucket("acc")
+    store = ObjectStore(URI)
+    data = bytes(range(256)) * 40
+    local = tmp_path / "x.zip"
+    local.write_bytes(data)
+    store.put(local, "x.zip")
+    assert store.compare("x.zip", local) == (len(data), None)
+    flipped = bytearray(data)
+    flipped[5001] ^= 0x10
+    local.write_bytes(flipped)
+    assert store.compare("x.zip", local) == (len(data), 5001)
+    local.write_bytes(data[:6000])  # the object goes on past the file
+    assert store.compare("x.zip", local) == (len(data), 6000)
+    local.write_bytes(data + b"more")  # the file goes on past the object
+    assert store.compare("x.zip", local) == (len(data), len(data))
+    with pytest.raises(FileNotFoundError):
+        store.compare("y.zip", local)
 
 
 def test_preflight_leaves_no_object_behind(s3: S3Server) -> None:

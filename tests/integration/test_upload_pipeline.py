@@ -61,11 +61,11 @@ class CorruptedOnTheWay(ObjectStore):
         self.bad: str | None = None
         self.corrupted = 0
 
-    def digest(self, key: str) -> tuple[int, str]:
+    def compare(self, key: str, local: Path) -> tuple[int, int | None]:
         if self.bad is not None and key.endswith(self.bad):
             self.s3.client().put_object(Bucket="acc", Key=f"models/{key}", Body=b"corrupt")
             self.corrupted += 1
-        return super().digest(key)
+        return super().compare(key, local)
 
 
 class SlowReadBack(ObjectStore):
@@ -76,14 +76,14 @@ class SlowReadBack(ObjectStore):
         super().__init__(uri)
         self.s3, self.patience = s3, patience
 
-    def digest(self, key: str) -> tuple[int, str]:
+    def compare(self, key: str, local: Path) -> tuple[int, int | None]:
         if key.endswith(".zip"):
             deadline = time.monotonic() + self.patience
             while time.monotonic() < deadline and f"models/{key}" not in order(
                 self.s3.requests, "DELETE"
             ):
                 time.sleep(0.02)
-        return super().digest(key)
+        return super().compare(key, local)
 
 
 def test_a_zip_that_fails_its_read_back_holds_back_the_next_and_is_not_journaled(
