@@ -44,6 +44,8 @@ from tuner.driver.experiments import (
 
 __all__ = ["build_parser", "main"]
 
+DEFAULT_STORAGE = "ray_results"
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m tuner.browse``."""
@@ -57,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--storage-path",
-        default="ray_results",
-        help="Ray Tune results folder, or s3://bucket/prefix (default ray_results)",
+        default=DEFAULT_STORAGE,
+        help=f"Ray Tune results folder, or s3://bucket/prefix (default {DEFAULT_STORAGE})",
     )
     p.add_argument(
         "--models-root",
@@ -115,7 +117,8 @@ def _run(args: argparse.Namespace) -> None:
             }
             print(json.dumps(json_ready(doc), indent=2, allow_nan=False))
         else:
-            print(format_listing(where, experiments))
+            given = None if args.storage_path == DEFAULT_STORAGE else args.storage_path
+            print(format_listing(where, experiments, given))
         return
 
     experiment = load_experiment(args.storage_path, args.experiment)

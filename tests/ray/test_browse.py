@@ -460,6 +460,10 @@ def test_lists_the_experiments_when_none_is_named(
     assert code == 0, err
     line = next(line for line in out.splitlines() if line.startswith("long "))
     assert "finished 4" in line and "ES,NQ" in line and "7,42" in line
+    # The command it suggests reads the same results: it repeats the --storage-path given.
+    hint = out.splitlines()[-1]
+    assert hint.startswith("details: python -m tuner.browse --storage-path ")
+    assert shlex.split(hint)[5] == str(built.storage), hint
 
     assert browse_json(built, capsys, "--market", "CL")["experiments"] == []
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,8 +187,14 @@ def _status_text(counts: Mapping[str, int]) -> str:
     return ", ".join(f"{s} {n}" for s, n in counts.items()) or "-"
 
 
-def format_listing(storage: str | os.PathLike[str], experiments: Sequence[Experiment]) -> str:
-    """The experiments table (``python -m tuner.browse`` without ``--experiment``)."""
+def format_listing(
+    storage: str | os.PathLike[str],
+    experiments: Sequence[Experiment],
+    storage_arg: str | None = None,
+) -> str:
+    """The experiments table (``python -m tuner.browse`` without ``--experiment``), and the
+    command that shows one; ``storage_arg``: the ``--storage-path`` it repeats (None: the
+    default one)."""
     if not experiments:
         return f"no experiments in {os.fspath(storage)}"
     rows = [
@@ -205,7 +212,11 @@ def format_listing(storage: str | os.PathLike[str], experiments: Sequence[Experi
     headers = ["experiment", "trials", "markets", "seeds", "phases", "status", "last update"]
     lines = [f"experiments in {os.fspath(storage)}", ""]
     lines += _table(headers, rows, right={1})
-    lines += ["", "details: python -m tuner.browse --experiment NAME [--metric M] [--market X]"]
+    where = "" if storage_arg is None else f" --storage-path {shlex.quote(storage_arg)}"
+    lines += [
+        "",
+        f"details: python -m tuner.browse{where} --experiment NAME [--metric M] [--market X]",
+    ]
     return "\n".join(lines)
 
 
