@@ -15,22 +15,27 @@ command that takes a local folder only, naming the URI and the command::
 A URI is ``scheme://...``. Only ``s3://bucket[/prefix]`` is understood so far; other schemes
 are refused by name. Credentials never go in a URI (``s3://KEY:SECRET@bucket`` is refused
 without echoing them) and neither do settings (``?endpoint_override=...``): they come from the
-standard AWS environment (see :mod:`checkpointing.object_store`). Nothing here imports
-anything heavy or touches the disk or the network.
+standard AWS environment (see :mod:`checkpointing.object_store`). A URI's local counterpart,
+where a run stages its checkpoints and a reader copies its results, is
+:func:`default_staging_dir`. Nothing here imports anything heavy or touches the disk or the
+network.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from checkpointing.errors import ConfigError
 
 __all__ = [
+    "STAGING_HOME",
     "SUPPORTED_SCHEMES",
     "StoreURI",
+    "default_staging_dir",
     "is_uri",
     "local_folder",
     "parse_location",
@@ -38,6 +43,8 @@ __all__ = [
 ]
 
 SUPPORTED_SCHEMES = ("s3",)
+# Below the user's cache folder: where runs stage what goes to a bucket, and readers copy it.
+STAGING_HOME = "futures-rl-tuner/staging"
 _URI_RE = re.compile(r"\A(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<rest>.*)\Z", re.DOTALL)
 # Schemes people write for storage; "s3:/x" or "s3:x" is a URI that lost a slash, not a folder.
 _KNOWN_SCHEMES = ("s3", "s3a", "s3n", "gs", "gcs", "az", "abfs", "abfss", "hdfs", "file", "http")
@@ -175,3 +182,12 @@ def local_folder(text: str | os.PathLike[str], what: str, command: str) -> Path:
             "and Tune's storage path may be s3:// URIs)"
         )
     return where
+
+
+def default_staging_dir(uri: StoreURI, environ: Mapping[str, str] | None = None) -> Path:
+    """``$XDG_CACHE_HOME`` (else ``~/.cache``) ``/futures-rl-tuner/staging/<bucket>/<prefix>``:
+    where a run commits the checkpoints of ``uri`` before they are uploaded."""
+    environ = os.environ if environ is None else environ
+    home = environ.get("HOME") or os.path.expanduser("~")
+    cache = environ.get("XDG_CACHE_HOME") or os.path.join(home, ".cache")
+    return Path(cache, *STAGING_HOME.split("/"), uri.bucket, *filter(None, uri.key.split("/")))

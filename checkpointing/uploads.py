@@ -70,7 +70,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -84,31 +84,20 @@ from checkpointing.read_back import ReadBack, unput, verify_stored
 from checkpointing.shards import RunKey
 from checkpointing.store import CheckpointInfo, list_checkpoints, verify_checkpoint
 from checkpointing.upload_journal import UploadJournal
+from checkpointing.upload_report import UploadReport
 from checkpointing.upload_shards import StagedShards
 
 __all__ = [
-    "STAGING_HOME",
     "Backoff",
     "KeepPendingUploads",
     "UploadJournal",
     "UploadReport",
     "Uploader",
-    "default_staging_dir",
 ]
 
 log = logging.getLogger(__name__)
 
-STAGING_HOME = "futures-rl-tuner/staging"
 PENDING_REASON = "pending_upload"
-
-
-def default_staging_dir(uri: StoreURI, environ: Mapping[str, str] | None = None) -> Path:
-    """``$XDG_CACHE_HOME`` (else ``~/.cache``) ``/futures-rl-tuner/staging/<bucket>/<prefix>``:
-    where a run commits the checkpoints of ``uri`` before they are uploaded."""
-    environ = os.environ if environ is None else environ
-    home = environ.get("HOME") or os.path.expanduser("~")
-    cache = environ.get("XDG_CACHE_HOME") or os.path.join(home, ".cache")
-    return Path(cache, *STAGING_HOME.split("/"), uri.bucket, *filter(None, uri.key.split("/")))
 
 
 @dataclass(frozen=True)
@@ -149,59 +138,6 @@ class _NotVerified(Exception):
 
 class _Dropped(Exception):
     """A job that can never succeed (the staged checkpoint is gone or corrupt)."""
-
-
-@dataclass
-class UploadReport:
-    """Where the uploads stand: what reached the bucket, what is still only local."""
-
-    uri: StoreURI
-    staging: Path
-    uploaded: int = 0
-    pending: list[Path] = field(default_factory=list)
-    deletions_pending: int = 0
-    dropped: int = 0
-    last_error: str | None = None
-    shards_pending: int = 0
-
-    @property
-    def complete(self) -> bool:
-        """Every checkpoint committed in staging (and not dropped) is on the bucket."""
-        return not self.pending
-
-    def lines(self) -> list[str]:
-        """What to tell the user at the end of a run."""
-        if self.complete:
-            lines = [
-                f"uploads: {self.uploaded} checkpoint(s) uploaded to {self.uri}, none left only "
-                f"in the staging folder {self.staging}"
-            ]
-        else:
-            why = f"last error: {self.last_error}" if self.last_error else "still uploading"
-            lines = [
-                f"WARNING: {len(self.pending)} checkpoint(s) are only in the local staging "
-                f"folder {self.staging}, not on {self.uri} ({why}):",
-                *(f"  {path}" for path in self.pending),
-                f"  the next python -m tuner.train --models-root {self.uri} with this staging "
-                "folder uploads them before it trains",
-            ]
-        if self.dropped:
-            lines.append(
-                f"note: {self.dropped} staged checkpoint(s) were not uploaded: corrupt, or "
-                "deleted from staging before their upload (see the errors above)"
-            )
-        if self.deletions_pending:
-            lines.append(
-                f"note: {self.deletions_pending} checkpoint(s) deleted by retention in the "
-                f"staging folder are still on {self.uri}"
-            )
-        if self.shards_pending:
-            lines.append(
-                f"note: {self.shards_pending} registry shard(s) are not on {self.uri} yet (the "
-                "next run with this staging folder puts them; readers meanwhile index those "
-                "checkpoints from their metadata)"
-            )
-        return lines
 
 
 class Uploader:

@@ -114,9 +114,8 @@ class _BucketCheckpoints:
 
     def __init__(self, root: Any, staging_dir: str | None) -> None:
         from checkpointing.fetch import BucketMirror
-        from checkpointing.locations import StoreURI
+        from checkpointing.locations import StoreURI, default_staging_dir
         from checkpointing.object_store import ObjectStore
-        from checkpointing.uploads import default_staging_dir
 
         if not isinstance(root, StoreURI):  # pragma: no cover - bests put both together
             raise ConfigError(f"no models root in a bucket recorded for {root}")
@@ -222,8 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _local_root(root: Any, staging_dir: str | None) -> Path | None:
     """The models root on this machine: ``root`` itself, or for one in a bucket its staging
     folder (where the chosen checkpoints were fetched and the data cache is)."""
-    from checkpointing.locations import StoreURI
-    from checkpointing.uploads import default_staging_dir
+    from checkpointing.locations import StoreURI, default_staging_dir
 
     if isinstance(root, StoreURI):
         return Path(staging_dir) if staging_dir else default_staging_dir(root)

@@ -41,7 +41,8 @@ from tuner.training.staging import RemoteRoot, fetch_model, resolve_models_root
 from tuner.training.trainer import retention_pass, train_phase
 
 if TYPE_CHECKING:
-    from checkpointing.uploads import Uploader, UploadReport
+    from checkpointing.upload_report import UploadReport
+    from checkpointing.uploads import Uploader
     from tuner.training.settings import Settings
 
 __all__ = ["build_parser", "main"]

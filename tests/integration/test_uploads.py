@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 
 from checkpointing.config import RetentionConfig
-from checkpointing.locations import StoreURI
+from checkpointing.locations import StoreURI, default_staging_dir
 from checkpointing.naming import format_checkpoint_name
 from checkpointing.object_store import ObjectStore
 from checkpointing.policies import build_policy
 from checkpointing.retention import prune_folder
 from checkpointing.store import commit_files
-from checkpointing.uploads import Backoff, Uploader, default_staging_dir
+from checkpointing.uploads import Backoff, Uploader
 from tests.s3 import Request, S3Server
 
 URI = StoreURI("s3", "acc", "models")

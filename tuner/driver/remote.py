@@ -4,7 +4,7 @@
   that does not exist, an endpoint that refuses, credentials that are denied exit 2 naming
   the URI.
 - **Checkpoints.** Each trial commits to a staging folder on its own node (``--staging-dir``,
-  else the node's default, :func:`checkpointing.uploads.default_staging_dir`, which follows
+  else the node's default, :func:`checkpointing.locations.default_staging_dir`, which follows
   the node's ``XDG_CACHE_HOME`` / ``HOME``) and uploads with its own uploader, awaited at the
   trial's end (:mod:`tuner.driver.trainable`). A trial retried on another node continues from
   the bucket (:mod:`checkpointing.fetch`).
@@ -91,7 +91,7 @@ def resolve_locations(
         ConfigError: a bad path or URI, ``--staging-dir`` without an ``s3://`` models root.
         ObjectStoreError: a bucket that cannot be used, naming the URI.
     """
-    from checkpointing.uploads import default_staging_dir
+    from checkpointing.locations import default_staging_dir
     from tuner.training.staging import resolve_models_root
 
     local, remote = resolve_models_root(models_root, staging_dir)
@@ -189,7 +189,7 @@ def bucket_copy(storage_uri: StoreURI, name: str | None = None) -> Path:
     """
     from pyarrow import fs as pafs
 
-    from checkpointing.uploads import default_staging_dir
+    from checkpointing.locations import default_staging_dir
 
     local = default_staging_dir(storage_uri)
     store = _store(storage_uri)

@@ -111,7 +111,7 @@ def _summaries(root: Path | StoreURI, names: Sequence[str], notes: list[str]) ->
     if isinstance(root, Path):
         return root / "summaries"
     from checkpointing.errors import ObjectStoreError
-    from checkpointing.uploads import default_staging_dir
+    from checkpointing.locations import default_staging_dir
     from tuner.driver.remote import bucket_summaries
 
     folder = default_staging_dir(root) / "summaries"

@@ -2,7 +2,7 @@
 
 ``python -m tuner.train --models-root s3://bucket/prefix`` trains as with a local models root,
 committing to a local **staging folder** (``--staging-dir``, default
-:func:`checkpointing.uploads.default_staging_dir`:
+:func:`checkpointing.locations.default_staging_dir`:
 ``~/.cache/futures-rl-tuner/staging/<bucket>/<prefix>``); an uploader copies each committed
 checkpoint to the bucket in the background (:mod:`checkpointing.uploads`). Before anything
 trains, the bucket is checked (:meth:`checkpointing.object_store.ObjectStore.preflight`) and
@@ -58,7 +58,7 @@ def resolve_models_root(
         if where is not None and where.exists() and not where.is_dir():
             raise ConfigError(f"--models-root must be a folder, but {models_root!r} is a file")
         return where, None
-    from checkpointing.uploads import default_staging_dir
+    from checkpointing.locations import default_staging_dir
 
     if staging_dir is None:
         staging = default_staging_dir(where)
@@ -124,8 +124,8 @@ def fetch_model(text: str, remote: RemoteRoot | None) -> Path:
     """
     from checkpointing.errors import CheckpointCorruptError, ObjectStoreError
     from checkpointing.fetch import BucketMirror
+    from checkpointing.locations import default_staging_dir
     from checkpointing.object_store import ObjectStore
-    from checkpointing.uploads import default_staging_dir
 
     uri = parse_location(text, "--model-path")
     assert isinstance(uri, StoreURI)
