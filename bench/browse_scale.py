@@ -82,7 +82,7 @@ from checkpointing.naming import (  # noqa: E402
 from checkpointing.publish import publish  # noqa: E402
 from checkpointing.registry import Registry  # noqa: E402
 from checkpointing.retention import prune_folder  # noqa: E402
-from tuner.driver.trainable import TrialConfig  # noqa: E402
+from tuner.driver.trial_config import TrialConfig  # noqa: E402
 from tuner.driver.tune_files import write_pointer  # noqa: E402
 
 __all__ = ["build_experiment", "main"]

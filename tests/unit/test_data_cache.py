@@ -765,7 +765,8 @@ def test_the_drivers_validation_loads_once_and_the_trials_map_its_cache(
     tmp_path: Path, parses: list[Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from tuner.driver.experiment import _trial_base
-    from tuner.driver.trainable import TrialConfig, _Trial
+    from tuner.driver.trainable import _Trial
+    from tuner.driver.trial_config import TrialConfig
     from tuner.run import parse_options
     from tuner.training.job import prepare
     from tuner.training.settings import load_settings

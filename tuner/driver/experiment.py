@@ -148,7 +148,7 @@ def _trial_base(opts: RunOptions, flag_name: str) -> dict[str, Any]:
     """The trial config every trial of the experiment shares, as Tune's dict."""
     from dataclasses import asdict
 
-    from tuner.driver.trainable import TrialConfig
+    from tuner.driver.trial_config import TrialConfig
 
     trial = TrialConfig(
         market="",  # set per trial: a grid search, the searcher or a confirmation case
