@@ -233,11 +233,12 @@ class ObjectStore:
         """
         size = 0
         first: int | None = None
-        piece = memoryview(bytearray(_COMPARE))
         with (
             open(local, "rb", buffering=0) as mine,
             self.fs.open_input_file(self._path(key)) as src,
         ):
+            # No larger than the file: a companion of a few KB needs no 8 MiB buffer.
+            piece = memoryview(bytearray(min(_COMPARE, os.fstat(mine.fileno()).st_size + 1)))
             while chunk := src.read_buffer(_READ):
                 if first is None:
                     at = _differs(mine, piece, chunk)

@@ -73,13 +73,17 @@ def _chosen(args: argparse.Namespace) -> tuple[list[tuple[str, Path]], Any]:
     except BrowseError as exc:
         raise ConfigError(str(exc)) from None
     chosen: list[tuple[str, Path]] = []
+    buckets: dict[Any, _BucketCheckpoints] = {}  # one per models root in a bucket
     for t in bests.trials:
         phase = t.phase or (t.phases[-1] if t.phases else 1)
         best = bests.of_run(t.trial_id, phase)
         if best is None:
             continue
         if isinstance(best.path, StoreURI):
-            bucket = _BucketCheckpoints(bests.models_roots.get(t.trial_id), args.staging_dir)
+            root = bests.models_roots.get(t.trial_id)
+            if root not in buckets:
+                buckets[root] = _BucketCheckpoints(root, args.staging_dir)
+            bucket = buckets[root]
             path = bucket.fetch(best.path)
             ends = _phase_ends(bucket.listing(path.parent, best.path), t.run_id)
             end = bucket.fetch(ends[-1]) if ends and ends[-1].name != path.name else None
@@ -114,13 +118,12 @@ class _BucketCheckpoints:
 
     def __init__(self, root: Any, staging_dir: str | None) -> None:
         from checkpointing.fetch import BucketMirror
-        from checkpointing.locations import StoreURI, default_staging_dir
+        from checkpointing.locations import StoreURI
         from checkpointing.object_store import ObjectStore
 
         if not isinstance(root, StoreURI):  # pragma: no cover - bests put both together
             raise ConfigError(f"no models root in a bucket recorded for {root}")
-        staging = Path(staging_dir) if staging_dir else default_staging_dir(root)
-        self.mirror = BucketMirror(ObjectStore(root), staging)
+        self.mirror = BucketMirror(ObjectStore(root), _staging_of(root, staging_dir))
 
     def fetch(self, where: Any) -> Path:
         """The checkpoint ``where`` (its URI, or its path in staging) on this machine,
@@ -221,11 +224,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _local_root(root: Any, staging_dir: str | None) -> Path | None:
     """The models root on this machine: ``root`` itself, or for one in a bucket its staging
     folder (where the chosen checkpoints were fetched and the data cache is)."""
-    from checkpointing.locations import StoreURI, default_staging_dir
+    from checkpointing.locations import StoreURI
 
     if isinstance(root, StoreURI):
-        return Path(staging_dir) if staging_dir else default_staging_dir(root)
+        return _staging_of(root, staging_dir)
     return root if isinstance(root, Path) else None
+
+
+def _staging_of(root: Any, staging_dir: str | None) -> Path:
+    """The staging folder of the bucket models root ``root``: ``--staging-dir``, checked as
+    ``tuner.train`` checks it (a local folder, never a URI), else the URI's default one.
+
+    Raises:
+        ConfigError: a ``--staging-dir`` that is a URI or a file.
+    """
+    from tuner.training.staging import resolve_models_root
+
+    staging, _ = resolve_models_root(str(root), staging_dir)
+    assert staging is not None  # a URI always gets one
+    return staging
 
 
 def _upload_figures(root: Any, path: Path, *, quiet: bool) -> int:

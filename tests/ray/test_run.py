@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shlex
 import signal
 import statistics
 from pathlib import Path
@@ -166,7 +167,12 @@ def test_four_trials_finish_in_isolated_folders_with_a_correct_summary(
     assert "held-out test split" in out
     from tuner.browse import main as browse
 
-    assert browse(["--storage-path", str(tmp_path / "ray_results"), "--experiment", "four"]) == 0
+    # The browse command the driver printed, as a user pastes it into a shell.
+    printed = next(line for line in out.splitlines() if line.startswith("browse:  "))
+    words = shlex.split(printed.removeprefix("browse:  "))
+    assert words[:3] == ["python", "-m", "tuner.browse"]
+    assert words[3:] == ["--storage-path", str(tmp_path / "ray_results"), "--experiment", "four"]
+    assert browse(words[3:]) == 0
     assert (
         browse(["--storage-path", str(tmp_path / "ray_results"), "--experiment", "four", "--json"])
         == 0

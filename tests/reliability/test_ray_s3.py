@@ -167,3 +167,8 @@ def _check_the_end_steps_read_the_bucket(
     again = next(x for x in doc["results"] if x["checkpoint"].endswith(best.rsplit("/")[-1]))
     assert again["policy"]["total_return"] == measured["policy"]["total_return"]
     assert (fresh / FOLDER.removeprefix("models/") / best.rsplit("/")[-1]).is_file()
+    # A URI for the staging folder is refused by name, as tuner.train refuses it: never a
+    # local folder named "s3:".
+    assert evaluate([*argv, "--staging-dir", f"{MODELS}/x", "--config-dir", str(config_dir)]) == 2
+    assert "--staging-dir must be a local folder" in capsys.readouterr().err
+    assert not Path("s3:").exists()

@@ -105,8 +105,8 @@ def finish(opts: RunOptions, settings: Any, signum: int | None) -> int:
         print()
         print(f"summary: {json_path}")
         print(f"         {csv_path}")
-        browse = f"--storage-path {opts.storage_uri or opts.storage_path} --experiment {name}"
-        print(f"browse:  python -m tuner.browse {browse}")
+        browse = ["--storage-path", _storage_arg(opts), "--experiment", name]
+        print(f"browse:  python -m tuner.browse {shlex.join(browse)}")
     for line in job_lines(opts):
         print(line, flush=True)
     if opts.search is not None:
@@ -238,6 +238,11 @@ def _finish_search(
     _upload_summaries(opts, [path, *overlays])
 
 
+def _storage_arg(opts: RunOptions) -> str:
+    """Tune's storage as the user gave it: the URI, not the driver's local copy of it."""
+    return str(opts.storage_uri) if opts.storage_uri else os.fspath(opts.storage_path)
+
+
 def _resume_args(opts: RunOptions) -> list[str]:
     args = [
         "--markets",
@@ -249,7 +254,7 @@ def _resume_args(opts: RunOptions) -> list[str]:
         "--name",
         opts.name,
         "--storage-path",
-        str(opts.storage_uri) if opts.storage_uri else os.fspath(opts.storage_path),
+        _storage_arg(opts),
         "--models-root",
         str(opts.models_uri) if opts.models_uri else os.fspath(opts.models_root),
         "--config-dir",
