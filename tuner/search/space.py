@@ -53,7 +53,7 @@ import math
 import numbers
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -306,11 +306,7 @@ class SearchSpec:
         if bad:
             raise ConfigError(f"phases must be among {list(PHASES)}, got {list(phases)!r}")
         keep = ("env", *(f"phase{p}" for p in phases))
-        space = {k: d for k, d in self.space.items() if k.split(".")[0] in keep}
-        pbt = self.pbt
-        if pbt is not None:
-            pbt = replace(pbt, mutate=tuple(k for k in pbt.mutate if k in space))
-        return replace(self, space=space, pbt=pbt)
+        return self._only(k for k in self.space if k.split(".")[0] in keep)
 
     def for_trainer(self, trainer: str) -> SearchSpec:
         """The space of a run with ``trainer`` (``sb3`` or ``rllib``): the phase keys of the
@@ -335,11 +331,16 @@ class SearchSpec:
                 f"{_EXAMPLE_KEY[section]}), or train with --trainer "
                 f"{_TRAINER_OF[others[0]]}"
             )
-        space = {k: d for k, d in self.space.items() if sections[k] in (None, section)}
+        kept = self._only(k for k in self.space if sections[k] in (None, section))
+        return replace(kept, trainer=trainer)
+
+    def _only(self, keys: Iterable[str]) -> SearchSpec:
+        """This spec with only ``keys`` of its space, in ``pbt.mutate`` too."""
+        space = {k: self.space[k] for k in keys}
         pbt = self.pbt
         if pbt is not None:
             pbt = replace(pbt, mutate=tuple(k for k in pbt.mutate if k in space))
-        return replace(self, space=space, pbt=pbt, trainer=trainer)
+        return replace(self, space=space, pbt=pbt)
 
     def require_pbt(self) -> PbtSettings:
         """The PBT settings, for ``--scheduler pbt``.
